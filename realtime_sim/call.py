@@ -1,0 +1,181 @@
+"""A call: one WebRTC peer, its conversation, and any sideband WebSockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from aiohttp import web
+
+from .audio import OutputAudio
+from .conversation import Conversation
+from .peer import CallPeer
+
+log = logging.getLogger(__name__)
+MAX_QUEUED_EVENTS = 2000
+
+
+class Sideband:
+    """One server-side WebSocket on a call; an ordered writer so events keep order."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self.writer = asyncio.ensure_future(self._write())
+
+    async def _write(self) -> None:
+        while True:
+            text = await self.queue.get()
+            if text is None or self.ws.closed:
+                return
+            try:
+                await self.ws.send_str(text)
+            except (ConnectionError, RuntimeError):
+                return
+
+    def send(self, text: str) -> None:
+        self.queue.put_nowait(text)
+
+    async def close(self) -> None:
+        self.queue.put_nowait(None)
+        try:
+            await asyncio.wait_for(self.writer, 2)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            pass
+        if not self.ws.closed:
+            await self.ws.close()
+
+
+class Call:
+    def __init__(self, call_id: str, session: dict, *, safety_identifier: str | None = None) -> None:
+        self.id = call_id
+        self.created_at = int(time.time())
+        self.state = "connecting"
+        self.hungup = False
+        self.safety_identifier = safety_identifier
+        self.client_events: list[dict] = []
+        self.server_events: list[dict] = []
+        self.sidebands: set[Sideband] = set()
+        self._pending: list[str] = []  # events emitted before the data channel opened
+        self._channel_ready = False
+        self.output_audio = OutputAudio()
+        self.conversation = Conversation(session, self.emit, self.output_audio)
+        self.peer = CallPeer(
+            output=self.output_audio,
+            on_message=lambda text: self.client_event(text, "datachannel"),
+            on_channel_open=self._channel_opened,
+            on_audio=self.conversation.feed_audio,
+            on_state=self._peer_state,
+        )
+        self.closed_event = asyncio.Event()
+
+    # -- events out -----------------------------------------------------------------
+
+    def _record(self, event: dict) -> str:
+        self.server_events.append(event)
+        return json.dumps(event)
+
+    def emit(self, event: dict) -> None:
+        """Send a server event to the data channel and every sideband socket."""
+        if self.state == "closed":
+            return
+        text = self._record(event)
+        if self._channel_ready:
+            self.peer.send(text)
+        elif len(self._pending) < MAX_QUEUED_EVENTS:
+            self._pending.append(text)
+        for sideband in list(self.sidebands):
+            sideband.send(text)
+
+    def _channel_opened(self) -> None:
+        if self._channel_ready or self.state == "closed":
+            return
+        # session.created is always the first event on the channel.
+        created = self.conversation.session_created_event()
+        self.peer.send(self._record(created))
+        for sideband in list(self.sidebands):
+            sideband.send(json.dumps(created))
+        for text in self._pending:
+            self.peer.send(text)
+        self._pending.clear()
+        self._channel_ready = True
+
+    # -- events in ------------------------------------------------------------------
+
+    def client_event(self, text: str, source: str) -> None:
+        if self.state == "closed":
+            return
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = {"_unparsed": text}
+        if isinstance(parsed, dict):
+            parsed = {**parsed}
+        self.client_events.append({"source": source, "event": parsed})
+        self.conversation.handle_client_event(text)
+
+    # -- sideband -------------------------------------------------------------------
+
+    def attach_sideband(self, ws: web.WebSocketResponse) -> Sideband:
+        sideband = Sideband(ws)
+        self.sidebands.add(sideband)
+        # A new connection learns the session the way any Realtime connection does.
+        sideband.send(json.dumps(self.conversation.session_created_event()))
+        return sideband
+
+    async def detach_sideband(self, sideband: Sideband) -> None:
+        self.sidebands.discard(sideband)
+        await sideband.close()
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def _peer_state(self, state: str) -> None:
+        if state == "connected" and self.state == "connecting":
+            self.state = "active"
+        elif state in ("closed", "failed"):
+            asyncio.ensure_future(self.close())
+
+    async def hangup(self) -> None:
+        self.hungup = True
+        await self.close()
+
+    async def close(self) -> None:
+        if self.state == "closed":
+            return
+        self.state = "closed"
+        self.conversation.close()
+        await self.peer.close()
+        for sideband in list(self.sidebands):
+            await self.detach_sideband(sideband)
+        self.closed_event.set()
+
+    # -- views for /_sim ------------------------------------------------------------
+
+    def summary(self) -> dict:
+        return {
+            "id": self.id,
+            "state": self.state,
+            "hungup": self.hungup,
+            "created_at": self.created_at,
+            "session_id": self.conversation.session.get("id"),
+            "safety_identifier": self.safety_identifier,
+            "sidebands": len(self.sidebands),
+        }
+
+    def detail(self) -> dict:
+        conv = self.conversation
+        return {
+            **self.summary(),
+            "session": conv.session,
+            "client_events": [entry["event"] for entry in self.client_events],
+            "client_event_sources": [entry["source"] for entry in self.client_events],
+            "server_event_types": [event["type"] for event in self.server_events],
+            "items": conv.items.as_list(),
+            # Audio lengths are not part of the item JSON; usage checks need them.
+            "item_audio_ms": {r.id: r.audio_ms for r in conv.items if r.part_audio_ms},
+            "audio_in": self.peer.input_stats.as_dict(),
+            "audio_out": self.output_audio.as_dict(),
+            "responses": conv.responses_summary(),
+        }

@@ -1,0 +1,156 @@
+"""The simulator's side of a WebRTC call (aiortc): media, data channel, state."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+import time
+from typing import Callable
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame
+
+from .audio import FRAME_SAMPLES, SAMPLE_RATE, InputAudioStats, OutputAudio, rms_s16
+from .loopback import install_loopback_guard, strip_offer_candidates
+
+log = logging.getLogger(__name__)
+EVENTS_CHANNEL = "oai-events"
+
+
+class InvalidOffer(Exception):
+    pass
+
+
+def frame_rms(frame: AudioFrame) -> float:
+    """RMS (0..1) of a decoded s16 frame, packed or planar."""
+    channels = 1 if frame.format.is_planar else len(frame.layout.channels)
+    return rms_s16(bytes(frame.planes[0]), frame.samples * channels)
+
+
+class SpeakerTrack(MediaStreamTrack):
+    """Outgoing audio: 48 kHz mono, 20 ms frames paced in real time."""
+
+    kind = "audio"
+
+    def __init__(self, output: OutputAudio) -> None:
+        super().__init__()
+        self.output = output
+        self._start: float | None = None
+        self._pts = 0
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            self._pts += FRAME_SAMPLES
+            wait = self._start + self._pts / SAMPLE_RATE - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        frame = AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
+        frame.planes[0].update(self.output.next_frame())
+        frame.pts = self._pts
+        frame.sample_rate = SAMPLE_RATE
+        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        return frame
+
+
+class CallPeer:
+    """Wraps one RTCPeerConnection; reports to its owner through callbacks."""
+
+    def __init__(
+        self,
+        *,
+        output: OutputAudio,
+        on_message: Callable[[str], None],
+        on_channel_open: Callable[[], None],
+        on_audio: Callable[[float, float], None],
+        on_state: Callable[[str], None],
+    ) -> None:
+        install_loopback_guard()
+        # An empty iceServers list: aiortc would otherwise default to a public STUN server.
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.output = output
+        self.input_stats = InputAudioStats()
+        self.speaker = SpeakerTrack(output)
+        self.channel = None
+        self._on_message = on_message
+        self._on_channel_open = on_channel_open
+        self._on_audio = on_audio
+        self._on_state = on_state
+        self._tasks: set[asyncio.Task] = set()
+        self.closed = False
+        self.pc.on("datachannel", self._datachannel)
+        self.pc.on("track", self._track)
+        self.pc.on("connectionstatechange", self._state_changed)
+
+    @property
+    def channel_open(self) -> bool:
+        return self.channel is not None and self.channel.readyState == "open"
+
+    async def accept_offer(self, offer_sdp: str) -> str:
+        try:
+            offer = RTCSessionDescription(sdp=strip_offer_candidates(offer_sdp), type="offer")
+            await self.pc.setRemoteDescription(offer)
+            if any(t.kind == "audio" for t in self.pc.getTransceivers()):
+                self.pc.addTrack(self.speaker)
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+        except Exception as exc:  # aiortc raises ValueError, InternalError, etc. on bad SDP
+            raise InvalidOffer(str(exc) or type(exc).__name__) from exc
+        return self.pc.localDescription.sdp
+
+    def send(self, text: str) -> bool:
+        if not self.channel_open:
+            return False
+        self.channel.send(text)
+        return True
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.speaker.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.pc.close()
+
+    # -- aiortc callbacks ---------------------------------------------------------
+
+    def _datachannel(self, channel) -> None:
+        if channel.label != EVENTS_CHANNEL:
+            log.info("ignoring data channel %r", channel.label)
+            return
+        self.channel = channel
+        channel.on("message", self._message)
+        if channel.readyState == "open":
+            self._on_channel_open()
+        else:
+            channel.on("open", self._on_channel_open)
+
+    def _message(self, message) -> None:
+        if isinstance(message, bytes):
+            message = message.decode("utf-8", "replace")
+        self._on_message(message)
+
+    def _track(self, track) -> None:
+        if track.kind != "audio":
+            return
+        task = asyncio.ensure_future(self._consume(track))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _consume(self, track) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            rms = frame_rms(frame)
+            self.input_stats.record(rms)
+            self._on_audio(rms, frame.samples * 1000.0 / frame.sample_rate)
+
+    def _state_changed(self) -> None:
+        self._on_state(self.pc.connectionState)

@@ -1,0 +1,263 @@
+"""One model response: its event sequence, pacing, cancellation and usage."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import ids, usage
+from .answers import words_of
+from .events import rate_limits_event, response_object, server_event
+from .items import ItemRecord
+
+if TYPE_CHECKING:
+    from .conversation import Conversation
+
+MS_PER_CHAR = 65
+MIN_SPEECH_MS = 1200
+MAX_SPEECH_MS = 6000
+TEXT_MS_PER_WORD = 30
+ARGUMENT_CHUNK_MS = 20
+
+
+def speech_duration_ms(text: str, bounded: bool = True) -> int:
+    """Spoken length of a reply: ~65 ms a character, 1.2-6 s, whole 20 ms frames."""
+    ms = len(text) * MS_PER_CHAR
+    if bounded:
+        ms = min(MAX_SPEECH_MS, max(MIN_SPEECH_MS, ms))
+    return max(20, int(ms) // 20 * 20)
+
+
+@dataclass
+class ResponsePlan:
+    kind: str  # "message" | "function_call"
+    modality: str  # "audio" | "text"
+    instructions: str
+    audio_output: dict
+    text: str = ""
+    function_name: str = ""
+    arguments: str = ""
+    max_output_tokens: Any = "inf"
+    metadata: dict | None = None
+    usage_override: dict | None = None
+    speech_ms: int = 0
+    truncated: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def fit_to_limit(self) -> None:
+        """Shorten the reply so its output tokens respect max_output_tokens."""
+        if self.kind == "message" and self.modality == "audio":
+            self.speech_ms = speech_duration_ms(self.text)
+        if self.max_output_tokens == "inf" or self.kind != "message":
+            return
+        limit = int(self.max_output_tokens)
+        words = self.text.split()
+        bounded = True
+        while words:
+            text = " ".join(words)
+            ms = speech_duration_ms(text, bounded) if self.modality == "audio" else 0
+            if usage.count_text_tokens(text) + usage.output_audio_tokens(ms) <= limit:
+                self.text, self.speech_ms = text, ms
+                return
+            self.truncated = True
+            bounded = False  # once cut, the audio follows the text length only
+            words.pop()
+        self.text, self.speech_ms, self.truncated = "", 0, True
+
+
+class ResponseRun:
+    """Runs a response: the opening events synchronously, then a paced task."""
+
+    def __init__(self, conv: Conversation, plan: ResponsePlan) -> None:
+        self.conv = conv
+        self.plan = plan
+        self.id = ids.response_id()
+        self.status = "in_progress"
+        self.status_details: dict | None = None
+        self.usage: dict | None = None
+        self.produced = ""
+        self.audio_ms = 0
+        self.record: ItemRecord | None = None
+        self.previous_item_id: str | None = None
+        self.input_segments: list = []
+        self.task: asyncio.Task | None = None
+        self._audio_t0: float | None = None
+        self.finished = asyncio.Event()
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _response(self, **extra: Any) -> dict:
+        output = [self.record.snapshot()] if self.record and extra.get("status") != "in_progress" else []
+        return response_object(
+            self.id,
+            self.conv.conversation_id,
+            output=output,
+            output_modalities=[self.plan.modality],
+            max_output_tokens=self.plan.max_output_tokens,
+            audio_output=self.plan.audio_output,
+            metadata=self.plan.metadata,
+            **extra,
+        )
+
+    def _ids(self) -> dict:
+        return {"response_id": self.id, "item_id": self.record.id, "output_index": 0}
+
+    @property
+    def speaking(self) -> bool:
+        return self.conv.output_audio.response_id == self.id
+
+    def summary(self) -> dict:
+        return {
+            "id": self.id,
+            "status": self.status,
+            "status_details": self.status_details,
+            "kind": self.plan.kind,
+            "output_modalities": [self.plan.modality],
+            "usage": self.usage,
+            "transcript": self.produced if self.plan.kind == "message" else None,
+            "arguments": self.produced if self.plan.kind == "function_call" else None,
+            "audio_ms": self.audio_ms,
+        }
+
+    # -- start ------------------------------------------------------------------
+
+    def start(self) -> None:
+        conv = self.conv
+        # The input is everything in the conversation before this response's output.
+        self.input_segments = usage.input_segments(
+            self.plan.instructions, [(r.item, r.part_audio_ms) for r in conv.items]
+        )
+        conv.emit(server_event("response.created", response=self._response(status="in_progress", usage=None)))
+        reserved = sum(s.tokens for s in self.input_segments)
+        conv.emit(rate_limits_event(reserved))
+        if self.plan.kind == "function_call":
+            item = {
+                "id": ids.item_id(), "object": "realtime.item", "type": "function_call", "status": "in_progress",
+                "call_id": ids.function_call_id(), "name": self.plan.function_name, "arguments": "",
+            }
+        else:
+            item = {
+                "id": ids.item_id(), "object": "realtime.item", "type": "message", "status": "in_progress",
+                "role": "assistant", "content": [],
+            }
+        self.record = ItemRecord(item)
+        self.previous_item_id = conv.items.insert(self.record)
+        conv.emit(server_event("response.output_item.added", response_id=self.id, output_index=0,
+                               item=self.record.snapshot()))
+        conv.emit(server_event("conversation.item.added", previous_item_id=self.previous_item_id,
+                               item=self.record.snapshot()))
+        if self.plan.kind == "message":
+            part = {"type": "audio", "transcript": ""} if self.plan.modality == "audio" else {"type": "text", "text": ""}
+            conv.emit(server_event("response.content_part.added", **self._ids(), content_index=0, part=part))
+            if self.plan.modality == "audio":
+                conv.output_audio.start(self.id)
+                self._audio_t0 = asyncio.get_running_loop().time()
+                conv.emit(server_event("output_audio_buffer.started", response_id=self.id))
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.plan.kind == "function_call":
+            args = self.plan.arguments
+            size = max(1, -(-len(args) // 3))
+            for start in range(0, len(args), size):
+                await asyncio.sleep(ARGUMENT_CHUNK_MS / 1000)
+                chunk = args[start:start + size]
+                self.produced += chunk
+                self.conv.emit(server_event("response.function_call_arguments.delta", **self._ids(),
+                                            call_id=self.record.item["call_id"], delta=chunk))
+        elif self.plan.modality == "audio":
+            deltas = words_of(self.plan.text)
+            total = self.plan.speech_ms
+            t0 = self._audio_t0
+            for index, delta in enumerate(deltas):
+                # Words are spread evenly over the audio so the transcript tracks speech.
+                await asyncio.sleep(max(0.0, t0 + index * total / len(deltas) / 1000 - loop.time()))
+                self.produced += delta
+                self.conv.emit(server_event("response.output_audio_transcript.delta", **self._ids(),
+                                            content_index=0, delta=delta))
+            await asyncio.sleep(max(0.0, t0 + total / 1000 - loop.time()))
+            self.audio_ms = total
+        else:
+            for delta in words_of(self.plan.text):
+                await asyncio.sleep(TEXT_MS_PER_WORD / 1000)
+                self.produced += delta
+                self.conv.emit(server_event("response.output_text.delta", **self._ids(), content_index=0,
+                                            delta=delta))
+        if self.plan.truncated:
+            self._finish("incomplete", {"type": "incomplete", "reason": "max_output_tokens"}, "stopped")
+        else:
+            self._finish("completed", None, "stopped")
+
+    # -- end --------------------------------------------------------------------
+
+    def cancel(self, reason: str, buffer_event: str = "stopped") -> bool:
+        """Stop now; `reason` is turn_detected or client_cancelled. False if already over."""
+        if self.status != "in_progress":
+            return False
+        if self.task is not None:
+            self.task.cancel()
+        if self._audio_t0 is not None:
+            elapsed = (asyncio.get_running_loop().time() - self._audio_t0) * 1000
+            self.audio_ms = min(self.plan.speech_ms, int(elapsed) // 20 * 20)
+        self._finish("cancelled", {"type": "cancelled", "reason": reason}, buffer_event)
+        return True
+
+    def _finish(self, status: str, details: dict | None, buffer_event: str) -> None:
+        if self.status != "in_progress":
+            return
+        conv = self.conv
+        if self.speaking:
+            conv.output_audio.stop()
+        self.status, self.status_details = status, details
+        item = self.record.item
+        item["status"] = "completed" if status == "completed" else "incomplete"
+        ids_ = self._ids()
+        if self.plan.kind == "function_call":
+            item["arguments"] = self.produced
+            conv.emit(server_event("response.function_call_arguments.done", **ids_, call_id=item["call_id"],
+                                   name=item["name"], arguments=self.produced))
+            output_text_tokens, output_audio = usage.count_text_tokens(self.produced), 0
+        elif self.plan.modality == "audio":
+            item["content"] = [{"type": "output_audio", "transcript": self.produced}]
+            self.record.part_audio_ms = {0: self.audio_ms}
+            conv.emit(server_event("response.output_audio.done", **ids_, content_index=0))
+            conv.emit(server_event("response.output_audio_transcript.done", **ids_, content_index=0,
+                                   transcript=self.produced))
+            conv.emit(server_event("response.content_part.done", **ids_, content_index=0,
+                                   part={"type": "audio", "transcript": self.produced}))
+            output_text_tokens = usage.count_text_tokens(self.produced)
+            output_audio = usage.output_audio_tokens(self.audio_ms)
+        else:
+            item["content"] = [{"type": "output_text", "text": self.produced}]
+            conv.emit(server_event("response.output_text.done", **ids_, content_index=0, text=self.produced))
+            conv.emit(server_event("response.content_part.done", **ids_, content_index=0,
+                                   part={"type": "text", "text": self.produced}))
+            output_text_tokens, output_audio = usage.count_text_tokens(self.produced), 0
+        conv.emit(server_event("response.output_item.done", response_id=self.id, output_index=0,
+                               item=self.record.snapshot()))
+        if conv.items.get(self.record.id) is not None:
+            conv.emit(server_event("conversation.item.done", previous_item_id=conv.items.previous_id(self.record.id),
+                                   item=self.record.snapshot()))
+        self.usage = usage.response_usage(self.input_segments, conv.billed_input, output_text_tokens, output_audio)
+        if self.plan.usage_override:
+            self.usage = usage.merge_override(self.usage, self.plan.usage_override)
+        conv.billed_input = self.input_segments
+        conv.emit(server_event("response.done", response=self._response(
+            status=status, status_details=details, usage=self.usage)))
+        if self._audio_t0 is not None:
+            conv.emit(server_event(f"output_audio_buffer.{buffer_event}", response_id=self.id))
+        conv.response_finished(self)
+        self.finished.set()
+
+    def abort(self) -> None:
+        """Drop silently (the call ended): no events."""
+        if self.task is not None:
+            self.task.cancel()
+        if self.speaking:
+            self.conv.output_audio.stop()
+        if self.status == "in_progress":
+            self.status = "cancelled"
+            self.status_details = {"type": "cancelled", "reason": "client_cancelled"}
+        self.finished.set()

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Migrate, seed the demo on the first simulated run, start the simulator when
+# there is no OPENAI_API_KEY, then serve on 127.0.0.1:8000.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+mkdir -p var
+
+$PY manage.py migrate --noinput -v0
+
+if [ -z "${OPENAI_API_KEY:-}" ]; then
+    sim_port="${SIMULATOR_PORT:-8100}"
+    $PY -m realtime_sim --host 127.0.0.1 --port "$sim_port" &
+    sim_pid=$!
+    trap 'kill $sim_pid 2>/dev/null || true' EXIT INT TERM
+    if [ ! -f var/demo-seeded ]; then
+        password="$($PY -c 'import secrets; print(secrets.token_urlsafe(12))')"
+        $PY manage.py seed_demo --password "$password"
+        touch var/demo-seeded
+        echo
+        echo "Demo logins (password for all: $password):"
+        echo "  alice (Demo team admin), bob (Demo member), erin (Demo read-only),"
+        echo "  dave (Other team admin), admin (staff superuser)"
+        echo "Run 'make run' again later: the demo is kept; reset passwords with"
+        echo "  .venv/bin/python manage.py seed_demo --password NEW"
+        echo
+    fi
+    echo "Upstream: the local realtime simulator on 127.0.0.1:$sim_port (no OPENAI_API_KEY set)"
+else
+    echo "Upstream: ${OPENAI_BASE_URL:-https://api.openai.com}"
+fi
+
+echo "Serving on http://127.0.0.1:8000"
+.venv/bin/daphne -b 127.0.0.1 -p 8000 voiceproject.asgi:application

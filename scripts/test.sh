@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Every test: unit, view, consumer and simulator tests; then the real-browser
+# tests inside a loopback-only network namespace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTEST=(.venv/bin/python -m pytest)
+
+echo "== unit, view, consumer and simulator tests"
+"${PYTEST[@]}" -m "not browser and not scaleout"
+
+echo "== browser tests (headless Chromium against the simulator)"
+if unshare -n true 2>/dev/null; then
+    # Nothing but loopback exists in this namespace, so nothing can leave the machine.
+    unshare -n -- sh -c 'ip link set lo up && exec "$@"' sh "${PYTEST[@]}" -m browser
+elif [ -n "${CI:-}" ]; then
+    echo "cannot create a network namespace (unshare -n): the browser tests must run isolated on CI" >&2
+    exit 1
+else
+    echo "warning: no network namespace (unshare -n failed); running the browser tests with the loopback guards only" >&2
+    "${PYTEST[@]}" -m browser
+fi

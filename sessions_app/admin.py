@@ -1,0 +1,63 @@
+from django.contrib import admin
+
+from .models import ModelPrice, RealtimeSession, TranscriptEntry, UsageRecord
+
+
+@admin.register(ModelPrice)
+class ModelPriceAdmin(admin.ModelAdmin):
+    list_display = ["model", "text_input", "text_cached_input", "text_output", "audio_input", "audio_output",
+                    "context_window", "updated_at"]
+    search_fields = ["model"]
+
+
+class ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class UsageInline(ReadOnlyInline):
+    model = UsageRecord
+    fields = ["response_id", "source", "input_text_tokens", "input_audio_tokens", "cached_text_tokens",
+              "cached_audio_tokens", "output_text_tokens", "output_audio_tokens", "cost_usd", "created_at"]
+    readonly_fields = fields
+
+
+class TranscriptInline(ReadOnlyInline):
+    model = TranscriptEntry
+    fields = ["role", "text", "created_at"]
+    readonly_fields = fields
+
+
+@admin.register(RealtimeSession)
+class RealtimeSessionAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "user", "team", "model", "status", "response_count", "cost_usd"]
+    list_filter = ["status", "model", "team"]
+    search_fields = ["user__username", "call_id", "id"]
+    date_hierarchy = "created_at"
+    inlines = [UsageInline, TranscriptInline]
+
+    # Spend records are evidence: readable in the admin, never edited there.
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "session", "response_id", "source", "model", "cost_usd"]
+    list_filter = ["source", "model"]
+    search_fields = ["response_id", "session__id"]
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_add_permission(self, request):
+        return False

@@ -1,0 +1,126 @@
+import json
+import re
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from .models import ModelPrice, RealtimeSession, TranscriptEntry
+from .pricing import UsageError, cost_of, parse_usage
+
+MAX_FRAME_CHARS = 64 * 1024
+MAX_TRANSCRIPT_CHARS = 20_000
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_\-.:]{1,128}$")
+DASHBOARD_GROUP = "dashboard"
+
+
+def session_group(session_id):
+    return f"session-{session_id}"
+
+
+class SessionUsageConsumer(AsyncJsonWebsocketConsumer):
+    """The page reports each response's usage here; the server prices, stores and acks it."""
+
+    async def connect(self):
+        user = self.scope["user"]
+        self.session_id = self.scope["url_route"]["kwargs"]["session_id"]
+        if not user.is_authenticated or not await self.owns_session(user):
+            await self.close()
+            return
+        self.group = session_group(self.session_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if text_data is None:
+            return await self.error("invalid_frame", "Send JSON text frames.")
+        if len(text_data) > MAX_FRAME_CHARS:
+            return await self.error("frame_too_large", "The frame is too large.")
+        try:
+            content = json.loads(text_data)
+        except ValueError:
+            return await self.error("invalid_json", "The frame is not JSON.")
+        await self.receive_json(content)
+
+    async def receive_json(self, content, **kwargs):
+        if not isinstance(content, dict):
+            return await self.error("invalid_frame", "The frame must be a JSON object.")
+        kind = content.get("type")
+        if kind == "usage.report":
+            await self.usage_report(content)
+        elif kind == "transcript.report":
+            await self.transcript_report(content)
+        else:
+            await self.error("unknown_type", "type must be usage.report or transcript.report.")
+
+    async def usage_report(self, content):
+        response_id = content.get("response_id")
+        if not isinstance(response_id, str) or not ID_PATTERN.match(response_id):
+            return await self.error("invalid_response_id", "response_id must be the response's id.")
+        try:
+            record, created, totals = await self.record_usage(response_id, content.get("usage"))
+        except UsageError as exc:
+            return await self.error("invalid_usage", str(exc), response_id=response_id)
+        except ModelPrice.DoesNotExist:
+            return await self.error("no_price", "This model has no price; an admin must add one.", response_id)
+        await self.send_json(
+            {
+                "type": "usage.ack",
+                "response_id": response_id,
+                "duplicate": not created,
+                "cost_usd": f"{record.cost_usd:.6f}",
+                "session": totals,
+            }
+        )
+        if created:
+            await self.channel_layer.group_send(
+                DASHBOARD_GROUP,
+                {
+                    "type": "spend.update",
+                    "session_id": str(self.session_id),
+                    "response_id": response_id,
+                    "cost_usd": f"{record.cost_usd:.6f}",
+                    "session": totals,
+                },
+            )
+
+    async def transcript_report(self, content):
+        item_id, role, text = content.get("item_id"), content.get("role"), content.get("text")
+        if not isinstance(item_id, str) or not ID_PATTERN.match(item_id):
+            return await self.error("invalid_item_id", "item_id must be the conversation item's id.")
+        if role not in (TranscriptEntry.USER, TranscriptEntry.ASSISTANT):
+            return await self.error("invalid_role", "role must be user or assistant.")
+        if not isinstance(text, str) or len(text) > MAX_TRANSCRIPT_CHARS:
+            return await self.error("invalid_text", "text must be a string of at most 20,000 characters.")
+        await self.store_transcript(item_id, role, text)
+        await self.send_json({"type": "transcript.ack", "item_id": item_id})
+
+    async def error(self, code, message, response_id=None):
+        frame = {"type": "error", "code": code, "message": message}
+        if response_id:
+            frame["response_id"] = response_id
+        await self.send_json(frame)
+
+    async def budget_exceeded(self, event):
+        await self.send_json({"type": "budget.exceeded", "message": event.get("message", "")})
+
+    @database_sync_to_async
+    def owns_session(self, user):
+        return RealtimeSession.objects.filter(pk=self.session_id, user=user).exists()
+
+    @database_sync_to_async
+    def record_usage(self, response_id, usage):
+        session = RealtimeSession.objects.get(pk=self.session_id)
+        price = ModelPrice.objects.get(model=session.model)
+        counts = parse_usage(usage, price)
+        record, created = session.record_usage(response_id, counts, cost_of(counts, price))
+        return record, created, session.totals()
+
+    @database_sync_to_async
+    def store_transcript(self, item_id, role, text):
+        TranscriptEntry.objects.get_or_create(
+            session_id=self.session_id, item_id=item_id, defaults={"role": role, "text": text}
+        )

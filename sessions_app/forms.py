@@ -1,0 +1,62 @@
+"""Validation of what the browser sends: the mint request."""
+
+import uuid
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+TURN_MODES = ("server_vad", "semantic_vad", "push_to_talk")
+MAX_PASTED_CHARS = 2_000_000
+MAX_DOCUMENTS = 20
+
+
+class RequestError(ValueError):
+    pass
+
+
+@dataclass
+class MintRequest:
+    model: str
+    voice: str
+    turn_detection: str
+    document_ids: list = field(default_factory=list)
+    document_text: str = ""
+
+
+def _choice(data, key, allowed, default):
+    value = data.get(key, default)
+    if not isinstance(value, str):
+        raise RequestError(f"{key} must be a string")
+    if value not in allowed:
+        raise RequestError(f"{key} must be one of: {', '.join(allowed)}")
+    return value
+
+
+def parse_mint_request(data):
+    if not isinstance(data, dict):
+        raise RequestError("the body must be a JSON object")
+    unknown = sorted(set(data) - {"model", "voice", "turn_detection", "document_ids", "document_text"})
+    if unknown:
+        raise RequestError(f"unknown field: {', '.join(unknown)}")
+    model = _choice(data, "model", settings.REALTIME_MODELS, settings.DEFAULT_MODEL)
+    voice = _choice(data, "voice", settings.REALTIME_VOICES, settings.DEFAULT_VOICE)
+    turn = _choice(data, "turn_detection", TURN_MODES, settings.DEFAULT_TURN_DETECTION)
+
+    ids = data.get("document_ids", [])
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise RequestError("document_ids must be a list of document ids")
+    if len(ids) > MAX_DOCUMENTS:
+        raise RequestError(f"at most {MAX_DOCUMENTS} documents per session")
+    try:
+        parsed_ids = [uuid.UUID(i) for i in ids]
+    except ValueError:
+        raise RequestError("document_ids must hold document ids (UUIDs)") from None
+    if len(set(parsed_ids)) != len(parsed_ids):
+        raise RequestError("document_ids lists a document twice")
+
+    text = data.get("document_text", "")
+    if not isinstance(text, str):
+        raise RequestError("document_text must be a string")
+    if len(text) > MAX_PASTED_CHARS:
+        raise RequestError("document_text is too long")
+    return MintRequest(model, voice, turn, parsed_ids, text.strip())

@@ -1,0 +1,126 @@
+"""Turning a realtime `usage` object into token counts and a Decimal cost.
+
+Prices live in the database (ModelPrice, per million tokens). Cached input is a
+part of input (`cached_tokens` is a subset of `input_tokens`), charged at the
+cached rate per modality; the rest of the input at the full rate.
+"""
+
+from dataclasses import asdict, dataclass
+from decimal import Decimal
+
+from .models import MILLION
+
+KINDS = ("text", "audio", "image")
+
+
+class UsageError(ValueError):
+    """The usage object is malformed or impossible; the message says why."""
+
+
+@dataclass(frozen=True)
+class TokenCounts:
+    input_text: int = 0
+    input_audio: int = 0
+    input_image: int = 0
+    cached_text: int = 0
+    cached_audio: int = 0
+    cached_image: int = 0
+    output_text: int = 0
+    output_audio: int = 0
+
+    @property
+    def input_total(self):
+        return self.input_text + self.input_audio + self.input_image
+
+    @property
+    def cached_total(self):
+        return self.cached_text + self.cached_audio + self.cached_image
+
+    @property
+    def output_total(self):
+        return self.output_text + self.output_audio
+
+    def as_record_fields(self):
+        return {f"{name}_tokens": value for name, value in asdict(self).items()}
+
+
+def _count(obj, key, where):
+    value = obj.get(key)
+    if value is None:
+        return None
+    # bool is an int in Python; a count never is.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise UsageError(f"{where}.{key} must be an integer")
+    if value < 0:
+        raise UsageError(f"{where}.{key} must not be negative")
+    return value
+
+
+def _details(usage, key):
+    details = usage.get(key)
+    if details is None:
+        return {}
+    if not isinstance(details, dict):
+        raise UsageError(f"usage.{key} must be an object")
+    return details
+
+
+def parse_usage(usage, model_price):
+    """Validate a `response.done` usage object against the model's limits."""
+    if not isinstance(usage, dict):
+        raise UsageError("usage must be an object")
+    input_tokens = _count(usage, "input_tokens", "usage")
+    output_tokens = _count(usage, "output_tokens", "usage")
+    total_tokens = _count(usage, "total_tokens", "usage")
+    inp = _details(usage, "input_token_details")
+    out = _details(usage, "output_token_details")
+    cached = _details(inp, "cached_tokens_details") if inp else {}
+
+    fields = {}
+    for kind in KINDS:
+        fields[f"input_{kind}"] = _count(inp, f"{kind}_tokens", "usage.input_token_details") or 0
+        # Absent per-modality cache details count as uncached: never undercharge.
+        fields[f"cached_{kind}"] = _count(cached, f"{kind}_tokens", "usage.input_token_details.cached_tokens_details") or 0
+        if fields[f"cached_{kind}"] > fields[f"input_{kind}"]:
+            raise UsageError(f"cached {kind} tokens exceed {kind} input tokens")
+    for kind in ("text", "audio"):
+        fields[f"output_{kind}"] = _count(out, f"{kind}_tokens", "usage.output_token_details") or 0
+    counts = TokenCounts(**fields)
+
+    if input_tokens is not None and input_tokens != counts.input_total:
+        raise UsageError("usage.input_tokens does not match its text, audio and image details")
+    if output_tokens is not None and output_tokens != counts.output_total:
+        raise UsageError("usage.output_tokens does not match its text and audio details")
+    if total_tokens is not None and total_tokens != counts.input_total + counts.output_total:
+        raise UsageError("usage.total_tokens is not input_tokens + output_tokens")
+    cached_tokens = _count(inp, "cached_tokens", "usage.input_token_details")
+    if cached_tokens is not None and cached_tokens < counts.cached_total:
+        raise UsageError("cached_tokens is less than its per-modality details")
+    # One response cannot read more than the context or write more than the cap.
+    if counts.input_total > model_price.context_window:
+        raise UsageError(f"input_tokens exceed the {model_price.model} context window")
+    if counts.output_total > model_price.max_output_tokens:
+        raise UsageError(f"output_tokens exceed the {model_price.model} output limit")
+    return counts
+
+
+def cost_of(counts, model_price):
+    """Cost in USD of one response's tokens, exact (Decimal)."""
+    p = model_price
+    per_million = (
+        (counts.input_text - counts.cached_text) * p.text_input
+        + counts.cached_text * p.text_cached_input
+        + (counts.input_audio - counts.cached_audio) * p.audio_input
+        + counts.cached_audio * p.audio_cached_input
+        + (counts.input_image - counts.cached_image) * p.image_input
+        + counts.cached_image * p.image_cached_input
+        + counts.output_text * p.text_output
+        + counts.output_audio * p.audio_output
+    )
+    return Decimal(per_million) / MILLION
+
+
+def text_input_cost(tokens, model_price, cached=False):
+    """What `tokens` of text input cost in one response, uncached or cached."""
+    rate = model_price.text_cached_input if cached else model_price.text_input
+    return Decimal(tokens) * rate / MILLION

@@ -1,0 +1,11 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("", views.voice_page, name="sessions-page"),
+    path("api/sessions/", views.mint_session, name="sessions-mint"),
+    path("api/sessions/<uuid:session_id>", views.session_detail, name="sessions-detail"),
+    path("api/sessions/<uuid:session_id>/call", views.attach_call, name="sessions-call"),
+    path("api/sessions/<uuid:session_id>/end", views.end_session, name="sessions-end"),
+]

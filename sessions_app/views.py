@@ -1,0 +1,233 @@
+import datetime
+import json
+import logging
+import re
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.db.models import Q
+from django.http import Http404, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+from django_ratelimit.core import get_usage
+
+from documents_app.tokens import count_tokens
+from teams_app.models import Membership
+from voiceproject.views import api_login_required, json_error
+
+from . import context, upstream
+from .forms import RequestError, parse_mint_request
+from .models import ModelPrice, RealtimeSession
+
+log = logging.getLogger(__name__)
+CALL_ID = re.compile(r"^rtc_[A-Za-z0-9_-]{1,120}$")
+
+
+def _get_session_for_user(user, session_id, manage=False):
+    """The user's own session; staff and the team's admins may also read it."""
+    sessions = RealtimeSession.objects.select_related("user", "team")
+    if manage:
+        sessions = sessions.filter(user=user)
+    elif not user.is_staff:
+        admin_teams = Membership.objects.filter(user=user, role=Membership.ADMIN).values("team")
+        sessions = sessions.filter(Q(user=user) | Q(team__in=admin_teams))
+    try:
+        return sessions.get(pk=session_id)
+    except RealtimeSession.DoesNotExist:
+        raise Http404 from None
+
+
+def _mint_rate(request, user):
+    return get_usage(
+        request,
+        group="sessions-mint",
+        key=lambda group, req: str(user.pk),
+        rate=settings.MINT_RATE_LIMIT,
+        increment=True,
+    )
+
+
+@login_required
+@require_GET
+def voice_page(request):
+    prices = {p.model: p for p in ModelPrice.objects.filter(model__in=settings.REALTIME_MODELS)}
+    models = [
+        {
+            "id": m,
+            "context_window": prices[m].context_window,
+            "document_budget": prices[m].document_budget,
+            "text_input_per_million": str(prices[m].text_input),
+            "text_cached_input_per_million": str(prices[m].text_cached_input),
+        }
+        for m in settings.REALTIME_MODELS
+        if m in prices
+    ]
+    config = {
+        "models": models,
+        "voices": settings.REALTIME_VOICES,
+        "defaults": {
+            "model": settings.DEFAULT_MODEL,
+            "voice": settings.DEFAULT_VOICE,
+            "turn_detection": settings.DEFAULT_TURN_DETECTION,
+        },
+        "upstream": settings.UPSTREAM_MODE,
+    }
+    return render(request, "sessions/voice.html", {"config": config})
+
+
+@require_POST
+@api_login_required
+async def mint_session(request):
+    user = await request.auser()
+    # django-ratelimit's cache calls are blocking I/O with Redis: keep them off
+    # both the event loop and the single thread-sensitive executor.
+    usage = await sync_to_async(_mint_rate, thread_sensitive=False)(request, user)
+    if usage and usage["should_limit"]:
+        retry = max(1, usage["time_left"])
+        return json_error(
+            "rate_limited", f"Too many sessions started. Try again in {retry} s.", 429, {"Retry-After": str(retry)}
+        )
+    try:
+        req = parse_mint_request(json.loads(request.body or b"{}"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        message = str(exc) if isinstance(exc, RequestError) else "the body must be JSON"
+        return json_error("invalid_request", message, 400)
+    price = await ModelPrice.objects.filter(model=req.model).afirst()
+    if price is None:
+        return json_error("invalid_request", f"{req.model} has no price set; an admin must add one.", 400)
+    if req.document_ids:
+        # The team library is not built yet: no id can name a document.
+        return json_error("document_not_found", "No such document.", 404)
+
+    documents = []
+    if req.document_text:
+        tokens = await sync_to_async(count_tokens, thread_sensitive=False)(req.document_text)
+        documents.append({"id": "pasted", "title": "Pasted text", "text": req.document_text, "tokens": tokens})
+    doc_tokens = sum(d["tokens"] for d in documents)
+    if doc_tokens > price.document_budget:
+        return json_error(
+            "invalid_request",
+            f"The documents take {doc_tokens:,} tokens; {req.model} allows {price.document_budget:,}. "
+            "Choose fewer or shorter documents.",
+            400,
+        )
+
+    membership = await sync_to_async(Membership.primary_for)(user)
+    team = membership.team if membership else None
+    instructions = context.instructions_for(team)
+    body = context.client_secret_request(req, instructions, price.max_output_tokens)
+    try:
+        secret, expires_at, upstream_session = await upstream.create_client_secret(
+            body, upstream.safety_identifier(user)
+        )
+    except upstream.UpstreamError as exc:
+        return json_error(exc.code, exc.message, exc.status)
+
+    session = await RealtimeSession.objects.acreate(
+        user=user,
+        team=team,
+        model=req.model,
+        voice=req.voice,
+        turn_detection=req.turn_detection,
+        upstream_session_id=str(upstream_session.get("id", ""))[:100],
+        secret_expires_at=datetime.datetime.fromtimestamp(expires_at, tz=datetime.timezone.utc),
+        instructions=instructions,
+        documents=[{k: d[k] for k in ("id", "title", "tokens")} for d in documents],
+        document_tokens=doc_tokens,
+    )
+    return JsonResponse(
+        {
+            "id": str(session.pk),
+            "client_secret": secret,
+            "expires_at": expires_at,
+            "calls_url": upstream.calls_url(),
+            "model": session.model,
+            "voice": session.voice,
+            "turn_detection": session.turn_detection,
+            "context_items": context.document_items(documents),
+            "documents": session.documents,
+            "usage_ws": f"/ws/sessions/{session.pk}/",
+        },
+        status=201,
+    )
+
+
+@require_POST
+@api_login_required
+def attach_call(request, session_id):
+    session = _get_session_for_user(request.user, session_id, manage=True)
+    try:
+        call_id = json.loads(request.body).get("call_id")
+    except (ValueError, AttributeError):
+        return json_error("invalid_request", 'the body must be {"call_id": "rtc_..."}', 400)
+    if not isinstance(call_id, str) or not CALL_ID.match(call_id):
+        return json_error("invalid_request", "call_id must look like rtc_...", 400)
+    if session.status == RealtimeSession.ENDED:
+        return json_error("session_ended", "This session has ended.", 409)
+    if session.call_id and session.call_id != call_id:
+        return json_error("invalid_request", "This session already has a call.", 409)
+    session.call_id = call_id
+    session.status = RealtimeSession.ACTIVE
+    session.connected_at = session.connected_at or timezone.now()
+    session.save(update_fields=["call_id", "status", "connected_at"])
+    return HttpResponse(status=204)
+
+
+@require_POST
+@api_login_required
+async def end_session(request, session_id):
+    user = await request.auser()
+    session = await sync_to_async(_get_session_for_user)(user, session_id, manage=True)
+    ended_now = await sync_to_async(session.end)("user")
+    if ended_now and session.call_id:
+        # The page closes its peer connection; hanging up too makes sure a
+        # client that ignores the stop cannot keep spending on this call.
+        try:
+            await upstream.hangup(session.call_id)
+        except upstream.UpstreamError:
+            log.info("hangup of an ended call was refused; the call had most likely closed already")
+    return JsonResponse(await sync_to_async(session_payload)(session))
+
+
+@require_GET
+@api_login_required
+def session_detail(request, session_id):
+    session = _get_session_for_user(request.user, session_id)
+    payload = session_payload(session)
+    payload["transcript"] = [
+        {"item_id": t.item_id, "role": t.role, "text": t.text, "at": t.created_at.isoformat()}
+        for t in session.transcript.all()
+    ]
+    payload["usage"] = [
+        {
+            "response_id": u.response_id,
+            "source": u.source,
+            "input_tokens": u.input_tokens,
+            "cached_tokens": u.cached_tokens,
+            "output_tokens": u.output_tokens,
+            "cost_usd": f"{u.cost_usd:.6f}",
+        }
+        for u in session.usage_records.all()
+    ]
+    return JsonResponse(payload)
+
+
+def session_payload(session):
+    return {
+        "id": str(session.pk),
+        "user": session.user.get_username(),
+        "team": session.team.name if session.team else None,
+        "model": session.model,
+        "voice": session.voice,
+        "turn_detection": session.turn_detection,
+        "status": session.status,
+        "call_id": session.call_id or None,
+        "created_at": session.created_at.isoformat(),
+        "ended_at": session.ended_at.isoformat() if session.ended_at else None,
+        "end_reason": session.end_reason or None,
+        "documents": session.documents,
+        "document_tokens": session.document_tokens,
+        "totals": session.totals(),
+    }

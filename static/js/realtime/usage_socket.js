@@ -1,0 +1,95 @@
+// Reports each response's usage to the server and keeps every report until the
+// server acknowledges it; after a reconnect the unacknowledged ones are resent.
+// The server stores each response id once, so a resend never counts twice.
+
+export class UsageSocket {
+  constructor(path, { onAck, onBudgetExceeded, onServerError, onStateChange }) {
+    const scheme = window.location.protocol === 'https:' ? 'wss' : 'ws';
+    this.url = `${scheme}://${window.location.host}${path}`;
+    this.onAck = onAck;
+    this.onBudgetExceeded = onBudgetExceeded;
+    this.onServerError = onServerError;
+    this.onStateChange = onStateChange || (() => {});
+    this.pending = new Map();  // key -> frame, in insertion order
+    this.ws = null;
+    this.stopped = false;
+    this.retryMs = 250;
+    this.drainWaiters = [];
+  }
+
+  start() {
+    this.stopped = false;
+    this._open();
+  }
+
+  _open() {
+    const ws = new WebSocket(this.url);
+    this.ws = ws;
+    ws.onopen = () => {
+      this.retryMs = 250;
+      this.onStateChange('open');
+      for (const frame of this.pending.values()) ws.send(JSON.stringify(frame));
+    };
+    ws.onmessage = (event) => this._receive(event.data);
+    ws.onclose = () => {
+      this.onStateChange('closed');
+      if (this.stopped) return;
+      setTimeout(() => { if (!this.stopped) this._open(); }, this.retryMs);
+      this.retryMs = Math.min(this.retryMs * 2, 5000);
+    };
+  }
+
+  _receive(raw) {
+    let msg;
+    try { msg = JSON.parse(raw); } catch { return; }
+    if (msg.type === 'usage.ack') {
+      this.pending.delete(`usage:${msg.response_id}`);
+      this.onAck(msg);
+    } else if (msg.type === 'transcript.ack') {
+      this.pending.delete(`transcript:${msg.item_id}`);
+    } else if (msg.type === 'budget.exceeded') {
+      this.onBudgetExceeded(msg);
+    } else if (msg.type === 'error') {
+      // A report the server refused will be refused again: drop it, say so.
+      if (msg.response_id) this.pending.delete(`usage:${msg.response_id}`);
+      this.onServerError(msg);
+    }
+    this._checkDrained();
+  }
+
+  _queue(key, frame) {
+    this.pending.set(key, frame);
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(frame));
+  }
+
+  reportUsage(responseId, usage) {
+    this._queue(`usage:${responseId}`, { type: 'usage.report', response_id: responseId, usage });
+  }
+
+  reportTranscript(itemId, role, text) {
+    this._queue(`transcript:${itemId}`, { type: 'transcript.report', item_id: itemId, role, text });
+  }
+
+  get unacknowledged() {
+    return this.pending.size;
+  }
+
+  _checkDrained() {
+    if (this.pending.size === 0) {
+      this.drainWaiters.forEach((resolve) => resolve());
+      this.drainWaiters = [];
+    }
+  }
+
+  // Wait (bounded) for the last reports to be acknowledged, then close.
+  async stop(timeoutMs = 3000) {
+    if (this.pending.size > 0) {
+      await Promise.race([
+        new Promise((resolve) => this.drainWaiters.push(resolve)),
+        new Promise((resolve) => setTimeout(resolve, timeoutMs)),
+      ]);
+    }
+    this.stopped = true;
+    if (this.ws) this.ws.close();
+  }
+}

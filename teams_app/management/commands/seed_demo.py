@@ -1,0 +1,43 @@
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from teams_app.models import Membership, Team
+
+# (username, team, role); the team is None for the staff superuser.
+DEMO_USERS = [
+    ("alice", "Demo", Membership.ADMIN),
+    ("bob", "Demo", Membership.MEMBER),
+    ("erin", "Demo", Membership.READ_ONLY),
+    ("dave", "Other", Membership.ADMIN),
+    ("admin", None, None),
+]
+
+
+class Command(BaseCommand):
+    help = "Create the demo teams and users (idempotent); every demo user gets --password."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--password", required=True, help="password for every demo user")
+
+    @transaction.atomic
+    def handle(self, *args, password, **options):
+        if len(password) < 8:
+            raise CommandError("--password must be at least 8 characters")
+        User = get_user_model()
+        created = []
+        for username, team_name, role in DEMO_USERS:
+            user, was_created = User.objects.get_or_create(
+                username=username, defaults={"email": f"{username}@example.test"}
+            )
+            if username == "admin":
+                user.is_staff = user.is_superuser = True
+            user.set_password(password)
+            user.save()
+            if was_created:
+                created.append(username)
+            if team_name:
+                team, _ = Team.objects.get_or_create(name=team_name)
+                Membership.objects.update_or_create(team=team, user=user, defaults={"role": role})
+        names = ", ".join(u for u, _, _ in DEMO_USERS)
+        self.stdout.write(f"demo users ({names}) ready; created this run: {', '.join(created) or 'none'}")

@@ -1,0 +1,44 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class Team(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=100, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class Membership(models.Model):
+    ADMIN = "admin"
+    MEMBER = "member"
+    READ_ONLY = "read_only"
+    ROLE_CHOICES = [(ADMIN, "Team admin"), (MEMBER, "Member"), (READ_ONLY, "Read-only")]
+
+    team = models.ForeignKey(Team, models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=20, choices=ROLE_CHOICES, default=MEMBER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["team", "user"], name="one_membership_per_team")]
+        ordering = ["team__name", "user__username"]
+
+    def __str__(self):
+        return f"{self.user} in {self.team} ({self.role})"
+
+    @property
+    def can_write(self):
+        return self.role != self.READ_ONLY
+
+    @classmethod
+    def primary_for(cls, user):
+        """The membership a session is billed to: the user's oldest one."""
+        return cls.objects.filter(user=user).select_related("team").order_by("created_at", "pk").first()

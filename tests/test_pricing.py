@@ -1,0 +1,102 @@
+"""Pricing from the database price table: cached input at the cached rate, per model."""
+
+from decimal import Decimal
+
+import pytest
+
+from sessions_app.models import ModelPrice
+from sessions_app.pricing import UsageError, cost_of, parse_usage
+
+# The usage example from the API reference (response.done).
+EXAMPLE = {
+    "total_tokens": 253,
+    "input_tokens": 132,
+    "output_tokens": 121,
+    "input_token_details": {
+        "text_tokens": 119,
+        "audio_tokens": 13,
+        "image_tokens": 0,
+        "cached_tokens": 64,
+        "cached_tokens_details": {"text_tokens": 64, "audio_tokens": 0, "image_tokens": 0},
+    },
+    "output_token_details": {"text_tokens": 30, "audio_tokens": 91},
+}
+
+
+def price(model):
+    return ModelPrice.objects.get(model=model)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "model, expected",
+    [
+        # (119-64)*4 + 64*0.40 + 13*32 + 30*16 + 91*64 per million
+        ("gpt-realtime", Decimal("0.0069656")),
+        ("gpt-realtime-1.5", Decimal("0.0069656")),
+        # text output is $24 on gpt-realtime-2: +30*8
+        ("gpt-realtime-2", Decimal("0.0072056")),
+        ("gpt-realtime-2.1", Decimal("0.0072056")),
+        # (55*0.60 + 64*0.06 + 13*10 + 30*2.40 + 91*20) per million
+        ("gpt-realtime-mini", Decimal("0.00205884")),
+        ("gpt-realtime-2.1-mini", Decimal("0.00205884")),
+    ],
+)
+def test_example_usage_cost_per_model(model, expected):
+    p = price(model)
+    assert cost_of(parse_usage(EXAMPLE, p), p) == expected
+
+
+@pytest.mark.django_db
+def test_cached_audio_is_charged_at_the_cached_audio_rate():
+    p = price("gpt-realtime")
+    usage = {"input_tokens": 1000, "output_tokens": 0,
+             "input_token_details": {"text_tokens": 0, "audio_tokens": 1000, "cached_tokens": 800,
+                                     "cached_tokens_details": {"audio_tokens": 800}}}
+    # 200 * $32 + 800 * $0.40 per million; the seed's formula would drop the 800 entirely.
+    assert cost_of(parse_usage(usage, p), p) == Decimal("0.00672")
+
+
+@pytest.mark.django_db
+def test_missing_cache_details_count_as_uncached():
+    p = price("gpt-realtime")
+    usage = {"input_tokens": 100, "input_token_details": {"text_tokens": 100, "cached_tokens": 100}}
+    assert cost_of(parse_usage(usage, p), p) == Decimal("0.0004")
+
+
+@pytest.mark.django_db
+def test_price_edits_take_effect():
+    p = price("gpt-realtime")
+    p.text_output = Decimal("20")
+    p.save()
+    counts = parse_usage({"output_tokens": 1000, "output_token_details": {"text_tokens": 1000}}, price("gpt-realtime"))
+    assert cost_of(counts, price("gpt-realtime")) == Decimal("0.02")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "usage, fragment",
+    [
+        ("lots", "must be an object"),
+        ({"input_tokens": -1}, "must not be negative"),
+        ({"input_tokens": 1.5}, "must be an integer"),
+        ({"input_tokens": True}, "must be an integer"),
+        ({"input_tokens": "10"}, "must be an integer"),
+        ({"input_tokens": 10, "input_token_details": {"text_tokens": 5}}, "does not match"),
+        ({"output_tokens": 5, "output_token_details": {"audio_tokens": 9}}, "does not match"),
+        ({"total_tokens": 3, "input_tokens": 1, "input_token_details": {"text_tokens": 1}}, "total_tokens"),
+        ({"input_token_details": {"text_tokens": 5, "cached_tokens_details": {"text_tokens": 6}}}, "exceed"),
+        ({"input_token_details": {"text_tokens": 10_000_000}}, "context window"),
+        ({"output_token_details": {"audio_tokens": 50_000}}, "output limit"),
+        ({"input_token_details": []}, "must be an object"),
+    ],
+)
+def test_bad_usage_is_refused(usage, fragment):
+    with pytest.raises(UsageError, match=fragment):
+        parse_usage(usage, price("gpt-realtime"))
+
+
+@pytest.mark.django_db
+def test_document_budget_is_per_model():
+    assert price("gpt-realtime").document_budget < 20_000
+    assert price("gpt-realtime-2").document_budget > 50_000

@@ -1,0 +1,56 @@
+"""seed_demo, the health probe and the settings helpers."""
+
+import pytest
+from django.contrib.auth import authenticate, get_user_model
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import CommandError, call_command
+
+from teams_app.models import Membership, Team
+from voiceproject import settings as project_settings
+
+
+@pytest.mark.django_db
+def test_seed_demo_creates_the_contracted_teams_once():
+    call_command("seed_demo", "--password", "first-pass-123")
+    call_command("seed_demo", "--password", "second-pass-456")
+    User = get_user_model()
+    assert User.objects.count() == 5 and Team.objects.count() == 2
+    roles = {(m.user.username, m.team.name, m.role) for m in Membership.objects.select_related("user", "team")}
+    assert roles == {
+        ("alice", "Demo", "admin"), ("bob", "Demo", "member"), ("erin", "Demo", "read_only"),
+        ("dave", "Other", "admin"),
+    }
+    admin = User.objects.get(username="admin")
+    assert admin.is_staff and admin.is_superuser and not admin.memberships.exists()
+    for name in ("alice", "bob", "erin", "dave", "admin"):
+        assert authenticate(username=name, password="second-pass-456"), name
+        assert not authenticate(username=name, password="first-pass-123")
+
+
+@pytest.mark.django_db
+def test_seed_demo_refuses_a_short_password():
+    with pytest.raises(CommandError):
+        call_command("seed_demo", "--password", "short")
+
+
+@pytest.mark.django_db
+def test_healthz(client):
+    data = client.get("/healthz").json()
+    assert data["status"] == "ok" and data["database"] == "ok"
+    assert data["channel_layer"] == "InMemoryChannelLayer" and data["upstream"] == "simulator"
+
+
+@pytest.mark.parametrize("value", ["maybe", "2"])
+def test_envbool_refuses_nonsense(monkeypatch, value):
+    monkeypatch.setenv("X_FLAG", value)
+    with pytest.raises(ImproperlyConfigured):
+        project_settings.envbool("X_FLAG", False)
+
+
+def test_envint_refuses_nonsense(monkeypatch):
+    monkeypatch.setenv("X_NUM", "ten")
+    with pytest.raises(ImproperlyConfigured):
+        project_settings.envint("X_NUM", 1)
+    monkeypatch.setenv("X_NUM", "0")
+    with pytest.raises(ImproperlyConfigured):
+        project_settings.envint("X_NUM", 1, minimum=1)

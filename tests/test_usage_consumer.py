@@ -1,0 +1,194 @@
+"""The usage WebSocket: auth, origin, idempotency, bad frames."""
+
+import datetime
+from decimal import Decimal
+
+import pytest
+from channels.auth import AuthMiddlewareStack
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels.routing import URLRouter
+from channels.security.websocket import AllowedHostsOriginValidator
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.test import Client
+from django.utils import timezone
+
+from sessions_app.consumers import DASHBOARD_GROUP
+from sessions_app.models import RealtimeSession, TranscriptEntry, UsageRecord
+from sessions_app.routing import websocket_urlpatterns
+
+# Transactional: the consumer works on other threads. serialized_rollback keeps
+# the price table that a data migration seeds.
+pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+
+USAGE = {
+    "total_tokens": 253, "input_tokens": 132, "output_tokens": 121,
+    "input_token_details": {"text_tokens": 119, "audio_tokens": 13, "image_tokens": 0, "cached_tokens": 64,
+                            "cached_tokens_details": {"text_tokens": 64, "audio_tokens": 0, "image_tokens": 0}},
+    "output_token_details": {"text_tokens": 30, "audio_tokens": 91},
+}
+
+
+def make_app():
+    # Built per test: the origin validator reads ALLOWED_HOSTS when constructed.
+    return AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+
+
+@database_sync_to_async
+def session_for(user, model="gpt-realtime"):
+    return RealtimeSession.objects.create(
+        user=user, model=model, voice="marin", turn_detection="server_vad",
+        secret_expires_at=timezone.now() + datetime.timedelta(minutes=1), instructions="x",
+    )
+
+
+@database_sync_to_async
+def cookie_for(user):
+    client = Client()
+    client.force_login(user)
+    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+
+async def connect(session, user=None, origin="http://127.0.0.1:8000"):
+    headers = [(b"origin", origin.encode())]
+    if user is not None:
+        headers.append((b"cookie", (await cookie_for(user)).encode()))
+    comm = WebsocketCommunicator(make_app(), f"/ws/sessions/{session.pk}/", headers=headers)
+    connected, _ = await comm.connect()
+    return comm, connected
+
+
+async def test_owner_reports_usage_and_gets_totals(alice):
+    session = await session_for(alice)
+    comm, connected = await connect(session, alice)
+    assert connected
+    await comm.send_json_to({"type": "usage.report", "response_id": "resp_1", "usage": USAGE})
+    ack = await comm.receive_json_from()
+    assert ack["type"] == "usage.ack" and ack["response_id"] == "resp_1" and ack["duplicate"] is False
+    assert ack["cost_usd"] == "0.006966"
+    assert ack["session"]["input_tokens"] == 132 and ack["session"]["output_tokens"] == 121
+    assert ack["session"]["cost_usd"] == "0.006966"
+    await session.arefresh_from_db()
+    assert session.cost_usd == Decimal("0.0069656") and session.response_count == 1
+    await comm.disconnect()
+
+
+async def test_a_resent_report_is_stored_once(alice):
+    session = await session_for(alice)
+    comm, _ = await connect(session, alice)
+    for _ in range(3):
+        await comm.send_json_to({"type": "usage.report", "response_id": "resp_dup", "usage": USAGE})
+    acks = [await comm.receive_json_from() for _ in range(3)]
+    assert [a.get("duplicate") for a in acks] == [False, True, True], acks
+    assert all(a["session"]["cost_usd"] == "0.006966" for a in acks)
+    # After a reconnect the same report is still a duplicate.
+    await comm.disconnect()
+    comm, _ = await connect(session, alice)
+    await comm.send_json_to({"type": "usage.report", "response_id": "resp_dup", "usage": USAGE})
+    assert (await comm.receive_json_from())["duplicate"] is True
+    assert await UsageRecord.objects.filter(session=session).acount() == 1
+    await session.arefresh_from_db()
+    assert session.response_count == 1 and session.input_tokens == 132
+    await comm.disconnect()
+
+
+async def test_anonymous_is_refused(alice):
+    session = await session_for(alice)
+    comm, connected = await connect(session, None)
+    assert not connected
+
+
+async def test_another_users_session_is_refused(alice, charlie, bob):
+    session = await session_for(alice)
+    for intruder in (charlie, bob):
+        comm, connected = await connect(session, intruder)
+        assert not connected
+
+
+async def test_foreign_origin_is_refused(alice):
+    session = await session_for(alice)
+    comm, connected = await connect(session, alice, origin="http://evil.example")
+    assert not connected
+
+
+async def test_unknown_session_is_refused(alice):
+    session = await session_for(alice)
+    pk = session.pk
+    await session.adelete()
+    session.pk = pk
+    comm, connected = await connect(session, alice)
+    assert not connected
+
+
+@pytest.mark.parametrize(
+    "frame, code",
+    [
+        ("not json", "invalid_json"),
+        ("[1, 2]", "invalid_frame"),
+        ('{"type": "usage.delete"}', "unknown_type"),
+        ('{"type": "usage.report", "usage": {}}', "invalid_response_id"),
+        ('{"type": "usage.report", "response_id": "a b<script>", "usage": {}}', "invalid_response_id"),
+        ('{"type": "usage.report", "response_id": "r1", "usage": {"input_tokens": -5}}', "invalid_usage"),
+        ('{"type": "usage.report", "response_id": "r1", "usage": {"input_tokens": "many"}}', "invalid_usage"),
+        ('{"type": "usage.report", "response_id": "r1", "usage": {"output_token_details": {"audio_tokens": 99999999}}}',
+         "invalid_usage"),
+        ('{"type": "usage.report", "response_id": "r1"}', "invalid_usage"),
+        ('{"type": "transcript.report", "item_id": "i1", "role": "system", "text": "x"}', "invalid_role"),
+        ('{"type": "transcript.report", "item_id": "i1", "role": "user", "text": 5}', "invalid_text"),
+        ("x" * 70_000, "frame_too_large"),
+    ],
+)
+async def test_bad_frames_get_an_error_and_the_socket_stays_up(alice, frame, code):
+    session = await session_for(alice)
+    comm, _ = await connect(session, alice)
+    await comm.send_to(text_data=frame)
+    error = await comm.receive_json_from()
+    assert error["type"] == "error" and error["code"] == code and error["message"]
+    assert await UsageRecord.objects.acount() == 0
+    assert await TranscriptEntry.objects.acount() == 0
+    # Still connected: a good report goes through.
+    await comm.send_json_to({"type": "usage.report", "response_id": "resp_ok", "usage": USAGE})
+    assert (await comm.receive_json_from())["type"] == "usage.ack"
+    await comm.disconnect()
+
+
+async def test_binary_frames_are_refused(alice):
+    session = await session_for(alice)
+    comm, _ = await connect(session, alice)
+    await comm.send_to(bytes_data=b"\x00\x01")
+    assert (await comm.receive_json_from())["code"] == "invalid_frame"
+    await comm.disconnect()
+
+
+async def test_transcript_entries_are_stored_once(alice):
+    session = await session_for(alice)
+    comm, _ = await connect(session, alice)
+    for text in ("Hello there", "changed"):
+        await comm.send_json_to({"type": "transcript.report", "item_id": "item_1", "role": "assistant", "text": text})
+        assert (await comm.receive_json_from()) == {"type": "transcript.ack", "item_id": "item_1"}
+    entries = [e async for e in TranscriptEntry.objects.filter(session=session)]
+    assert [(e.role, e.text) for e in entries] == [("assistant", "Hello there")]
+    await comm.disconnect()
+
+
+async def test_recorded_usage_reaches_the_dashboard_group(alice):
+    session = await session_for(alice)
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(DASHBOARD_GROUP, channel)
+    comm, _ = await connect(session, alice)
+    await comm.send_json_to({"type": "usage.report", "response_id": "resp_d", "usage": USAGE})
+    await comm.receive_json_from()
+    event = await layer.receive(channel)
+    assert event["type"] == "spend.update" and event["session_id"] == str(session.pk)
+    assert event["cost_usd"] == "0.006966"
+    await comm.disconnect()
+
+
+async def test_budget_exceeded_group_event_reaches_the_page(alice):
+    session = await session_for(alice)
+    comm, _ = await connect(session, alice)
+    await get_channel_layer().group_send(f"session-{session.pk}", {"type": "budget.exceeded", "message": "cap"})
+    assert await comm.receive_json_from() == {"type": "budget.exceeded", "message": "cap"}
+    await comm.disconnect()

@@ -1,0 +1,209 @@
+"""Settings, read from the environment with safe one-machine defaults.
+
+Unset: SQLite in var/, in-memory channel layer, local-memory cache and the
+local realtime simulator as the upstream. DATABASE_URL and REDIS_URL switch to
+PostgreSQL and Redis for several processes; OPENAI_API_KEY switches to OpenAI.
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
+
+
+def envbool(name, default):
+    value = os.environ.get(name, "")
+    if value == "":
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {value!r}")
+
+
+def envint(name, default, minimum=None):
+    value = os.environ.get(name, "")
+    if value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {number}")
+    return number
+
+
+def envlist(name, default):
+    value = os.environ.get(name, "")
+    if value == "":
+        return list(default)
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _secret_key():
+    key = os.environ.get("SECRET_KEY", "")
+    if key:
+        return key
+    # One machine with no configuration gets a random key kept in var/, shared
+    # by every process on it. Several machines must set SECRET_KEY themselves.
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = envbool("DEBUG", False)
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_ratelimit",
+    "teams_app",
+    "documents_app",
+    "sessions_app",
+]
+
+# Every middleware here is async-capable, so an async view that waits on the
+# upstream does not pin the single sync thread Django uses under ASGI.
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "voiceproject.urls"
+ASGI_APPLICATION = "voiceproject.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}",
+        conn_max_age=0,
+    )
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = os.environ.get("REDIS_URL", "")
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+        }
+    }
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+    SILENCED_SYSTEM_CHECKS = []
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # One process holds every rate-limit counter, so a local-memory cache is
+    # shared by everything that reads it. REDIS_URL is required past one process.
+    SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+CSRF_FAILURE_VIEW = "voiceproject.views.csrf_failure"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+# The ASGI app serves /static/ itself unless a front server does (SERVE_STATIC=0).
+SERVE_STATIC = envbool("SERVE_STATIC", True)
+
+# The OpenAI upstream. No key: the local simulator stands in for it.
+OPENAI_API_KEY = os.environ.get("OPENAI_API_KEY", "")
+SIMULATOR_PORT = envint("SIMULATOR_PORT", 8100, minimum=1)
+UPSTREAM_MODE = "openai" if OPENAI_API_KEY else "simulator"
+if UPSTREAM_MODE == "simulator":
+    OPENAI_API_KEY = os.environ.get("SIM_API_KEY", "sk-sim-local")
+    _default_base = f"http://127.0.0.1:{SIMULATOR_PORT}"
+else:
+    _default_base = "https://api.openai.com"
+OPENAI_BASE_URL = os.environ.get("OPENAI_BASE_URL", _default_base).rstrip("/")
+UPSTREAM_TIMEOUT_SECONDS = envint("UPSTREAM_TIMEOUT_SECONDS", 10, minimum=1)
+CLIENT_SECRET_TTL_SECONDS = envint("CLIENT_SECRET_TTL_SECONDS", 60, minimum=10)
+
+MINT_RATE_LIMIT = os.environ.get("MINT_RATE_LIMIT", "10/m")
+RATELIMIT_ENABLE = True
+
+REALTIME_MODELS = envlist(
+    "REALTIME_MODELS",
+    ["gpt-realtime-2", "gpt-realtime-2.1", "gpt-realtime-2.1-mini", "gpt-realtime", "gpt-realtime-1.5", "gpt-realtime-mini"],
+)
+REALTIME_VOICES = ["marin", "cedar", "alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse"]
+DEFAULT_MODEL = os.environ.get("DEFAULT_MODEL", "gpt-realtime-2")
+DEFAULT_VOICE = os.environ.get("DEFAULT_VOICE", "marin")
+DEFAULT_TURN_DETECTION = os.environ.get("DEFAULT_TURN_DETECTION", "server_vad")
+TRANSCRIPTION_MODEL = os.environ.get("TRANSCRIPTION_MODEL", "gpt-4o-mini-transcribe")
+if DEFAULT_MODEL not in REALTIME_MODELS:
+    raise ImproperlyConfigured(f"DEFAULT_MODEL {DEFAULT_MODEL!r} is not in REALTIME_MODELS")
+if DEFAULT_VOICE not in REALTIME_VOICES:
+    raise ImproperlyConfigured(f"DEFAULT_VOICE {DEFAULT_VOICE!r} is not a known voice")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "INFO"},
+    # httpx logs every request line at INFO; keep it quiet.
+    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+}
+
+if not DEBUG:
+    SESSION_COOKIE_HTTPONLY = True
+    X_FRAME_OPTIONS = "DENY"
+if DEFAULT_TURN_DETECTION not in ("server_vad", "semantic_vad", "push_to_talk"):
+    raise ImproperlyConfigured("DEFAULT_TURN_DETECTION must be server_vad, semantic_vad or push_to_talk")
