@@ -250,7 +250,7 @@ async def sideband(request: web.Request) -> web.StreamResponse:
     call = state.calls.get(call_id)
     if call is None or call.state == "closed":
         return _error(404, f"Call '{call_id}' not found.", "call_id_not_found", "call_id")
-    ws = web.WebSocketResponse(heartbeat=None, max_msg_size=16 * 1024 * 1024)
+    ws = web.WebSocketResponse(heartbeat=None, timeout=2.0, max_msg_size=16 * 1024 * 1024)
     await ws.prepare(request)
     attached = call.attach_sideband(ws)
     try:

@@ -110,9 +110,7 @@ class Call:
         try:
             parsed = json.loads(text)
         except ValueError:
-            parsed = {"_unparsed": text}
-        if isinstance(parsed, dict):
-            parsed = {**parsed}
+            parsed = {"_unparsed": text}  # malformed events are recorded too
         self.client_events.append({"source": source, "event": parsed})
         self.conversation.handle_client_event(text)
 
@@ -147,8 +145,8 @@ class Call:
         self.state = "closed"
         self.conversation.close()
         await self.peer.close()
-        for sideband in list(self.sidebands):
-            await self.detach_sideband(sideband)
+        # Closed together, so one slow socket cannot hold up a hangup answer.
+        await asyncio.gather(*(self.detach_sideband(s) for s in list(self.sidebands)))
         self.closed_event.set()
 
     # -- views for /_sim ------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import ids, usage
@@ -43,7 +43,6 @@ class ResponsePlan:
     usage_override: dict | None = None
     speech_ms: int = 0
     truncated: bool = False
-    extra: dict = field(default_factory=dict)
 
     def fit_to_limit(self) -> None:
         """Shorten the reply so its output tokens respect max_output_tokens."""

@@ -1,0 +1,175 @@
+"""Real headless Chromium against the real service and the local simulator.
+
+The service (daphne, SQLite in a temporary folder) and the simulator run as
+subprocesses on 127.0.0.1; Chromium gets a spoken WAV as its microphone.
+Everything here fails loudly when a part is missing: no skips.
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+PASSWORD = "browser-test-pass-1"
+SPOKEN = "What does the document say about the launch? Please tell me the date."
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url, timeout=30, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before answering {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+def playwright_disabled_features():
+    """Playwright's own --disable-features list: Chromium keeps only the last switch."""
+    import playwright
+
+    bundle = Path(playwright.__file__).parent / "driver/package/lib/coreBundle.js"
+    match = re.search(r"disabledFeatures = \[(.*?)\]\.filter", bundle.read_text(), re.S)
+    assert match, f"cannot find Playwright's disabledFeatures list in {bundle}"
+    return re.findall(r'"([A-Za-z0-9]+)"', match.group(1))
+
+
+@pytest.fixture(scope="session")
+def speech_wav(tmp_path_factory):
+    for tool in ("espeak-ng", "sox"):
+        assert shutil.which(tool), f"{tool} is missing: run `make test` (it installs it)"
+    folder = tmp_path_factory.mktemp("audio")
+    raw, wav = folder / "raw.wav", folder / "speech.wav"
+    subprocess.run(["espeak-ng", "-w", str(raw), SPOKEN], check=True)
+    # 48 kHz mono 16-bit. Chromium loops the file: the long tail of silence lets
+    # the turn end and the answer finish before the question is asked again.
+    subprocess.run(["sox", str(raw), "-r", "48000", "-c", "1", "-b", "16", str(wav), "pad", "0.3", "7.0"], check=True)
+    return wav
+
+
+@pytest.fixture(scope="session")
+def simulator():
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "realtime_sim", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT, env={**os.environ, "SIM_API_KEY": "sk-sim-browser-tests"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{base}/_sim/calls", proc=proc)
+        yield Simulator(base)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+class Simulator:
+    def __init__(self, base_url):
+        self.base_url = base_url
+
+    def get(self, path):
+        with urllib.request.urlopen(self.base_url + path, timeout=5) as response:
+            return json.loads(response.read())
+
+    def post(self, path, body):
+        request = urllib.request.Request(
+            self.base_url + path, data=json.dumps(body).encode(), method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read() or b"{}")
+
+    def call(self, call_id):
+        return self.get(f"/_sim/calls/{call_id}")
+
+
+@pytest.fixture(scope="session")
+def server(simulator, tmp_path_factory):
+    var = tmp_path_factory.mktemp("var")
+    port = free_port()
+    env = {
+        **os.environ,
+        "VAR_DIR": str(var),
+        "SECRET_KEY": "browser-test-secret-key-not-for-production",
+        "OPENAI_API_KEY": "",
+        "SIM_API_KEY": "sk-sim-browser-tests",
+        "OPENAI_BASE_URL": simulator.base_url,
+        "MINT_RATE_LIMIT": "200/m",
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "DATABASE_URL": "",
+        "REDIS_URL": "",
+    }
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
+    subprocess.run([*manage, "seed_demo", "--password", PASSWORD], cwd=ROOT, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("daphne")), "-b", "127.0.0.1", "-p", str(port),
+         "voiceproject.asgi:application"],
+        cwd=ROOT, env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{base}/healthz", proc=proc)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def browser(speech_wav):
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run `make test` (it installs Debian's chromium)"
+    from playwright.sync_api import sync_playwright
+
+    features = ",".join([*playwright_disabled_features(), "WebRtcHideLocalIpsWithMdns"])
+    args = [
+        "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={speech_wav}",
+        "--autoplay-policy=no-user-gesture-required",
+        "--allow-loopback-in-peer-connection",
+        f"--disable-features={features}",
+        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+    ]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(base_url=server)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    yield page
+    context.close()
+
+
+def sign_in(page, username="alice"):
+    page.goto("/accounts/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/")

@@ -1,0 +1,162 @@
+"""The voice session, end to end, in real headless Chromium against the simulator."""
+
+import re
+import time
+
+import pytest
+
+from tests.browser.conftest import sign_in
+
+pytestmark = pytest.mark.browser
+
+DOCUMENT = (
+    "Project Zephyr launches on the fourth of March. "
+    "The launch budget is twelve thousand euros. "
+    "Maria Lopez leads the launch team."
+)
+
+
+def wait_until(predicate, timeout=15.0, interval=0.1, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_session(page, turn="server_vad", document=DOCUMENT):
+    sign_in(page)
+    page.get_by_label("Turn taking").select_option(turn)
+    if document:
+        page.get_by_label("Document (paste text, optional)").fill(document)
+    page.get_by_role("button", name="Start").click()
+    page.wait_for_function("window.voiceSession && window.voiceSession.call && window.voiceSession.call.callId")
+    page.get_by_role("status").filter(has_text="Connected").wait_for()
+    return page.evaluate("window.voiceSession.session.id"), page.evaluate("window.voiceSession.call.callId")
+
+
+def inbound_audio_energy(page):
+    return page.evaluate(
+        """async () => {
+            let energy = 0;
+            (await window.voiceSession.call.pc.getStats()).forEach((s) => {
+                if (s.type === 'inbound-rtp' && s.kind === 'audio') energy += s.totalAudioEnergy || 0;
+            });
+            return energy;
+        }"""
+    )
+
+
+def api_session(page, session_id):
+    response = page.request.get(f"/api/sessions/{session_id}")
+    assert response.ok, response.status
+    return response.json()
+
+
+def test_talk_about_a_pasted_document_then_mute_and_stop(page, simulator):
+    session_id, call_id = start_session(page)
+
+    # The server-built document item reached the upstream, labelled.
+    def document_item():
+        events = simulator.call(call_id)["client_events"]
+        return [e for e in events if e.get("type") == "conversation.item.create"]
+
+    items = wait_until(document_item, what="the document item at the simulator")
+    text = items[0]["item"]["content"][0]["text"]
+    assert 'title="Pasted text"' in text and 'id="pasted"' in text and "Project Zephyr" in text
+
+    # The fake microphone's speech is heard, answered from the document, and billed.
+    answer = page.locator('#transcript li[data-role="assistant"] .text').first
+    answer.wait_for(timeout=20_000)
+    wait_until(lambda: re.search("Zephyr|budget|Maria", answer.text_content()), what="an answer from the document")
+    page.wait_for_function("document.getElementById('session-cost').dataset.exact > 0", timeout=20_000)
+    assert page.locator('#transcript li[data-role="user"]').count() >= 1
+
+    call = simulator.call(call_id)
+    assert call["audio_in"]["voiced_frames"] > 10, call["audio_in"]
+    assert call["audio_out"]["voiced_frames"] > 10, call["audio_out"]
+    wait_until(lambda: inbound_audio_energy(page) > 0, what="audio energy received by the browser")
+
+    # What the page shows is what the database recorded.
+    page.wait_for_function("window.voiceSession.socket.unacknowledged === 0")
+    shown = page.locator("#session-cost").get_attribute("data-exact")
+    recorded = api_session(page, session_id)
+    assert recorded["totals"]["cost_usd"] == shown and float(shown) > 0
+    assert recorded["call_id"] == call_id and recorded["status"] == "active"
+    shown_input = int(page.locator("#input-tokens").text_content().replace(",", ""))
+    assert shown_input == recorded["totals"]["input_tokens"] > 0
+    simulated = sum(r["usage"]["input_tokens"] for r in simulator.call(call_id)["responses"] if r.get("usage"))
+    assert recorded["totals"]["input_tokens"] <= simulated
+
+    # Mute: the frames keep coming but carry digital silence.
+    page.get_by_role("button", name="Mute").click()
+    assert page.get_by_role("button", name="Unmute").get_attribute("aria-pressed") == "true"
+    time.sleep(1.5)
+    assert max(simulator.call(call_id)["audio_in"]["recent_rms"]) < 0.001
+    page.get_by_role("button", name="Unmute").click()
+    wait_until(
+        lambda: max(simulator.call(call_id)["audio_in"]["recent_rms"]) > 0.02, timeout=15, what="speech after unmute"
+    )
+
+    # Stop ends the session on the server and closes the call upstream.
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_role("status").filter(has_text="Session ended").wait_for()
+    assert api_session(page, session_id)["status"] == "ended"
+    wait_until(lambda: simulator.call(call_id)["state"] == "closed", what="call closed at the simulator")
+    assert page.get_by_role("button", name="Start").is_enabled()
+
+
+def test_push_to_talk_answers_only_when_asked(page, simulator):
+    session_id, call_id = start_session(page, turn="push_to_talk")
+    talk = page.get_by_role("button", name="Talk (hold)")
+    assert talk.is_visible()
+
+    # The microphone is speaking (the fake device loops), yet nothing is answered.
+    time.sleep(3)
+    call = simulator.call(call_id)
+    assert call["session"]["audio"]["input"]["turn_detection"] is None
+    assert call["responses"] == []
+    assert "input_audio_buffer.speech_started" not in call["server_event_types"]
+
+    # Hold Talk while speaking, release: exactly one answer.
+    talk.hover()
+    page.mouse.down()
+    time.sleep(2.5)
+    page.mouse.up()
+    answer = page.locator('#transcript li[data-role="assistant"] .text').first
+    answer.wait_for()
+    wait_until(lambda: len(simulator.call(call_id)["responses"]) == 1, what="one response")
+    types = [e["type"] for e in simulator.call(call_id)["client_events"]]
+    assert types.index("input_audio_buffer.clear") < types.index("input_audio_buffer.commit") < types.index(
+        "response.create"
+    )
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_role("status").filter(has_text="Session ended").wait_for()
+
+
+def test_microphone_denied_gets_a_clear_message(browser, server):
+    context = browser.new_context(base_url=server)
+    # What Chromium does when the person clicks "Block" on the microphone prompt.
+    context.add_init_script(
+        "navigator.mediaDevices.getUserMedia = () => Promise.reject(new DOMException('denied', 'NotAllowedError'));"
+    )
+    page = context.new_page()
+    sign_in(page)
+    page.get_by_role("button", name="Start").click()
+    alert = page.get_by_role("alert")
+    alert.wait_for()
+    assert re.search(r"Microphone access was denied", alert.text_content())
+    assert page.get_by_role("button", name="Start").is_enabled()
+    context.close()
+
+
+def test_upstream_refusal_gets_a_clear_message_and_no_session(page, simulator):
+    simulator.post("/_sim/faults", {"endpoint": "client_secrets", "status": 500, "count": 1})
+    sign_in(page)
+    page.get_by_role("button", name="Start").click()
+    alert = page.get_by_role("alert")
+    alert.wait_for()
+    assert "refused" in alert.text_content()
+    assert "sk-" not in page.content()
