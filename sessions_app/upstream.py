@@ -34,7 +34,7 @@ def _client():
     client = _clients.get(loop)
     if client is None or client.is_closed:
         timeout = httpx.Timeout(settings.UPSTREAM_TIMEOUT_SECONDS, connect=5.0)
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=16)
         client = httpx.AsyncClient(base_url=settings.OPENAI_BASE_URL, timeout=timeout, limits=limits)
         _clients[loop] = client
     return client

@@ -49,6 +49,11 @@ def _mint_rate(request, user):
     )
 
 
+def _price_and_membership(model, user):
+    # One trip to the database thread for both reads.
+    return ModelPrice.objects.filter(model=model).first(), Membership.primary_for(user)
+
+
 @login_required
 @require_GET
 def voice_page(request):
@@ -94,7 +99,7 @@ async def mint_session(request):
     except (ValueError, UnicodeDecodeError) as exc:
         message = str(exc) if isinstance(exc, RequestError) else "the body must be JSON"
         return json_error("invalid_request", message, 400)
-    price = await ModelPrice.objects.filter(model=req.model).afirst()
+    price, membership = await sync_to_async(_price_and_membership)(req.model, user)
     if price is None:
         return json_error("invalid_request", f"{req.model} has no price set; an admin must add one.", 400)
     if req.document_ids:
@@ -114,7 +119,6 @@ async def mint_session(request):
             400,
         )
 
-    membership = await sync_to_async(Membership.primary_for)(user)
     team = membership.team if membership else None
     instructions = context.instructions_for(team)
     body = context.client_secret_request(req, instructions, price.max_output_tokens)

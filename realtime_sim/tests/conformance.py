@@ -15,7 +15,8 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-SCHEMA_DIR = Path(os.environ.get("REALTIME_SCHEMA_DIR", "/work/shared/realtime-api"))
+# shared/ sits beside the checkout (as on CI); REALTIME_SCHEMA_DIR overrides.
+SCHEMA_DIR = Path(os.environ.get("REALTIME_SCHEMA_DIR", Path(__file__).resolve().parents[3] / "shared" / "realtime-api"))
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
