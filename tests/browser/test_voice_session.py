@@ -160,3 +160,72 @@ def test_upstream_refusal_gets_a_clear_message_and_no_session(page, simulator):
     alert.wait_for()
     assert "refused" in alert.text_content()
     assert "sk-" not in page.content()
+
+
+def test_expired_token_at_the_handshake_gets_a_clear_message(page, simulator):
+    simulator.post("/_sim/faults", {"endpoint": "calls", "status": 401, "count": 1})
+    sign_in(page)
+    page.get_by_role("button", name="Start").click()
+    alert = page.get_by_role("alert")
+    alert.wait_for()
+    assert "expired" in alert.text_content()
+    # The session the server minted is ended, not left dangling.
+    session_id = page.evaluate("window.voiceSession.session.id")
+    wait_until(lambda: api_session(page, session_id)["status"] == "ended", what="session ended")
+
+
+def test_lost_connection_ends_the_session_with_a_message(page, simulator):
+    session_id, call_id = start_session(page, document="")
+    # The upstream ends the call (as a hangup or a dead network would).
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{simulator.base_url}/v1/realtime/calls/{call_id}/hangup", method="POST",
+        headers={"Authorization": "Bearer sk-sim-browser-tests"},
+    )
+    urllib.request.urlopen(request, timeout=5).read()
+    alert = page.get_by_role("alert")
+    alert.wait_for()
+    assert "connection" in alert.text_content() and "lost" in alert.text_content()
+    wait_until(lambda: api_session(page, session_id)["status"] == "ended", what="session ended")
+
+
+def test_autoplay_blocked_offers_a_play_button(browser, server, simulator):
+    context = browser.new_context(base_url=server)
+    context.add_init_script(
+        "HTMLMediaElement.prototype.play = function () {"
+        " return Promise.reject(new DOMException('blocked', 'NotAllowedError')); };"
+    )
+    page = context.new_page()
+    sign_in(page)
+    page.get_by_role("button", name="Start").click()
+    alert = page.get_by_role("alert")
+    alert.wait_for()
+    assert "blocked" in alert.text_content()
+    assert page.get_by_role("button", name="Play the assistant's audio").is_visible()
+    page.get_by_role("button", name="Stop").click()
+    context.close()
+
+
+def test_reports_made_while_the_socket_is_down_are_resent(page, simulator):
+    session_id, call_id = start_session(page, turn="push_to_talk", document="")
+    # Cut the usage socket and hold it down while a response completes.
+    page.evaluate(
+        """() => { const s = window.voiceSession.socket; s.reopen = s._open; s._open = () => {}; s.ws.close(); }"""
+    )
+    page.get_by_role("button", name="Talk (hold)").hover()
+    page.mouse.down()
+    time.sleep(0.5)
+    page.mouse.up()
+    page.wait_for_function(
+        "[...window.voiceSession.socket.pending.keys()].some((k) => k.startsWith('usage:'))", timeout=20_000
+    )
+    assert api_session(page, session_id)["totals"]["responses"] == 0
+    # The socket comes back: the kept report is sent again and acknowledged.
+    page.evaluate("() => { const s = window.voiceSession.socket; s._open = s.reopen; s._open(); }")
+    page.wait_for_function("window.voiceSession.socket.unacknowledged === 0")
+    page.wait_for_function("document.getElementById('session-cost').dataset.exact > 0")
+    recorded = api_session(page, session_id)
+    assert recorded["totals"]["responses"] == 1
+    assert recorded["totals"]["cost_usd"] == page.locator("#session-cost").get_attribute("data-exact")
+    page.get_by_role("button", name="Stop").click()

@@ -40,6 +40,10 @@ export class RealtimeCall {
     pc.addTrack(this.micTrack);
     this.dc = pc.createDataChannel('oai-events');
     this.dc.addEventListener('open', () => this._resolveOpen());
+    // The upstream hanging up, or the path dying, closes the channel under us.
+    this.dc.addEventListener('close', () => {
+      if (!this.closed) this.onConnectionLost('closed');
+    });
     this.dc.addEventListener('message', (event) => {
       let data;
       try { data = JSON.parse(event.data); } catch { return; }
