@@ -60,11 +60,12 @@ def main():
         with service(sim, CLIENTS) as base:
             results = asyncio.run(measure(base))
     print(f"mint: POST /api/sessions/ against the simulator with a fixed {UPSTREAM_DELAY_MS} ms upstream delay")
-    print(f"{'clients':>8} {'mints':>6} {'mints/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'overhead p50':>13} {'overhead p99':>13}")
+    print("| clients | mints | mints/s | latency p50 | latency p99 | server overhead p50 | server overhead p99 |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for level, (lat, tput) in results.items():
         p50, p99 = percentile(lat, 50), percentile(lat, 99)
-        print(f"{level:>8} {len(lat):>6} {tput:>8.1f} {p50:>8.1f} {p99:>8.1f} "
-              f"{p50 - UPSTREAM_DELAY_MS:>10.1f} ms {p99 - UPSTREAM_DELAY_MS:>10.1f} ms")
+        print(f"| {level} | {len(lat)} | {tput:.1f} | {p50:.1f} ms | {p99:.1f} ms | "
+              f"{p50 - UPSTREAM_DELAY_MS:.1f} ms | {p99 - UPSTREAM_DELAY_MS:.1f} ms |")
     ratio = results[CLIENTS][1] / results[1][1]
     print(f"throughput ratio c={CLIENTS} / c=1: {ratio:.1f}x")
     return ratio

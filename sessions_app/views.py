@@ -49,9 +49,11 @@ def _mint_rate(request, user):
     )
 
 
-def _price_and_membership(model, user):
-    # One trip to the database thread for both reads.
-    return ModelPrice.objects.filter(model=model).first(), Membership.primary_for(user)
+def _mint_preflight(request, user, req):
+    usage = _mint_rate(request, user)
+    if req is None or (usage and usage["should_limit"]):
+        return usage, None, None
+    return usage, ModelPrice.objects.filter(model=req.model).first(), Membership.primary_for(user)
 
 
 @login_required
@@ -86,20 +88,21 @@ def voice_page(request):
 @api_login_required
 async def mint_session(request):
     user = await request.auser()
-    # django-ratelimit's cache calls are blocking I/O with Redis: keep them off
-    # both the event loop and the single thread-sensitive executor.
-    usage = await sync_to_async(_mint_rate, thread_sensitive=False)(request, user)
+    try:
+        req = parse_mint_request(json.loads(request.body or b"{}"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        req, bad_request = None, str(exc) if isinstance(exc, RequestError) else "the body must be JSON"
+    # Every attempt counts against the rate limit, valid or not. The limit's
+    # cache calls (blocking I/O with Redis) and the reads share one trip to
+    # this request's worker thread instead of blocking the event loop.
+    usage, price, membership = await sync_to_async(_mint_preflight)(request, user, req)
     if usage and usage["should_limit"]:
         retry = max(1, usage["time_left"])
         return json_error(
             "rate_limited", f"Too many sessions started. Try again in {retry} s.", 429, {"Retry-After": str(retry)}
         )
-    try:
-        req = parse_mint_request(json.loads(request.body or b"{}"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        message = str(exc) if isinstance(exc, RequestError) else "the body must be JSON"
-        return json_error("invalid_request", message, 400)
-    price, membership = await sync_to_async(_price_and_membership)(req.model, user)
+    if req is None:
+        return json_error("invalid_request", bad_request, 400)
     if price is None:
         return json_error("invalid_request", f"{req.model} has no price set; an admin must add one.", 400)
     if req.document_ids:
