@@ -1,10 +1,14 @@
 """`make bench`: every benchmark, figures side by side in one run."""
 
-from . import mint
+from . import extract, library, mint
 
 
 def main():
     mint.main()
+    print()
+    extract.main()
+    print()
+    library.main()
 
 
 if __name__ == "__main__":

@@ -55,8 +55,8 @@ def simulator():
 
 
 @contextlib.contextmanager
-def service(simulator_url, users, extra_env=None):
-    """daphne on a fresh SQLite database with `users` bench users; yields the base URL."""
+def service(simulator_url, users, extra_env=None, setup=""):
+    """daphne on a fresh database with `users` bench users (and `setup` code run once); yields the base URL."""
     with tempfile.TemporaryDirectory() as var:
         env = {
             **os.environ, "VAR_DIR": var, "SECRET_KEY": "bench-secret-key", "OPENAI_API_KEY": "",
@@ -70,7 +70,8 @@ def service(simulator_url, users, extra_env=None):
             f"for i in range({users}):\n"
             f"    Membership.objects.create(team=t, user=U.objects.create_user(f'bench{{i}}', password='{PASSWORD}'))\n"
         )
-        subprocess.run([sys.executable, "manage.py", "shell", "-c", create], cwd=ROOT, env=env, check=True)
+        subprocess.run([sys.executable, "manage.py", "shell", "-c", create + setup], cwd=ROOT, env=env, check=True,
+                       stdout=subprocess.DEVNULL)
         port = free_port()
         proc = subprocess.Popen(
             [str(Path(sys.executable).with_name("daphne")), "-b", "127.0.0.1", "-p", str(port),

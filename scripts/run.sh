@@ -30,5 +30,10 @@ else
     echo "Upstream: ${OPENAI_BASE_URL:-https://api.openai.com}"
 fi
 
+# The sideband worker verifies usage and ends calls whose page vanished.
+$PY manage.py sideband_worker &
+worker_pid=$!
+trap 'kill $worker_pid ${sim_pid:-} 2>/dev/null || true' EXIT INT TERM
+
 echo "Serving on http://127.0.0.1:8000"
 .venv/bin/daphne -b 127.0.0.1 -p 8000 voiceproject.asgi:application

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import ModelPrice, RealtimeSession, TranscriptEntry, UsageRecord
+from .models import Budget, ModelPrice, RealtimeSession, TranscriptEntry, UsageRecord
 
 
 @admin.register(ModelPrice)
@@ -61,3 +61,11 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+
+@admin.register(Budget)
+class BudgetAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "user", "team", "monthly_limit_usd", "updated_at"]
+    list_filter = ["team"]
+    search_fields = ["user__username", "team__name"]
+    autocomplete_fields = ["user", "team"]

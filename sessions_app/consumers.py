@@ -1,11 +1,16 @@
 import json
+import logging
 import re
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.utils import timezone
 
+from . import upstream
 from .models import ModelPrice, RealtimeSession, TranscriptEntry
 from .pricing import UsageError, cost_of, parse_usage
+
+log = logging.getLogger(__name__)
 
 MAX_FRAME_CHARS = 64 * 1024
 MAX_TRANSCRIPT_CHARS = 20_000
@@ -15,6 +20,19 @@ DASHBOARD_GROUP = "dashboard"
 
 def session_group(session_id):
     return f"session-{session_id}"
+
+
+async def stop_for_budget(channel_layer, session_id, call_id):
+    """Tell the session's pages it is over budget and hang its call up upstream."""
+    await channel_layer.group_send(
+        session_group(session_id),
+        {"type": "budget.exceeded", "message": "The spending limit was reached, so this session was ended."},
+    )
+    if call_id:
+        try:
+            await upstream.hangup(call_id)
+        except upstream.UpstreamError:
+            log.warning("hangup of a session over budget was refused; the page was told to stop")
 
 
 class SessionUsageConsumer(AsyncJsonWebsocketConsumer):
@@ -29,10 +47,18 @@ class SessionUsageConsumer(AsyncJsonWebsocketConsumer):
         self.group = session_group(self.session_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
+        await self.mark_page(connected=True)
 
     async def disconnect(self, code):
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+            # The sideband worker ends a call whose page stays away too long.
+            await self.mark_page(connected=False)
+
+    @database_sync_to_async
+    def mark_page(self, connected):
+        field = "page_connected_at" if connected else "page_left_at"
+        RealtimeSession.objects.filter(pk=self.session_id).update(**{field: timezone.now()})
 
     async def receive(self, text_data=None, bytes_data=None):
         if text_data is None:
@@ -61,7 +87,7 @@ class SessionUsageConsumer(AsyncJsonWebsocketConsumer):
         if not isinstance(response_id, str) or not ID_PATTERN.match(response_id):
             return await self.error("invalid_response_id", "response_id must be the response's id.")
         try:
-            record, created, totals = await self.record_usage(response_id, content.get("usage"))
+            record, created, totals, to_stop = await self.record_usage(response_id, content.get("usage"))
         except UsageError as exc:
             return await self.error("invalid_usage", str(exc), response_id=response_id)
         except ModelPrice.DoesNotExist:
@@ -81,11 +107,14 @@ class SessionUsageConsumer(AsyncJsonWebsocketConsumer):
                 {
                     "type": "spend.update",
                     "session_id": str(self.session_id),
+                    "team_id": totals["team_id"],
                     "response_id": response_id,
                     "cost_usd": f"{record.cost_usd:.6f}",
                     "session": totals,
                 },
             )
+        for session_id, call_id in to_stop:
+            await stop_for_budget(self.channel_layer, session_id, call_id)
 
     async def transcript_report(self, content):
         item_id, role, text = content.get("item_id"), content.get("role"), content.get("text")
@@ -117,10 +146,50 @@ class SessionUsageConsumer(AsyncJsonWebsocketConsumer):
         price = ModelPrice.objects.get(model=session.model)
         counts = parse_usage(usage, price)
         record, created = session.record_usage(response_id, counts, cost_of(counts, price))
-        return record, created, session.totals()
+        to_stop = session.stop_if_over_budget() if created else []
+        totals = {**session.totals(), "team_id": str(session.team_id) if session.team_id else None}
+        return record, created, totals, to_stop
 
     @database_sync_to_async
     def store_transcript(self, item_id, role, text):
         TranscriptEntry.objects.get_or_create(
             session_id=self.session_id, item_id=item_id, defaults={"role": role, "text": text}
         )
+
+
+class DashboardConsumer(AsyncJsonWebsocketConsumer):
+    """Live spend for staff (everything) and team admins (their teams only)."""
+
+    async def connect(self):
+        user = self.scope["user"]
+        if not user.is_authenticated:
+            await self.close()
+            return
+        self.teams = await self.visible_teams(user)
+        if self.teams is not None and not self.teams:
+            await self.close()
+            return
+        await self.channel_layer.group_add(DASHBOARD_GROUP, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        await self.channel_layer.group_discard(DASHBOARD_GROUP, self.channel_name)
+
+    async def receive_json(self, content, **kwargs):
+        await self.send_json({"type": "error", "code": "read_only", "message": "This socket only sends."})
+
+    async def receive(self, text_data=None, bytes_data=None):
+        await self.receive_json(None)
+
+    async def spend_update(self, event):
+        if self.teams is None or event.get("team_id") in self.teams:
+            await self.send_json({k: v for k, v in event.items() if k != "team_id"} | {"type": "spend.update"})
+
+    @database_sync_to_async
+    def visible_teams(self, user):
+        """None for staff (all teams); else the ids of the teams the user administers."""
+        if user.is_staff:
+            return None
+        from teams_app.models import Membership
+
+        return {str(t) for t in Membership.objects.filter(user=user, role=Membership.ADMIN).values_list("team_id", flat=True)}

@@ -80,6 +80,17 @@ class RealtimeSession(models.Model):
     output_tokens = models.PositiveBigIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
     response_count = models.PositiveIntegerField(default=0)
+    # The same, as the server saw it on its own sideband connection to the call.
+    verified_input_tokens = models.PositiveBigIntegerField(default=0)
+    verified_output_tokens = models.PositiveBigIntegerField(default=0)
+    verified_cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
+    verified_response_count = models.PositiveIntegerField(default=0)
+    # The page's usage socket: when it last connected and last went away.
+    page_connected_at = models.DateTimeField(null=True, blank=True)
+    page_left_at = models.DateTimeField(null=True, blank=True)
+    # Which sideband worker watches the call, and until when its claim holds.
+    sideband_owner = models.CharField(max_length=64, blank=True)
+    sideband_lease_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -122,6 +133,13 @@ class RealtimeSession(models.Model):
                         cost_usd=F("cost_usd") + cost,
                         response_count=F("response_count") + 1,
                     )
+                else:
+                    RealtimeSession.objects.filter(pk=self.pk).update(
+                        verified_input_tokens=F("verified_input_tokens") + counts.input_total,
+                        verified_output_tokens=F("verified_output_tokens") + counts.output_total,
+                        verified_cost_usd=F("verified_cost_usd") + cost,
+                        verified_response_count=F("verified_response_count") + 1,
+                    )
         except IntegrityError:
             record = UsageRecord.objects.get(session=self, response_id=response_id, source=source)
             created = False
@@ -130,6 +148,31 @@ class RealtimeSession(models.Model):
         self.refresh_from_db()
         return record, created
 
+    def stop_if_over_budget(self):
+        """End every running session under a budget this session has crossed.
+
+        Returns [(session id, call id)] for the sessions this call ended, so the
+        caller can tell their pages and hang their calls up.
+        """
+        stopped = []
+        for budget in Budget.for_session(self.user, self.team):
+            if budget.spent() > budget.monthly_limit_usd:
+                for running in budget.running_sessions():
+                    if running.end("budget"):
+                        stopped.append((running.pk, running.call_id))
+        return stopped
+
+    @property
+    def verified(self):
+        return self.verified_response_count > 0
+
+    @property
+    def usage_mismatch(self):
+        """The browser's reports disagree with, or miss, what the server saw itself."""
+        return self.verified and (
+            self.verified_cost_usd != self.cost_usd or self.verified_response_count != self.response_count
+        )
+
     def totals(self):
         return {
             "input_tokens": self.input_tokens,
@@ -137,7 +180,22 @@ class RealtimeSession(models.Model):
             "output_tokens": self.output_tokens,
             "cost_usd": f"{self.cost_usd:.6f}",
             "responses": self.response_count,
+            "verified": self.verified,
+            "verified_cost_usd": f"{self.verified_cost_usd:.6f}",
+            "verified_responses": self.verified_response_count,
+            "usage_mismatch": self.usage_mismatch,
         }
+
+
+class UsageQuerySet(models.QuerySet):
+    def billable(self):
+        """One record per response: the server's own where it has one, else the browser's."""
+        verified = UsageRecord.objects.filter(
+            session=models.OuterRef("session"), response_id=models.OuterRef("response_id"), source=UsageRecord.SERVER
+        )
+        return self.filter(
+            models.Q(source=UsageRecord.SERVER) | (models.Q(source=UsageRecord.CLIENT) & ~models.Exists(verified))
+        )
 
 
 class UsageRecord(models.Model):
@@ -161,6 +219,8 @@ class UsageRecord(models.Model):
     output_audio_tokens = models.PositiveIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=14, decimal_places=8)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = UsageQuerySet.as_manager()
 
     class Meta:
         ordering = ["created_at"]
@@ -195,3 +255,58 @@ class TranscriptEntry(models.Model):
     class Meta:
         ordering = ["created_at", "pk"]
         constraints = [models.UniqueConstraint(fields=["session", "item_id"], name="one_entry_per_item")]
+
+
+def month_start(now=None):
+    now = now or timezone.now()
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+class Budget(models.Model):
+    """A monthly spending limit for one user or one team (UTC calendar months)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, models.CASCADE, null=True, blank=True,
+                                related_name="budget")
+    team = models.OneToOneField(Team, models.CASCADE, null=True, blank=True, related_name="budget")
+    monthly_limit_usd = models.DecimalField(max_digits=12, decimal_places=4)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(models.Q(user__isnull=False, team__isnull=True) | models.Q(user__isnull=True, team__isnull=False)),
+                name="budget_for_a_user_or_a_team",
+            ),
+            models.CheckConstraint(condition=models.Q(monthly_limit_usd__gte=0), name="budget_not_negative"),
+        ]
+
+    def __str__(self):
+        return f"{self.user or self.team}: ${self.monthly_limit_usd}/month"
+
+    def spent(self, since=None):
+        """Spend this month under this budget, from the recorded usage."""
+        records = UsageRecord.objects.billable().filter(created_at__gte=since or month_start())
+        if self.user_id:
+            records = records.filter(session__user_id=self.user_id)
+        else:
+            records = records.filter(session__team_id=self.team_id)
+        return records.aggregate(total=models.Sum("cost_usd"))["total"] or Decimal(0)
+
+    def remaining(self):
+        return self.monthly_limit_usd - self.spent()
+
+    def allows(self, cost):
+        """Whether `cost` more can be spent this month."""
+        return self.spent() + cost <= self.monthly_limit_usd
+
+    def running_sessions(self):
+        sessions = RealtimeSession.objects.exclude(status=RealtimeSession.ENDED)
+        return sessions.filter(user_id=self.user_id) if self.user_id else sessions.filter(team_id=self.team_id)
+
+    @classmethod
+    def for_session(cls, user, team):
+        """The budgets a session of this user, billed to this team, counts against."""
+        query = models.Q(user=user)
+        if team is not None:
+            query |= models.Q(team=team)
+        return list(cls.objects.filter(query).select_related("user", "team"))

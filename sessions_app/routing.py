@@ -4,4 +4,5 @@ from . import consumers
 
 websocket_urlpatterns = [
     path("ws/sessions/<uuid:session_id>/", consumers.SessionUsageConsumer.as_asgi()),
+    path("ws/dashboard/", consumers.DashboardConsumer.as_asgi()),
 ]

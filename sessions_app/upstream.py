@@ -7,10 +7,12 @@ API key never leaves this module.
 """
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import weakref
 
+import aiohttp
 import httpx
 from django.conf import settings
 from django.utils.crypto import salted_hmac
@@ -29,11 +31,12 @@ class UpstreamError(Exception):
 
 
 def _client():
-    # An AsyncClient belongs to the loop it was first used on.
+    # An AsyncClient belongs to the loop it was first used on (and to one base URL).
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
-    if client is None or client.is_closed:
+    if client is None or client.is_closed or str(client.base_url).rstrip("/") != settings.OPENAI_BASE_URL:
         timeout = httpx.Timeout(settings.UPSTREAM_TIMEOUT_SECONDS, connect=5.0)
+        # Few idle connections: httpcore checks every idle one on each request.
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=16)
         client = httpx.AsyncClient(base_url=settings.OPENAI_BASE_URL, timeout=timeout, limits=limits)
         _clients[loop] = client
@@ -103,3 +106,24 @@ async def create_client_secret(body, safety_id):
 async def hangup(call_id):
     """POST /v1/realtime/calls/{id}/hangup: end the call upstream."""
     await _post(f"/v1/realtime/calls/{call_id}/hangup", "hangup", headers=_headers())
+
+
+@contextlib.asynccontextmanager
+async def sideband(call_id):
+    """The server's own WebSocket to a running call (`?call_id=`, API key)."""
+    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_connect=5))
+    try:
+        try:
+            ws = await http.ws_connect(sideband_url(call_id), headers=_headers(), heartbeat=20, max_msg_size=16 << 20)
+        except aiohttp.WSServerHandshakeError as exc:
+            log.warning("upstream sideband refused with HTTP %s", exc.status)
+            raise UpstreamError(502, "upstream_error", f"The realtime service refused the sideband (HTTP {exc.status}).")
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            log.warning("upstream sideband failed: %s", type(exc).__name__)
+            raise UpstreamError(502, "upstream_error", "The realtime service could not be reached for the sideband.")
+        try:
+            yield ws
+        finally:
+            await ws.close()
+    finally:
+        await http.close()

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import dashboard, views
 
 urlpatterns = [
     path("", views.voice_page, name="sessions-page"),
@@ -8,4 +8,8 @@ urlpatterns = [
     path("api/sessions/<uuid:session_id>", views.session_detail, name="sessions-detail"),
     path("api/sessions/<uuid:session_id>/call", views.attach_call, name="sessions-call"),
     path("api/sessions/<uuid:session_id>/end", views.end_session, name="sessions-end"),
+    path("sessions/", dashboard.history, name="sessions-history"),
+    path("sessions/<uuid:session_id>/", dashboard.history_detail, name="sessions-history-detail"),
+    path("dashboard/", dashboard.dashboard, name="dashboard"),
+    path("dashboard/spend.csv", dashboard.spend_csv, name="dashboard-csv"),
 ]

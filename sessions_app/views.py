@@ -13,13 +13,15 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 from django_ratelimit.core import get_usage
 
+from documents_app.models import Document
 from documents_app.tokens import count_tokens
 from teams_app.models import Membership
 from voiceproject.views import api_login_required, json_error
 
 from . import context, upstream
 from .forms import RequestError, parse_mint_request
-from .models import ModelPrice, RealtimeSession
+from .models import Budget, ModelPrice, RealtimeSession
+from .pricing import text_input_cost
 
 log = logging.getLogger(__name__)
 CALL_ID = re.compile(r"^rtc_[A-Za-z0-9_-]{1,120}$")
@@ -52,8 +54,19 @@ def _mint_rate(request, user):
 def _mint_preflight(request, user, req):
     usage = _mint_rate(request, user)
     if req is None or (usage and usage["should_limit"]):
-        return usage, None, None
-    return usage, ModelPrice.objects.filter(model=req.model).first(), Membership.primary_for(user)
+        return usage, None, None, None, None
+    found = {d.pk: d for d in Document.objects.visible_to(user).filter(pk__in=req.document_ids)}
+    # In the order chosen; None marks an id the user may not see (or that does not exist).
+    documents = [found.get(i) for i in req.document_ids]
+    membership = Membership.primary_for(user)
+    budgets = Budget.for_session(user, membership.team if membership else None)
+    room = min((b.remaining() for b in budgets), default=None)
+    return usage, ModelPrice.objects.filter(model=req.model).first(), membership, documents, room
+
+
+def session_reserve(price, document_tokens):
+    """What a session is expected to cost at least: its documents once, plus a floor."""
+    return text_input_cost(document_tokens, price) + settings.BUDGET_SESSION_RESERVE_USD
 
 
 @login_required
@@ -71,7 +84,11 @@ def voice_page(request):
         for m in settings.REALTIME_MODELS
         if m in prices
     ]
+    membership = Membership.primary_for(request.user)
+    budgets = Budget.for_session(request.user, membership.team if membership else None)
+    room = min((b.remaining() for b in budgets), default=None)
     config = {
+        "budget_remaining_usd": None if room is None else f"{max(room, 0):.4f}",
         "models": models,
         "voices": settings.REALTIME_VOICES,
         "defaults": {
@@ -95,7 +112,7 @@ async def mint_session(request):
     # Every attempt counts against the rate limit, valid or not. The limit's
     # cache calls (blocking I/O with Redis) and the reads share one trip to
     # this request's worker thread instead of blocking the event loop.
-    usage, price, membership = await sync_to_async(_mint_preflight)(request, user, req)
+    usage, price, membership, library, room = await sync_to_async(_mint_preflight)(request, user, req)
     if usage and usage["should_limit"]:
         retry = max(1, usage["time_left"])
         return json_error(
@@ -105,14 +122,16 @@ async def mint_session(request):
         return json_error("invalid_request", bad_request, 400)
     if price is None:
         return json_error("invalid_request", f"{req.model} has no price set; an admin must add one.", 400)
-    if req.document_ids:
-        # The team library is not built yet: no id can name a document.
-        return json_error("document_not_found", "No such document.", 404)
+    if None in library:
+        return json_error("document_not_found", "One of the chosen documents does not exist or is not yours to use.", 404)
 
-    documents = []
+    documents = [
+        {"id": str(d.pk), "title": d.title, "text": d.text, "tokens": d.tokens, "sha256": d.sha256} for d in library
+    ]
     if req.document_text:
         tokens = await sync_to_async(count_tokens, thread_sensitive=False)(req.document_text)
-        documents.append({"id": "pasted", "title": "Pasted text", "text": req.document_text, "tokens": tokens})
+        documents.append({"id": "pasted", "title": "Pasted text", "text": req.document_text, "tokens": tokens,
+                          "sha256": Document.hash_text(req.document_text)})
     doc_tokens = sum(d["tokens"] for d in documents)
     if doc_tokens > price.document_budget:
         return json_error(
@@ -120,6 +139,13 @@ async def mint_session(request):
             f"The documents take {doc_tokens:,} tokens; {req.model} allows {price.document_budget:,}. "
             "Choose fewer or shorter documents.",
             400,
+        )
+
+    if room is not None and session_reserve(price, doc_tokens) > room:
+        return json_error(
+            "budget_exceeded",
+            f"The monthly spending limit leaves ${max(room, 0):.4f}, less than this session needs to start.",
+            402,
         )
 
     team = membership.team if membership else None
@@ -141,7 +167,8 @@ async def mint_session(request):
         upstream_session_id=str(upstream_session.get("id", ""))[:100],
         secret_expires_at=datetime.datetime.fromtimestamp(expires_at, tz=datetime.timezone.utc),
         instructions=instructions,
-        documents=[{k: d[k] for k in ("id", "title", "tokens")} for d in documents],
+        # Which documents, and which version of their text, went into the context.
+        documents=[{k: d[k] for k in ("id", "title", "tokens", "sha256")} for d in documents],
         document_tokens=doc_tokens,
     )
     return JsonResponse(

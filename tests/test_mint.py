@@ -9,6 +9,7 @@ import yaml
 from django.core.cache import cache
 from django_ratelimit.core import _get_window, _make_cache_key, _split_rate
 
+from documents_app.models import Document
 from sessions_app import upstream
 from sessions_app.models import RealtimeSession
 from tests.conftest import login
@@ -99,7 +100,8 @@ def test_mint_works_and_sends_a_ga_body(csrf_client, alice, fake, schema_doc):
 
     record = RealtimeSession.objects.get(pk=data["id"])
     assert record.user == alice and record.team.name == "Demo" and record.model == "gpt-realtime"
-    assert record.documents == [{"id": "pasted", "title": "Pasted text", "tokens": record.document_tokens}]
+    assert record.documents == [{"id": "pasted", "title": "Pasted text", "tokens": record.document_tokens,
+                                 "sha256": Document.hash_text("The launch is on 3 March.")}]
     assert record.document_tokens > 5
     assert FAKE_KEY not in response.content.decode()
 
@@ -170,7 +172,7 @@ def test_not_json_is_400(csrf_client, alice, fake):
     assert RealtimeSession.objects.count() == 0
 
 
-def test_unknown_document_is_404(csrf_client, alice, fake):
+def test_unknown_document_id_is_404(csrf_client, alice, fake):
     login(csrf_client, alice)
     response = mint(csrf_client, {"document_ids": ["2f1b7a52-3c1e-4a0e-9d7e-0c7a4b1f9e10"]})
     assert response.status_code == 404
@@ -248,3 +250,63 @@ def test_page_never_contains_the_key(csrf_client, alice):
 def test_anonymous_page_redirects_to_login(client):
     response = client.get("/")
     assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+
+
+# ---- documents from the library ----
+
+def _doc(owner, title, text, visibility="team"):
+    return Document.objects.create(
+        team=owner.memberships.get().team, owner=owner, title=title, filename=f"{title}.txt", kind="text",
+        visibility=visibility, text=text, sha256=Document.hash_text(text), tokens=len(text.split()) + 2,
+        size_bytes=len(text),
+    )
+
+
+def test_library_documents_go_in_the_chosen_order_labelled(csrf_client, bob, alice, fake):
+    first = _doc(alice, "Launch plan", "Zephyr launches in March.")
+    second = _doc(bob, 'Budget "draft"', "Twelve thousand euros.")
+    login(csrf_client, bob)
+    response = mint(csrf_client, {"document_ids": [str(second.pk), str(first.pk)]})
+    assert response.status_code == 201, response.content
+    texts = [i["item"]["content"][0]["text"] for i in response.json()["context_items"]]
+    assert texts[0].startswith(f'<document id="{second.pk}" title="Budget \'draft\'">') and "Twelve" in texts[0]
+    assert texts[1].startswith(f'<document id="{first.pk}" title="Launch plan">') and "Zephyr" in texts[1]
+    record = RealtimeSession.objects.get(pk=response.json()["id"])
+    assert [d["id"] for d in record.documents] == [str(second.pk), str(first.pk)]
+    assert record.documents[1]["sha256"] == first.sha256
+    assert record.document_tokens == first.tokens + second.tokens
+
+
+def test_read_only_member_may_use_documents(csrf_client, erin, alice, fake):
+    doc = _doc(alice, "Launch plan", "Zephyr launches in March.")
+    login(csrf_client, erin)
+    assert mint(csrf_client, {"document_ids": [str(doc.pk)]}).status_code == 201
+
+
+@pytest.mark.parametrize("case", ["other_team", "private", "deleted"])
+def test_documents_the_user_may_not_see_are_404(csrf_client, bob, alice, charlie, fake, case):
+    if case == "other_team":
+        doc = _doc(charlie, "Other team plan", "Secret plans.")
+    elif case == "private":
+        doc = _doc(alice, "Alice private", "Only Alice.", visibility="private")
+    else:
+        doc = _doc(bob, "Gone", "Deleted.")
+        pk = doc.pk
+        doc.delete()
+        doc.pk = pk
+    login(csrf_client, bob)
+    response = mint(csrf_client, {"document_ids": [str(doc.pk)]})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "document_not_found"
+    assert "Secret" not in response.content.decode()
+    assert fake.requests == [] and RealtimeSession.objects.count() == 0
+
+
+def test_documents_over_the_budget_are_refused(csrf_client, bob, fake):
+    big = _doc(bob, "Huge", "word " * 10)
+    big.tokens = 20_000  # over gpt-realtime's document budget
+    big.save()
+    login(csrf_client, bob)
+    response = mint(csrf_client, {"model": "gpt-realtime", "document_ids": [str(big.pk)]})
+    assert response.status_code == 400 and "allows" in response.json()["error"]["message"]
+    assert mint(csrf_client, {"model": "gpt-realtime-2", "document_ids": [str(big.pk)]}).status_code == 201

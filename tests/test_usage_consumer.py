@@ -192,3 +192,35 @@ async def test_budget_exceeded_group_event_reaches_the_page(alice):
     await get_channel_layer().group_send(f"session-{session.pk}", {"type": "budget.exceeded", "message": "cap"})
     assert await comm.receive_json_from() == {"type": "budget.exceeded", "message": "cap"}
     await comm.disconnect()
+
+
+async def test_crossing_the_budget_ends_every_running_session_and_hangs_up(alice, monkeypatch):
+    from sessions_app import upstream
+    from sessions_app.models import Budget
+    from tests.upstream_fake import FakeUpstream
+
+    fake = FakeUpstream()
+    monkeypatch.setattr(upstream, "_client", fake.client)
+    budget = await Budget.objects.acreate(user=alice, monthly_limit_usd=Decimal("0.010"))
+    talking, other = await session_for(alice), await session_for(alice)
+    for s, call in ((talking, "rtc_talking"), (other, "rtc_other")):
+        s.call_id, s.status = call, "active"
+        await s.asave()
+    comm, _ = await connect(talking, alice)
+    other_comm, _ = await connect(other, alice)
+    await comm.send_json_to({"type": "usage.report", "response_id": "resp_a", "usage": USAGE})
+    assert (await comm.receive_json_from())["type"] == "usage.ack"  # $0.0070: under the limit
+    await comm.send_json_to({"type": "usage.report", "response_id": "resp_b", "usage": USAGE})
+    assert (await comm.receive_json_from())["type"] == "usage.ack"  # $0.0139: over it
+    assert (await comm.receive_json_from())["type"] == "budget.exceeded"
+    assert (await other_comm.receive_json_from())["type"] == "budget.exceeded"
+    for s in (talking, other):
+        await s.arefresh_from_db()
+        assert s.status == "ended" and s.end_reason == "budget"
+    assert sorted(r.url.path for r in fake.requests) == [
+        "/v1/realtime/calls/rtc_other/hangup", "/v1/realtime/calls/rtc_talking/hangup"]
+    # Overshoot: no more than the one response that crossed the line.
+    spent = await database_sync_to_async(budget.spent)()
+    assert Decimal(0) < spent - budget.monthly_limit_usd <= Decimal("0.0069656")
+    await comm.disconnect()
+    await other_comm.disconnect()

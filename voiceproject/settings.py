@@ -7,6 +7,7 @@ PostgreSQL and Redis for several processes; OPENAI_API_KEY switches to OpenAI.
 
 import os
 import secrets
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import dj_database_url
@@ -37,6 +38,17 @@ def envint(name, default, minimum=None):
         raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from None
     if minimum is not None and number < minimum:
         raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {number}")
+    return number
+
+
+def envdecimal(name, default):
+    value = os.environ.get(name, "") or default
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        raise ImproperlyConfigured(f"{name} must be a decimal number, got {value!r}") from None
+    if not number.is_finite() or number < 0:
+        raise ImproperlyConfigured(f"{name} must be a finite, non-negative number, got {value!r}")
     return number
 
 
@@ -107,6 +119,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "teams_app.context_processors.roles",
             ],
         },
     },
@@ -186,6 +199,10 @@ UPSTREAM_TIMEOUT_SECONDS = envint("UPSTREAM_TIMEOUT_SECONDS", 10, minimum=1)
 CLIENT_SECRET_TTL_SECONDS = envint("CLIENT_SECRET_TTL_SECONDS", 60, minimum=10)
 
 MINT_RATE_LIMIT = os.environ.get("MINT_RATE_LIMIT", "10/m")
+# A call whose page has been gone this long is hung up by the sideband worker.
+PAGE_GONE_SECONDS = envint("PAGE_GONE_SECONDS", 30, minimum=1)
+# Held back from a budget when a session starts, on top of its documents' first read.
+BUDGET_SESSION_RESERVE_USD = envdecimal("BUDGET_SESSION_RESERVE_USD", "0.05")
 RATELIMIT_ENABLE = True
 
 REALTIME_MODELS = envlist(

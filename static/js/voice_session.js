@@ -1,13 +1,14 @@
 // The voice session page: start a session, talk, see the transcript and cost, stop.
 import { CallError, RealtimeCall } from './realtime/call.js';
 import { UsageSocket } from './realtime/usage_socket.js';
+import { DocumentPicker } from './document_picker.js';
 
 const config = JSON.parse(document.getElementById('voice-config').textContent);
 const csrfToken = document.querySelector('input[name=csrfmiddlewaretoken]').value;
 const $ = (id) => document.getElementById(id);
 const ui = {
   model: $('model'), voice: $('voice'), turn: $('turn-detection'), docText: $('document-text'),
-  docEstimate: $('document-estimate'), start: $('start'), stop: $('stop'), mute: $('mute'),
+  budget: $('context-budget'), start: $('start'), stop: $('stop'), mute: $('mute'),
   talk: $('talk'), playAudio: $('play-audio'), status: $('status'), error: $('error'),
   vad: $('vad-indicator'), vadLabel: $('vad-label'), transcript: $('transcript'),
   inputTokens: $('input-tokens'), cachedTokens: $('cached-tokens'), outputTokens: $('output-tokens'),
@@ -20,18 +21,41 @@ let state = null;  // { session, stream, call, socket, pushToTalk, talking }
 for (const m of config.models) ui.model.add(new Option(m.id, m.id, false, m.id === config.defaults.model));
 for (const v of config.voices) ui.voice.add(new Option(v, v, false, v === config.defaults.voice));
 ui.turn.value = config.defaults.turn_detection;
+if (config.budget_remaining_usd !== null) {
+  const remaining = $('budget-remaining');
+  remaining.textContent = `Spending left this month under your budget: $${Number(config.budget_remaining_usd).toFixed(4)}.`;
+  remaining.hidden = false;
+}
 
+function money(value) {
+  return value > 0 && value < 0.0001 ? 'under $0.0001' : `$${value.toFixed(4)}`;
+}
+
+// What the chosen context costs, truthfully: it is billed again with every
+// answer, in full on the first and mostly at the cached rate after that.
 function updateEstimate() {
-  const text = ui.docText.value.trim();
-  if (!text) { ui.docEstimate.textContent = ''; return; }
   const model = config.models.find((m) => m.id === ui.model.value);
-  // A rough figure; the server counts exactly and refuses what does not fit.
-  const tokens = Math.ceil(text.length / 4);
+  const pasted = ui.docText.value.trim();
+  const pastedTokens = pasted ? Math.ceil(pasted.length / 4) : 0;  // an estimate; the server counts exactly
+  const tokens = picker.tokens + pastedTokens;
+  if (!tokens) { ui.budget.textContent = ''; ui.start.disabled = !!state; return; }
   const first = (tokens * Number(model.text_input_per_million)) / 1e6;
   const later = (tokens * Number(model.text_cached_input_per_million)) / 1e6;
-  ui.docEstimate.textContent = `About ${tokens.toLocaleString()} tokens of ${model.document_budget.toLocaleString()} allowed. `
-    + `Billed again with every answer: about $${first.toFixed(4)} on the first, then about $${later.toFixed(4)} per answer while cached.`;
+  const over = tokens > model.document_budget;
+  ui.budget.replaceChildren();
+  const total = document.createElement('span');
+  total.className = over ? 'over' : '';
+  total.textContent = `${pastedTokens ? 'About ' : ''}${tokens.toLocaleString()} tokens of documents; `
+    + `${model.id} allows ${model.document_budget.toLocaleString()}${over ? ' — too many, remove some' : ''}. `;
+  const cost = document.createElement('span');
+  cost.textContent = `They are billed again with every answer: ${money(first)} as new input on the first answer, `
+    + `then about ${money(later)} per answer while they stay cached.`;
+  ui.budget.append(total, cost);
+  ui.start.disabled = over || !!state;
 }
+const picker = new DocumentPicker({
+  search: $('doc-search'), results: $('doc-results'), chosen: $('doc-chosen'), onChange: updateEstimate,
+});
 ui.docText.addEventListener('input', updateEstimate);
 ui.model.addEventListener('change', updateEstimate);
 
@@ -182,7 +206,7 @@ async function start() {
     setStatus('Opening the microphone…');
     stream = await openMicrophone();
     setStatus('Starting the session…');
-    const body = { model: ui.model.value, voice: ui.voice.value, turn_detection: ui.turn.value };
+    const body = { model: ui.model.value, voice: ui.voice.value, turn_detection: ui.turn.value, document_ids: picker.ids };
     const text = ui.docText.value.trim();
     if (text) body.document_text = text;
     const session = await api('/api/sessions/', body);
@@ -225,6 +249,7 @@ function setControls(running) {
   ui.talk.hidden = !(running && ui.turn.value === 'push_to_talk');
   ui.talk.disabled = !running;
   for (const el of [ui.model, ui.voice, ui.turn, ui.docText]) el.disabled = running;
+  picker.setDisabled(running);
 }
 
 async function stop(errorMessage) {
@@ -241,6 +266,8 @@ async function stop(errorMessage) {
   setStatus('Ending the session…');
   try {
     const ended = await api(`/api/sessions/${current.session.id}/end`);
+    // The server may have ended it first: say why, not just that the call dropped.
+    if (ended.end_reason === 'budget') showError('The spending limit was reached, so the session was ended.');
     await current.socket.stop();
     setStatus(`Session ended. ${ended.totals.responses} answers, $${Number(ended.totals.cost_usd).toFixed(4)}.`);
   } catch (err) {

@@ -102,6 +102,18 @@ class Simulator:
         return self.get(f"/_sim/calls/{call_id}")
 
 
+class Server(str):
+    """The service's base URL, knowing where its SQLite database lives."""
+
+    db_path = None
+
+    def sql(self, query, params=()):
+        import sqlite3
+
+        with sqlite3.connect(self.db_path) as db:
+            return db.execute(query, params).fetchall()
+
+
 @pytest.fixture(scope="session")
 def server(simulator, tmp_path_factory):
     var = tmp_path_factory.mktemp("var")
@@ -114,6 +126,9 @@ def server(simulator, tmp_path_factory):
         "SIM_API_KEY": "sk-sim-browser-tests",
         "OPENAI_BASE_URL": simulator.base_url,
         "MINT_RATE_LIMIT": "200/m",
+        # Short, so a vanished tab is noticed within the test; longer than the
+        # resend test keeps its socket down.
+        "PAGE_GONE_SECONDS": "8",
         "ALLOWED_HOSTS": "127.0.0.1",
         "DATABASE_URL": "",
         "REDIS_URL": "",
@@ -127,13 +142,16 @@ def server(simulator, tmp_path_factory):
          "voiceproject.asgi:application"],
         cwd=ROOT, env=env,
     )
-    base = f"http://127.0.0.1:{port}"
+    worker = subprocess.Popen([*manage, "sideband_worker", "--poll", "0.2"], cwd=ROOT, env=env)
+    base = Server(f"http://127.0.0.1:{port}")
+    base.db_path = var / "db.sqlite3"
     try:
         wait_for_http(f"{base}/healthz", proc=proc)
         yield base
     finally:
-        proc.terminate()
-        proc.wait(10)
+        for p in (worker, proc):
+            p.terminate()
+            p.wait(10)
 
 
 @pytest.fixture(scope="session")

@@ -229,3 +229,114 @@ def test_reports_made_while_the_socket_is_down_are_resent(page, simulator):
     assert recorded["totals"]["responses"] == 1
     assert recorded["totals"]["cost_usd"] == page.locator("#session-cost").get_attribute("data-exact")
     page.get_by_role("button", name="Stop").click()
+
+
+def upload(page, tmp_path, filename, text, title):
+    path = tmp_path / filename
+    path.write_text(text)
+    page.goto("/documents/")
+    page.get_by_label("File").set_input_files(str(path))
+    page.get_by_label("Title (optional)").fill(title)
+    page.get_by_role("button", name="Upload").click()
+    page.wait_for_url("**/documents/*/")
+    return page.url.rstrip("/").rsplit("/", 1)[1]
+
+
+def test_two_library_documents_reach_the_model_labelled_in_order(page, simulator, tmp_path):
+    sign_in(page)
+    stamp = str(time.monotonic_ns())
+    first = upload(page, tmp_path, "orbit.txt", f"Orbit {stamp}: the satellite reaches orbit in May.", f"Orbit {stamp}")
+    second = upload(page, tmp_path, "menu.md", f"# Menu {stamp}\n\nThe canteen serves soup on Fridays.", f"Menu {stamp}")
+
+    page.goto("/")
+    search = page.get_by_label("Find documents")
+    # Chosen in the opposite order to upload: the order chosen is what counts.
+    for title in (f"Menu {stamp}", f"Orbit {stamp}"):
+        search.fill(stamp)
+        page.get_by_role("button", name=f"Add {title}").click()
+    chosen = page.locator("#doc-chosen li")
+    assert chosen.count() == 2 and "Menu" in chosen.nth(0).text_content()
+    assert "tokens of documents" in page.locator("#context-budget").text_content()
+
+    page.get_by_role("button", name="Start").click()
+    page.wait_for_function("window.voiceSession && window.voiceSession.call && window.voiceSession.call.callId")
+    call_id = page.evaluate("window.voiceSession.call.callId")
+
+    def items():
+        events = simulator.call(call_id)["client_events"]
+        return [e["item"]["content"][0]["text"] for e in events if e.get("type") == "conversation.item.create"]
+
+    texts = wait_until(lambda: len(items()) == 2 and items(), what="both documents at the simulator")
+    assert texts[0].startswith(f'<document id="{second}" title="Menu {stamp}">') and "soup on Fridays" in texts[0]
+    assert texts[1].startswith(f'<document id="{first}" title="Orbit {stamp}">') and "orbit in May" in texts[1]
+    session_id = page.evaluate("window.voiceSession.session.id")
+    assert [d["id"] for d in api_session(page, session_id)["documents"]] == [second, first]
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_role("status").filter(has_text="Session ended").wait_for()
+
+
+def test_crossing_the_budget_ends_the_running_session(page, simulator, server):
+    (bob_id,) = server.sql("SELECT id FROM auth_user WHERE username = 'bob'")[0]
+    server.sql(
+        "INSERT INTO sessions_app_budget (user_id, monthly_limit_usd, updated_at) VALUES (?, '0.10', datetime('now'))",
+        (bob_id,),
+    )
+    sign_in(page, "bob")
+    assert "$0.1000" in page.locator("#budget-remaining").text_content()
+    page.get_by_label("Turn taking").select_option("push_to_talk")
+    page.get_by_role("button", name="Start").click()
+    page.get_by_role("status").filter(has_text="Connected").wait_for()
+    call_id = page.evaluate("window.voiceSession.call.callId")
+    session_id = page.evaluate("window.voiceSession.session.id")
+    # The next answer is long: 3,000 audio tokens, $0.192 on gpt-realtime-2.
+    big = {"total_tokens": 3100, "input_tokens": 100, "output_tokens": 3000,
+           "input_token_details": {"text_tokens": 100, "audio_tokens": 0, "image_tokens": 0, "cached_tokens": 0,
+                                   "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0, "image_tokens": 0}},
+           "output_token_details": {"text_tokens": 0, "audio_tokens": 3000}}
+    simulator.post(f"/_sim/calls/{call_id}/script", {"usage": big})
+    page.get_by_role("button", name="Talk (hold)").hover()
+    page.mouse.down()
+    time.sleep(0.3)
+    page.mouse.up()
+
+    page.get_by_role("alert").filter(has_text="spending limit").wait_for(timeout=20_000)
+    wait_until(lambda: simulator.call(call_id)["hungup"], what="the hangup at the simulator")
+    recorded = api_session(page, session_id)
+    assert recorded["status"] == "ended" and recorded["end_reason"] == "budget"
+    overshoot = float(recorded["totals"]["cost_usd"]) - 0.10
+    print(f"budget overshoot: ${overshoot:.4f} past a $0.10 limit (one response of ${recorded['totals']['cost_usd']})")
+    assert 0 < overshoot <= float(recorded["usage"][-1]["cost_usd"])
+    # No new session while over the limit.
+    page.get_by_role("button", name="Start").click()
+    page.get_by_role("alert").filter(has_text="spending limit").wait_for()
+
+
+def test_verified_usage_matches_and_a_vanished_tab_is_ended(browser, server, simulator):
+    context = browser.new_context(base_url=server)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    session_id, call_id = start_session(page, turn="push_to_talk", document="")
+    page.get_by_role("button", name="Talk (hold)").hover()
+    page.mouse.down()
+    time.sleep(0.3)
+    page.mouse.up()
+    page.wait_for_function("document.getElementById('session-cost').dataset.exact > 0", timeout=20_000)
+    page.wait_for_function("window.voiceSession.socket.unacknowledged === 0")
+    totals = wait_until(lambda: (t := api_session(page, session_id)["totals"])["verified"] and t, what="verified usage")
+    assert totals["verified_cost_usd"] == totals["cost_usd"] and not totals["usage_mismatch"]
+
+    # The tab vanishes without saying goodbye, as a killed tab does: its last
+    # "end" request never arrives and it does not close its peer connection.
+    page.evaluate("RTCPeerConnection.prototype.close = function () {}")
+    context.set_offline(True)
+    page.close()
+
+    def ended():
+        status, reason = server.sql(
+            "SELECT status, end_reason FROM sessions_app_realtimesession WHERE id = ?", (session_id.replace("-", ""),)
+        )[0]
+        return status == "ended" and reason
+
+    # The server saw it on its own: the page's socket stayed away, or the call closed upstream.
+    assert wait_until(ended, timeout=20, what="the server ending the session") in ("page_gone", "call_closed")
+    context.close()

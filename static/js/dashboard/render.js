@@ -1,0 +1,128 @@
+// Redraws the dashboard's figures from its JSON mode. The markup mirrors
+// templates/dashboard/: same cells, same data attributes. Every string from a
+// user or a model goes in as text, never as HTML.
+
+const TOKEN_KINDS = ['input_text', 'input_audio', 'input_image', 'cached', 'output_text', 'output_audio'];
+const SVG = 'http://www.w3.org/2000/svg';
+
+function el(tag, text, attrs = {}) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, value);
+  return node;
+}
+
+// data-input-text="…" and friends, as the server writes them.
+function setData(node, figure) {
+  for (const kind of TOKEN_KINDS) node.setAttribute(`data-${kind.replace('_', '-')}`, String(figure[kind]));
+  node.setAttribute('data-cost-usd', figure.cost_usd);
+}
+
+function figureCells(row, figure) {
+  for (const kind of TOKEN_KINDS) row.append(el('td', figure[kind], { class: 'num' }));
+  row.append(el('td', figure.cost_display, { class: 'num', title: figure.cost_usd }));
+}
+
+function emptyRow(columns, text) {
+  const row = el('tr', undefined, { class: 'empty' });
+  row.append(el('td', text, { colspan: String(columns) }));
+  return row;
+}
+
+function renderTotals(data) {
+  for (const name of ['today', 'month', 'range']) {
+    const node = document.querySelector(`[data-figure="${name}"]`);
+    if (!node) continue;
+    setData(node, data[name]);
+    node.setAttribute('data-sessions', String(data[name].sessions));
+    node.title = data[name].cost_usd;
+    node.textContent = `$${data[name].cost_display}`;
+  }
+  const sessions = document.querySelector('[data-figure-sessions="range"]');
+  if (sessions) sessions.textContent = String(data.range.sessions);
+}
+
+function breakdownRow(figure, header) {
+  const row = el('tr', undefined, { 'data-key': figure.key ?? 'total', 'data-sessions': String(figure.sessions) });
+  setData(row, figure);
+  const th = el('th', undefined, { scope: 'row' });
+  if (figure.href) th.append(el('a', figure.label, { href: figure.href }));
+  else th.textContent = header ?? figure.label;
+  row.append(th, el('td', figure.sessions, { class: 'num' }));
+  figureCells(row, figure);
+  return row;
+}
+
+function renderBreakdown(table, rows, total) {
+  const body = table.tBodies[0];
+  body.replaceChildren(...(rows.length ? rows.map((r) => breakdownRow(r)) : [emptyRow(9, 'No spend in this range.')]));
+  table.tFoot.replaceChildren(breakdownRow({ ...total, key: 'total', href: '' }, 'Total'));
+}
+
+function verifiedText(s) {
+  if (!s.verified) return document.createTextNode('No');
+  const detail = `verified $${s.verified_cost_display}, reported $${s.reported_session_cost_display}`;
+  const cell = document.createDocumentFragment();
+  if (s.mismatch) cell.append(el('strong', 'Mismatch'), `: ${detail}`);
+  else cell.append(`Yes: ${detail}`);
+  return cell;
+}
+
+function sessionRow(s) {
+  const row = el('tr', undefined, {
+    'data-session': s.id,
+    'data-verified': String(s.verified),
+    'data-mismatch': String(s.mismatch),
+    'data-verified-cost-usd': s.verified_cost_usd ?? '',
+    'data-reported-session-cost-usd': s.reported_session_cost_usd,
+  });
+  if (s.mismatch) row.className = 'mismatch';
+  setData(row, s);
+  const started = el('td');
+  started.append(el('a', s.started_display, { href: s.api_url }));
+  row.append(started, el('td', s.user), el('td', s.team), el('td', s.model), el('td', s.duration_display));
+  figureCells(row, s);
+  const verified = el('td', undefined, { class: 'wrap' });
+  verified.append(verifiedText(s));
+  row.append(el('td', s.documents.join(', '), { class: 'wrap' }), verified);
+  return row;
+}
+
+function renderSessions(data) {
+  const table = document.getElementById('sessions-table');
+  const rows = data.sessions.map(sessionRow);
+  table.tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(14, 'No sessions in this range.')]));
+  const note = document.getElementById('sessions-note');
+  const total = data.range.sessions;
+  const count = data.sessions_shown < total
+    ? `The ${data.sessions_shown} most recent of ${total} sessions; the CSV has every one.`
+    : `${total} session${total === 1 ? '' : 's'}.`;
+  note.textContent = count;
+}
+
+function renderChart(chart) {
+  const svg = document.getElementById('spend-chart');
+  svg.querySelector('title').textContent = chart.title;
+  svg.querySelector('desc').textContent = chart.description;
+  svg.querySelector('[data-chart="peak"]').textContent = `$${chart.peak_display}`;
+  svg.querySelector('[data-chart="first"]').textContent = chart.first_day;
+  svg.querySelector('[data-chart="last"]').textContent = chart.last_day;
+  const bars = chart.bars.map((bar) => {
+    const rect = document.createElementNS(SVG, 'rect');
+    for (const name of ['x', 'y', 'width', 'height']) rect.setAttribute(name, String(bar[name]));
+    const title = document.createElementNS(SVG, 'title');
+    title.textContent = bar.label;
+    rect.append(title);
+    return rect;
+  });
+  svg.querySelector('[data-chart="bars"]').replaceChildren(...bars);
+}
+
+export function renderFigures(data) {
+  renderTotals(data);
+  for (const table of document.querySelectorAll('table[data-breakdown]')) {
+    renderBreakdown(table, data[`by_${table.dataset.breakdown}`], data.range);
+  }
+  renderSessions(data);
+  renderChart(data.chart);
+}

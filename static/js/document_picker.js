@@ -1,0 +1,93 @@
+// Choosing library documents for a session: search as you type, keep an order.
+
+export class DocumentPicker {
+  constructor({ search, results, chosen, onChange }) {
+    this.search = search;
+    this.results = results;
+    this.chosenList = chosen;
+    this.onChange = onChange;
+    this.chosen = [];  // [{id, title, tokens}], in the order chosen
+    this.disabled = false;
+    this.timer = null;
+    this.seq = 0;
+    search.addEventListener('input', () => {
+      clearTimeout(this.timer);
+      this.timer = setTimeout(() => this.find(search.value.trim()), 200);
+    });
+    this.find('');
+  }
+
+  async find(query) {
+    const seq = ++this.seq;
+    let data;
+    try {
+      const response = await fetch(`/api/documents/?q=${encodeURIComponent(query)}`, { credentials: 'same-origin' });
+      if (!response.ok) return;
+      data = await response.json();
+    } catch {
+      return;
+    }
+    if (seq !== this.seq) return;  // a newer search has started
+    this.results.replaceChildren(...data.documents.map((doc) => this.resultRow(doc)));
+  }
+
+  resultRow(doc) {
+    const li = document.createElement('li');
+    const label = document.createElement('span');
+    label.textContent = `${doc.title} (${doc.tokens.toLocaleString()} tokens)`;
+    const add = document.createElement('button');
+    add.type = 'button';
+    add.className = 'small';
+    add.textContent = 'Add';
+    add.setAttribute('aria-label', `Add ${doc.title}`);
+    const chosen = this.chosen.some((d) => d.id === doc.id);
+    add.dataset.chosen = chosen ? 'yes' : 'no';
+    add.disabled = chosen || this.disabled;
+    add.addEventListener('click', () => {
+      if (this.chosen.some((d) => d.id === doc.id)) return;
+      this.chosen.push({ id: doc.id, title: doc.title, tokens: doc.tokens });
+      add.dataset.chosen = 'yes';
+      add.disabled = true;
+      this.render();
+    });
+    li.append(label, add);
+    return li;
+  }
+
+  render() {
+    this.chosenList.replaceChildren(...this.chosen.map((doc, index) => {
+      const li = document.createElement('li');
+      li.dataset.documentId = doc.id;
+      const label = document.createElement('span');
+      label.textContent = `${doc.title} (${doc.tokens.toLocaleString()} tokens)`;
+      const remove = document.createElement('button');
+      remove.type = 'button';
+      remove.className = 'small';
+      remove.textContent = 'Remove';
+      remove.setAttribute('aria-label', `Remove ${doc.title}`);
+      remove.addEventListener('click', () => {
+        this.chosen.splice(index, 1);
+        this.render();
+        this.find(this.search.value.trim());
+      });
+      li.append(label, remove);
+      return li;
+    }));
+    this.onChange();
+  }
+
+  get ids() {
+    return this.chosen.map((d) => d.id);
+  }
+
+  get tokens() {
+    return this.chosen.reduce((sum, d) => sum + d.tokens, 0);
+  }
+
+  setDisabled(disabled) {
+    this.disabled = disabled;
+    this.search.disabled = disabled;
+    for (const button of this.results.querySelectorAll('button')) button.disabled = disabled || button.dataset.chosen === 'yes';
+    for (const button of this.chosenList.querySelectorAll('button')) button.disabled = disabled;
+  }
+}

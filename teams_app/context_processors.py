@@ -1,0 +1,9 @@
+from .models import Membership
+
+
+def roles(request):
+    """Whether to show the spend dashboard link: staff and team admins see spend."""
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return {"sees_spend": False}
+    return {"sees_spend": user.is_staff or Membership.objects.filter(user=user, role=Membership.ADMIN).exists()}

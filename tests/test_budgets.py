@@ -1,0 +1,89 @@
+"""Monthly budgets: minting refused at the limit, running sessions stopped when crossed."""
+
+import datetime
+import json
+from decimal import Decimal
+
+import pytest
+from django.db import IntegrityError
+from django.utils import timezone
+
+from sessions_app import upstream
+from sessions_app.models import Budget, RealtimeSession, UsageRecord
+from sessions_app.pricing import TokenCounts
+from tests.conftest import login
+from tests.upstream_fake import FakeUpstream
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    fake = FakeUpstream()
+    monkeypatch.setattr(upstream, "_client", fake.client)
+    return fake
+
+
+def spend(user, cost, when=None):
+    session = RealtimeSession.objects.create(
+        user=user, team=user.memberships.get().team, model="gpt-realtime", voice="marin",
+        turn_detection="server_vad", secret_expires_at=timezone.now(), instructions="x",
+    )
+    record, _ = session.record_usage(f"resp_{session.pk.hex[:8]}", TokenCounts(output_audio=1), Decimal(cost))
+    if when:
+        UsageRecord.objects.filter(pk=record.pk).update(created_at=when)
+    return session
+
+
+def mint(client, body=None):
+    return client.post("/api/sessions/", data=json.dumps(body or {}), content_type="application/json")
+
+
+def test_user_budget_refuses_minting_at_the_limit(csrf_client, bob, fake, settings):
+    settings.BUDGET_SESSION_RESERVE_USD = Decimal("0.05")
+    Budget.objects.create(user=bob, monthly_limit_usd=Decimal("1.00"))
+    spend(bob, "0.90")
+    login(csrf_client, bob)
+    assert mint(csrf_client).status_code == 201  # 0.90 + 0.05 reserve fits
+    spend(bob, "0.06")
+    response = mint(csrf_client)
+    assert response.status_code == 402
+    assert response.json()["error"]["code"] == "budget_exceeded"
+    assert "$0.0400" in response.json()["error"]["message"]
+    assert RealtimeSession.objects.filter(user=bob).count() == 3  # two spends and the one mint
+
+
+def test_team_budget_counts_everyones_spend(csrf_client, alice, bob, charlie, fake):
+    Budget.objects.create(team=bob.memberships.get().team, monthly_limit_usd=Decimal("0.50"))
+    spend(alice, "0.48")
+    login(csrf_client, bob)
+    assert mint(csrf_client).status_code == 402
+    login(csrf_client, charlie)  # another team: not limited
+    assert mint(csrf_client).status_code == 201
+
+
+def test_last_months_spend_does_not_count(csrf_client, bob, fake):
+    Budget.objects.create(user=bob, monthly_limit_usd=Decimal("1.00"))
+    spend(bob, "5.00", when=timezone.now().replace(day=1) - datetime.timedelta(days=2))
+    login(csrf_client, bob)
+    assert mint(csrf_client).status_code == 201
+
+
+def test_documents_count_in_the_reserve(csrf_client, bob, fake, settings):
+    settings.BUDGET_SESSION_RESERVE_USD = Decimal("0")
+    Budget.objects.create(user=bob, monthly_limit_usd=Decimal("0.001"))
+    login(csrf_client, bob)
+    # ~2,000 tokens at $4 per million is $0.008: more than the budget.
+    response = mint(csrf_client, {"model": "gpt-realtime", "document_text": "word " * 2000})
+    assert response.status_code == 402
+
+
+def test_page_shows_the_remaining_budget(csrf_client, bob):
+    Budget.objects.create(user=bob, monthly_limit_usd=Decimal("2.00"))
+    spend(bob, "0.25")
+    login(csrf_client, bob)
+    config = csrf_client.get("/").context["config"]
+    assert config["budget_remaining_usd"] == "1.7500"
+
+
+def test_a_budget_names_a_user_or_a_team(bob):
+    with pytest.raises(IntegrityError):
+        Budget.objects.create(user=bob, team=bob.memberships.get().team, monthly_limit_usd=1)
