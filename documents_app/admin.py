@@ -3,36 +3,33 @@ from django.contrib import admin
 from .models import Document
 
 
-class TokenBandFilter(admin.SimpleListFilter):
-    title = "tokens"
-    parameter_name = "tokens"
-    BANDS = {"small": (0, 2_000), "medium": (2_000, 20_000), "large": (20_000, None)}
+class BandFilter(admin.SimpleListFilter):
+    """Filter on a numeric field by named [low, high) bands."""
+
+    field = None
+    bands = {}  # slug -> (label, low, high or None)
 
     def lookups(self, request, model_admin):
-        return [("small", "under 2,000"), ("medium", "2,000 to 20,000"), ("large", "20,000 and more")]
+        return [(slug, label) for slug, (label, _, _) in self.bands.items()]
 
     def queryset(self, request, queryset):
-        if self.value() not in self.BANDS:
+        if self.value() not in self.bands:
             return queryset
-        low, high = self.BANDS[self.value()]
-        queryset = queryset.filter(tokens__gte=low)
-        return queryset.filter(tokens__lt=high) if high else queryset
+        _, low, high = self.bands[self.value()]
+        queryset = queryset.filter(**{f"{self.field}__gte": low})
+        return queryset.filter(**{f"{self.field}__lt": high}) if high else queryset
 
 
-class SizeBandFilter(admin.SimpleListFilter):
-    title = "file size"
-    parameter_name = "size"
-    BANDS = {"small": (0, 100_000), "medium": (100_000, 2_000_000), "large": (2_000_000, None)}
+class TokenBandFilter(BandFilter):
+    title = parameter_name = field = "tokens"
+    bands = {"small": ("under 2,000", 0, 2_000), "medium": ("2,000 to 20,000", 2_000, 20_000),
+             "large": ("20,000 and more", 20_000, None)}
 
-    def lookups(self, request, model_admin):
-        return [("small", "under 100 KB"), ("medium", "100 KB to 2 MB"), ("large", "2 MB and more")]
 
-    def queryset(self, request, queryset):
-        if self.value() not in self.BANDS:
-            return queryset
-        low, high = self.BANDS[self.value()]
-        queryset = queryset.filter(size_bytes__gte=low)
-        return queryset.filter(size_bytes__lt=high) if high else queryset
+class SizeBandFilter(BandFilter):
+    title, parameter_name, field = "file size", "size", "size_bytes"
+    bands = {"small": ("under 100 KB", 0, 100_000), "medium": ("100 KB to 2 MB", 100_000, 2_000_000),
+             "large": ("2 MB and more", 2_000_000, None)}
 
 
 @admin.register(Document)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test: unit, view, consumer and simulator tests; then the real-browser
-# tests inside a loopback-only network namespace.
+# tests inside a loopback-only network namespace; then the scale-out tests
+# against the PostgreSQL and Redis on 127.0.0.1 (outside the namespace).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTEST=(.venv/bin/python -m pytest)
@@ -19,3 +20,6 @@ else
     echo "warning: no network namespace (unshare -n failed); running the browser tests with the loopback guards only" >&2
     "${PYTEST[@]}" -m browser
 fi
+
+echo "== scale-out tests (two server processes on the machine's PostgreSQL and Redis)"
+"${PYTEST[@]}" -m scaleout
