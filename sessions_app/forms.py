@@ -1,8 +1,10 @@
-"""Validation of what the browser sends: the mint request."""
+"""Validation of what the browser sends: the mint request and the budget form."""
 
 import uuid
 from dataclasses import dataclass, field
+from decimal import Decimal
 
+from django import forms
 from django.conf import settings
 
 TURN_MODES = ("server_vad", "semantic_vad", "push_to_talk")
@@ -60,3 +62,14 @@ def parse_mint_request(data):
     if len(text) > MAX_PASTED_CHARS:
         raise RequestError("document_text is too long")
     return MintRequest(model, voice, turn, parsed_ids, text.strip())
+
+
+class BudgetForm(forms.Form):
+    """Set (or, left empty, remove) the monthly limit of one team or one user."""
+
+    scope = forms.ChoiceField(choices=[("team", "Team"), ("user", "User")])
+    target = forms.CharField(max_length=150, help_text="the team's id or the user's name")
+    monthly_limit_usd = forms.DecimalField(
+        required=False, min_value=Decimal(0), max_value=Decimal(1_000_000), max_digits=12, decimal_places=4,
+        help_text="USD per calendar month (UTC); empty removes the limit",
+    )

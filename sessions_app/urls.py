@@ -12,4 +12,5 @@ urlpatterns = [
     path("sessions/<uuid:session_id>/", dashboard.history_detail, name="sessions-history-detail"),
     path("dashboard/", dashboard.dashboard, name="dashboard"),
     path("dashboard/spend.csv", dashboard.spend_csv, name="dashboard-csv"),
+    path("dashboard/budgets/", views.budgets, name="sessions-budgets"),
 ]

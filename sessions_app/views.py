@@ -8,18 +8,20 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.db.models import Q
 from django.http import Http404, HttpResponse, JsonResponse
-from django.shortcuts import render
+from django.contrib.auth import get_user_model
+from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 from django_ratelimit.core import get_usage
 
 from documents_app.models import Document
 from documents_app.tokens import count_tokens
-from teams_app.models import Membership
+from teams_app.models import Membership, Team
 from voiceproject.views import api_login_required, json_error
 
 from . import context, upstream
-from .forms import RequestError, parse_mint_request
+from .dashboard import _admin_teams
+from .forms import BudgetForm, RequestError, parse_mint_request
 from .models import Budget, ModelPrice, RealtimeSession
 from .pricing import text_input_cost
 
@@ -265,3 +267,47 @@ def session_payload(session):
         "document_tokens": session.document_tokens,
         "totals": session.totals(),
     }
+
+
+def _budget_targets(viewer):
+    """The teams and users whose budgets the viewer may set: staff all, team admins their teams."""
+    teams = _admin_teams(viewer)
+    teams = Team.objects.all() if teams is None else teams
+    users = get_user_model().objects.filter(memberships__team__in=teams).distinct().order_by("username")
+    return teams.order_by("name"), users
+
+
+@login_required
+def budgets(request):
+    teams, users = _budget_targets(request.user)
+    form = BudgetForm(request.POST or None)
+    if request.method == "POST":
+        if form.is_valid():
+            scope, target = form.cleaned_data["scope"], form.cleaned_data["target"]
+            if scope == "team":
+                owner = next((t for t in teams if str(t.pk) == target), None)
+            else:
+                owner = users.filter(username=target).first()
+            if owner is None:
+                form.add_error("target", "No such team or user among those you manage.")
+            else:
+                limit = form.cleaned_data["monthly_limit_usd"]
+                if limit is None:
+                    Budget.objects.filter(**{scope: owner}).delete()
+                else:
+                    Budget.objects.update_or_create(**{scope: owner}, defaults={"monthly_limit_usd": limit})
+                return redirect("sessions-budgets")
+        status = 400
+    elif request.method == "GET":
+        status = 200
+    else:
+        return HttpResponse(status=405, headers={"Allow": "GET, POST"})
+    budgets_by = {(b.team_id, b.user_id): b for b in Budget.objects.filter(Q(team__in=teams) | Q(user__in=users))}
+    rows = [("team", str(t.pk), t.name, budgets_by.get((t.pk, None))) for t in teams]
+    rows += [("user", u.username, u.username, budgets_by.get((None, u.pk))) for u in users]
+    rows = [
+        {"scope": scope, "target": target, "name": name, "budget": budget,
+         "spent": budget.spent() if budget else None, "remaining": budget.remaining() if budget else None}
+        for scope, target, name, budget in rows
+    ]
+    return render(request, "dashboard/budgets.html", {"rows": rows, "form": form}, status=status)

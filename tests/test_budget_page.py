@@ -1,0 +1,61 @@
+"""/dashboard/budgets/: staff and team admins set monthly limits within their reach."""
+
+from decimal import Decimal
+
+import pytest
+
+from sessions_app.models import Budget
+from tests.conftest import login
+
+
+def set_budget(client, scope, target, amount):
+    return client.post("/dashboard/budgets/", {"scope": scope, "target": target, "monthly_limit_usd": amount})
+
+
+def test_staff_sets_and_removes_a_team_budget(csrf_client, staff, team_a, team_b):
+    login(csrf_client, staff)
+    assert set_budget(csrf_client, "team", str(team_b.pk), "25.50").status_code == 302
+    assert Budget.objects.get(team=team_b).monthly_limit_usd == Decimal("25.50")
+    assert set_budget(csrf_client, "team", str(team_b.pk), "30").status_code == 302
+    assert Budget.objects.get(team=team_b).monthly_limit_usd == Decimal("30")
+    assert set_budget(csrf_client, "team", str(team_b.pk), "").status_code == 302
+    assert not Budget.objects.exists()
+
+
+def test_team_admin_sets_a_members_budget(csrf_client, alice, bob):
+    login(csrf_client, alice)
+    page = csrf_client.get("/dashboard/budgets/").content.decode()
+    assert 'data-target="bob"' in page
+    assert set_budget(csrf_client, "user", "bob", "5").status_code == 302
+    assert Budget.objects.get(user=bob).monthly_limit_usd == Decimal("5")
+
+
+def test_team_admin_cannot_reach_another_team(csrf_client, alice, charlie, team_b):
+    login(csrf_client, alice)
+    page = csrf_client.get("/dashboard/budgets/").content.decode()
+    assert "charlie" not in page and str(team_b.pk) not in page
+    for scope, target in (("user", "charlie"), ("team", str(team_b.pk))):
+        response = set_budget(csrf_client, scope, target, "1")
+        assert response.status_code == 400 and "among those you manage" in response.content.decode()
+    assert not Budget.objects.exists()
+
+
+@pytest.mark.parametrize("amount", ["-1", "lots", "10000000", "1.123456"])
+def test_bad_amounts_are_400(csrf_client, alice, amount):
+    login(csrf_client, alice)
+    assert set_budget(csrf_client, "user", "bob", amount).status_code == 400
+    assert not Budget.objects.exists()
+
+
+def test_members_are_refused_and_anonymous_redirected(csrf_client, client, bob, erin):
+    assert client.get("/dashboard/budgets/").status_code == 302
+    for user in (bob, erin):
+        login(csrf_client, user)
+        assert csrf_client.get("/dashboard/budgets/").status_code == 403
+        assert set_budget(csrf_client, "user", user.username, "100").status_code == 403
+    assert not Budget.objects.exists()
+
+
+def test_wrong_method_is_405(csrf_client, staff):
+    login(csrf_client, staff)
+    assert csrf_client.put("/dashboard/budgets/").status_code == 405
