@@ -37,6 +37,21 @@ def start_session(page, turn="server_vad", document=DOCUMENT):
     return page.evaluate("window.voiceSession.session.id"), page.evaluate("window.voiceSession.call.callId")
 
 
+def hold_talk(page, seconds, keyboard=False):
+    """Press and hold the Talk button like a person (mouse, or Space from the keyboard), then let go."""
+    talk = page.get_by_role("button", name="Talk (hold)")
+    if keyboard:
+        talk.focus()
+        page.keyboard.down("Space")
+        time.sleep(seconds)
+        page.keyboard.up("Space")
+        return
+    talk.hover()
+    page.mouse.down()
+    time.sleep(seconds)
+    page.mouse.up()
+
+
 def inbound_audio_energy(page):
     return page.evaluate(
         """async () => {
@@ -121,10 +136,7 @@ def test_push_to_talk_answers_only_when_asked(page, simulator):
     assert "input_audio_buffer.speech_started" not in call["server_event_types"]
 
     # Hold Talk while speaking, release: exactly one answer.
-    talk.hover()
-    page.mouse.down()
-    time.sleep(2.5)
-    page.mouse.up()
+    hold_talk(page, 2.5)
     answer = page.locator('#transcript li[data-role="assistant"] .text').first
     answer.wait_for()
     wait_until(lambda: len(simulator.call(call_id)["responses"]) == 1, what="one response")
@@ -213,10 +225,7 @@ def test_reports_made_while_the_socket_is_down_are_resent(page, simulator):
     page.evaluate(
         """() => { const s = window.voiceSession.socket; s.reopen = s._open; s._open = () => {}; s.ws.close(); }"""
     )
-    page.get_by_role("button", name="Talk (hold)").hover()
-    page.mouse.down()
-    time.sleep(0.5)
-    page.mouse.up()
+    hold_talk(page, 0.5, keyboard=True)
     page.wait_for_function(
         "[...window.voiceSession.socket.pending.keys()].some((k) => k.startsWith('usage:'))", timeout=20_000
     )
@@ -294,10 +303,7 @@ def test_crossing_the_budget_ends_the_running_session(page, simulator, server):
                                    "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0, "image_tokens": 0}},
            "output_token_details": {"text_tokens": 0, "audio_tokens": 3000}}
     simulator.post(f"/_sim/calls/{call_id}/script", {"usage": big})
-    page.get_by_role("button", name="Talk (hold)").hover()
-    page.mouse.down()
-    time.sleep(0.3)
-    page.mouse.up()
+    hold_talk(page, 0.3)
 
     page.get_by_role("alert").filter(has_text="spending limit").wait_for(timeout=20_000)
     wait_until(lambda: simulator.call(call_id)["hungup"], what="the hangup at the simulator")
@@ -316,10 +322,7 @@ def test_verified_usage_matches_and_a_vanished_tab_is_ended(browser, server, sim
     page = context.new_page()
     page.set_default_timeout(15_000)
     session_id, call_id = start_session(page, turn="push_to_talk", document="")
-    page.get_by_role("button", name="Talk (hold)").hover()
-    page.mouse.down()
-    time.sleep(0.3)
-    page.mouse.up()
+    hold_talk(page, 0.3)
     page.wait_for_function("document.getElementById('session-cost').dataset.exact > 0", timeout=20_000)
     page.wait_for_function("window.voiceSession.socket.unacknowledged === 0")
     totals = wait_until(lambda: (t := api_session(page, session_id)["totals"])["verified"] and t, what="verified usage")
