@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, figures side by side in one run."""
 
-from . import extract, library, mint
+from . import extract, ingest, library, mint
 
 
 def main():
@@ -9,6 +9,8 @@ def main():
     extract.main()
     print()
     library.main()
+    print()
+    ingest.main()
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@ import json
 import logging
 import re
 
-from channels.db import database_sync_to_async
+from channels.db import DatabaseSyncToAsync, database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.utils import timezone
 
@@ -16,6 +16,13 @@ MAX_FRAME_CHARS = 64 * 1024
 MAX_TRANSCRIPT_CHARS = 20_000
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_\-.:]{1,128}$")
 DASHBOARD_GROUP = "dashboard"
+
+
+def parallel_db(func):
+    """Like database_sync_to_async, but on the shared thread pool instead of the one
+    thread per process: reports from many sockets are stored side by side (the
+    unique constraint and F() updates keep them exact)."""
+    return DatabaseSyncToAsync(func, thread_sensitive=False)
 
 
 def session_group(session_id):
@@ -140,7 +147,7 @@ class SessionUsageConsumer(AsyncJsonWebsocketConsumer):
     def owns_session(self, user):
         return RealtimeSession.objects.filter(pk=self.session_id, user=user).exists()
 
-    @database_sync_to_async
+    @parallel_db
     def record_usage(self, response_id, usage):
         session = RealtimeSession.objects.get(pk=self.session_id)
         price = ModelPrice.objects.get(model=session.model)
@@ -150,7 +157,7 @@ class SessionUsageConsumer(AsyncJsonWebsocketConsumer):
         totals = {**session.totals(), "team_id": str(session.team_id) if session.team_id else None}
         return record, created, totals, to_stop
 
-    @database_sync_to_async
+    @parallel_db
     def store_transcript(self, item_id, role, text):
         TranscriptEntry.objects.get_or_create(
             session_id=self.session_id, item_id=item_id, defaults={"role": role, "text": text}
@@ -180,6 +187,16 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive(self, text_data=None, bytes_data=None):
         await self.receive_json(None)
+
+    async def dispatch(self, message):
+        # Channels closes stale database connections before every handler, on
+        # the one thread per process that usage storage also queues on; the
+        # spend updates touch no database, so they must not wait there (under
+        # load the layer's 100-message buffer overflowed and updates were lost).
+        if message.get("type") == "spend.update":
+            await self.spend_update(message)
+        else:
+            await super().dispatch(message)
 
     async def spend_update(self, event):
         if self.teams is None or event.get("team_id") in self.teams:

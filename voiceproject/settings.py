@@ -131,6 +131,10 @@ DATABASES = {
         conn_max_age=0,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Every ASGI request and every consumer call runs on a thread of its own:
+    # a pool hands them open connections instead of a new login each time.
+    DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 2, "max_size": envint("DATABASE_POOL_SIZE", 20, 1)}}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets readers (a second process, a management command) work beside
     # the server's writes, and NORMAL sync keeps a commit from costing an fsync.
@@ -151,7 +155,14 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            # channels-redis waits up to 5 s in a blocking pop; redis-py's own
+            # 5 s socket timeout fired first and closed idle sockets (1011).
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 5}],
+                # A process's sockets share one Redis list; bursts of spend
+                # updates overflowed the default 100 and were dropped.
+                "capacity": 1000,
+            },
         }
     }
     SILENCED_SYSTEM_CHECKS = []

@@ -56,11 +56,17 @@ async def test_a_report_to_one_process_reaches_a_dashboard_on_the_other(shared):
         update = await receive(dashboard, "spend.update")
         assert update["session_id"] == session["id"] and update["response_id"] == "resp_cross_1"
         assert update["cost_usd"] == ack["cost_usd"] == "0.007206"
+        # Quiet sockets stay open past the channel layer's 5 s blocking wait
+        # (a Redis client timeout once closed them with 1011 every 5 s).
+        await asyncio.sleep(7)
+        await usage.send_json({"type": "usage.report", "response_id": "resp_cross_2", "usage": USAGE})
+        assert (await receive(usage, "usage.ack"))["session"]["responses"] == 2
+        assert (await receive(dashboard, "spend.update"))["response_id"] == "resp_cross_2"
         await usage.close()
         await dashboard.close()
     # Process B reads what process A stored.
     detail = (await staff.get(f"/api/sessions/{session['id']}")).json()
-    assert detail["totals"]["cost_usd"] == "0.007206"
+    assert detail["totals"]["cost_usd"] == "0.014411"
     await member.aclose()
     await staff.aclose()
 
