@@ -1,6 +1,8 @@
+import asyncio
 import json
 import logging
 import re
+import weakref
 
 from channels.db import DatabaseSyncToAsync, database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -23,6 +25,31 @@ def parallel_db(func):
     thread per process: reports from many sockets are stored side by side (the
     unique constraint and F() updates keep them exact)."""
     return DatabaseSyncToAsync(func, thread_sensitive=False)
+
+
+# Spend updates leave a process in batches: one layer message per BATCH_SECONDS
+# instead of one per report. The dashboard socket still sends one
+# spend.update frame per report; the layer (one Redis list per receiving
+# process) no longer overflows when hundreds of reports arrive a second.
+BATCH_SECONDS = 0.05
+_batches = weakref.WeakKeyDictionary()  # event loop -> pending updates
+
+
+async def announce_spend(channel_layer, update):
+    """Queue a spend.update for every dashboard; sent with the others of this moment."""
+    loop = asyncio.get_running_loop()
+    pending = _batches.get(loop)
+    if pending is None:
+        pending = _batches[loop] = []
+
+        async def flush():
+            await asyncio.sleep(BATCH_SECONDS)
+            updates = _batches.pop(loop)
+            await channel_layer.group_send(DASHBOARD_GROUP, {"type": "spend.batch", "updates": updates})
+
+        # Kept referenced by the loop until done; errors are logged by asyncio.
+        loop.create_task(flush())
+    pending.append({"type": "spend.update", **update})
 
 
 def session_group(session_id):
@@ -109,17 +136,13 @@ class SessionUsageConsumer(AsyncJsonWebsocketConsumer):
             }
         )
         if created:
-            await self.channel_layer.group_send(
-                DASHBOARD_GROUP,
-                {
-                    "type": "spend.update",
-                    "session_id": str(self.session_id),
-                    "team_id": totals["team_id"],
-                    "response_id": response_id,
-                    "cost_usd": f"{record.cost_usd:.6f}",
-                    "session": totals,
-                },
-            )
+            await announce_spend(self.channel_layer, {
+                "session_id": str(self.session_id),
+                "team_id": totals["team_id"],
+                "response_id": response_id,
+                "cost_usd": f"{record.cost_usd:.6f}",
+                "session": totals,
+            })
         for session_id, call_id in to_stop:
             await stop_for_budget(self.channel_layer, session_id, call_id)
 
@@ -190,17 +213,17 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
 
     async def dispatch(self, message):
         # Channels closes stale database connections before every handler, on
-        # the one thread per process that usage storage also queues on; the
-        # spend updates touch no database, so they must not wait there (under
-        # load the layer's 100-message buffer overflowed and updates were lost).
-        if message.get("type") == "spend.update":
-            await self.spend_update(message)
+        # the one thread per process that usage storage also queues on; spend
+        # batches touch no database, so they must not wait there.
+        if message.get("type") == "spend.batch":
+            await self.spend_batch(message)
         else:
             await super().dispatch(message)
 
-    async def spend_update(self, event):
-        if self.teams is None or event.get("team_id") in self.teams:
-            await self.send_json({k: v for k, v in event.items() if k != "team_id"} | {"type": "spend.update"})
+    async def spend_batch(self, event):
+        for update in event["updates"]:
+            if self.teams is None or update.get("team_id") in self.teams:
+                await self.send_json({k: v for k, v in update.items() if k != "team_id"})
 
     @database_sync_to_async
     def visible_teams(self, user):

@@ -23,7 +23,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from . import upstream
-from .consumers import DASHBOARD_GROUP, stop_for_budget
+from .consumers import announce_spend, stop_for_budget
 from .models import ModelPrice, RealtimeSession, TranscriptEntry, UsageRecord
 from .pricing import UsageError, cost_of, parse_usage
 
@@ -150,10 +150,9 @@ class SidebandWorker:
         record, created, totals, to_stop = result
         layer = get_channel_layer()
         if created:
-            await layer.group_send(DASHBOARD_GROUP, {
-                "type": "spend.update", "session_id": str(session_id), "team_id": totals.pop("team_id"),
-                "response_id": response_id, "cost_usd": f"{record.cost_usd:.6f}", "verified": True,
-                "session": totals,
+            await announce_spend(layer, {
+                "session_id": str(session_id), "team_id": totals.pop("team_id"), "response_id": response_id,
+                "cost_usd": f"{record.cost_usd:.6f}", "verified": True, "session": totals,
             })
         for stopped_id, stopped_call in to_stop:
             await stop_for_budget(layer, stopped_id, stopped_call)

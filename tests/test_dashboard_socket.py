@@ -20,8 +20,9 @@ async def listen(user, origin="http://127.0.0.1:8000"):
 
 
 def update(team):
-    return {"type": "spend.update", "session_id": "s1", "team_id": str(team.pk), "response_id": "r1",
-            "cost_usd": "0.001000", "session": {}}
+    return {"type": "spend.batch", "updates": [
+        {"type": "spend.update", "session_id": "s1", "team_id": str(team.pk), "response_id": "r1",
+         "cost_usd": "0.001000", "session": {}}]}
 
 
 async def test_staff_hears_every_team(staff, team_a, team_b):

@@ -181,8 +181,10 @@ async def test_recorded_usage_reaches_the_dashboard_group(alice):
     await comm.send_json_to({"type": "usage.report", "response_id": "resp_d", "usage": USAGE})
     await comm.receive_json_from()
     event = await layer.receive(channel)
-    assert event["type"] == "spend.update" and event["session_id"] == str(session.pk)
-    assert event["cost_usd"] == "0.006966"
+    assert event["type"] == "spend.batch"
+    (update,) = event["updates"]
+    assert update["type"] == "spend.update" and update["session_id"] == str(session.pk)
+    assert update["cost_usd"] == "0.006966"
     await comm.disconnect()
 
 
