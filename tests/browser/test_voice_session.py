@@ -343,3 +343,31 @@ def test_verified_usage_matches_and_a_vanished_tab_is_ended(browser, server, sim
     # The server saw it on its own: the page's socket stayed away, or the call closed upstream.
     assert wait_until(ended, timeout=20, what="the server ending the session") in ("page_gone", "call_closed")
     context.close()
+
+
+def test_the_spend_dashboard_updates_live(browser, server, simulator):
+    watcher = browser.new_context(base_url=server)
+    dashboard = watcher.new_page()
+    sign_in(dashboard, "admin")
+    dashboard.goto("/dashboard/")
+    dashboard.get_by_role("status").filter(has_text="Live").wait_for()
+    month = dashboard.locator('dd[data-figure="month"]')
+    before = float(month.get_attribute("data-cost-usd"))
+
+    talker = browser.new_context(base_url=server)
+    page = talker.new_page()
+    page.set_default_timeout(15_000)
+    session_id, _ = start_session(page, turn="push_to_talk", document="")
+    hold_talk(page, 0.3)
+    page.wait_for_function("document.getElementById('session-cost').dataset.exact > 0", timeout=20_000)
+    spent = float(page.locator("#session-cost").get_attribute("data-exact"))
+
+    # No reload: the figure moves by what the session spent, and the session is listed.
+    dashboard.wait_for_function(
+        f"Math.abs(Number(document.querySelector('dd[data-figure=\"month\"]').dataset.costUsd) - {before + spent}) < 1e-6",
+        timeout=15_000,
+    )
+    assert dashboard.locator(f'tr[data-session="{session_id}"]').count() == 1
+    page.get_by_role("button", name="Stop").click()
+    talker.close()
+    watcher.close()
