@@ -52,6 +52,7 @@ class SidebandWorker:
                 await self.renew()
                 for session_id, call_id in await self.pages_gone():
                     await self.hang_up(session_id, call_id, "page_gone")
+                await self.sweep_unconnected()
                 try:
                     await asyncio.wait_for(stop.wait(), self.poll_seconds)
                 except asyncio.TimeoutError:
@@ -101,6 +102,14 @@ class SidebandWorker:
             RealtimeSession.objects.filter(pk__in=list(self.watching), status=RealtimeSession.ACTIVE)
             .filter(left | never).values_list("pk", "call_id")
         )
+
+    @database_sync_to_async
+    def sweep_unconnected(self):
+        """End sessions that never got a call and whose secret can no longer start one."""
+        now = _now()
+        RealtimeSession.objects.filter(
+            status=RealtimeSession.CREATED, call_id="", secret_expires_at__lt=now - self.page_grace
+        ).update(status=RealtimeSession.ENDED, ended_at=now, end_reason="never_connected")
 
     async def hang_up(self, session_id, call_id, reason):
         if await database_sync_to_async(_end)(session_id, reason):

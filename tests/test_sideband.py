@@ -147,3 +147,19 @@ async def test_two_workers_never_watch_the_same_call(sim, alice, worker):
         await c.close()
     stop.set()
     await task
+
+
+async def test_a_session_that_never_got_a_call_is_ended_after_its_secret_expires(alice, worker):
+    @database_sync_to_async
+    def make(expired):
+        expires = timezone.now() + datetime.timedelta(seconds=-30 if expired else 60)
+        return RealtimeSession.objects.create(
+            user=alice, model="gpt-realtime", voice="marin", turn_detection="server_vad",
+            secret_expires_at=expires, instructions="x",
+        )
+
+    stale, fresh = await make(expired=True), await make(expired=False)
+    ended = await until(lambda: RealtimeSession.objects.filter(pk=stale.pk, status="ended").first())
+    assert ended.end_reason == "never_connected"
+    await fresh.arefresh_from_db()
+    assert fresh.status == "created"
