@@ -47,7 +47,7 @@ CSV_HEADER = [
 
 # ---- who sees what ----
 
-def _admin_teams(user):
+def teams_whose_spend_user_sees(user):
     """Teams whose spend the user may see: None means every team (staff)."""
     if user.is_staff:
         return None
@@ -68,7 +68,7 @@ def spend_queryset(viewer, start, end, filters=None):
         created_at__gte=_midnight(start),
         created_at__lt=_midnight(end + ONE_DAY),
     )
-    teams = _admin_teams(viewer)
+    teams = teams_whose_spend_user_sees(viewer)
     if teams is not None:
         records = records.filter(session__team__in=teams)
     filters = filters or {}
@@ -108,7 +108,7 @@ class SpendFilterForm(forms.Form):
 
     def __init__(self, data, viewer):
         super().__init__(data)
-        teams = _admin_teams(viewer)
+        teams = teams_whose_spend_user_sees(viewer)
         sessions = RealtimeSession.objects.all() if teams is None else RealtimeSession.objects.filter(team__in=teams)
         teams = Team.objects.all() if teams is None else teams
         users = get_user_model().objects.filter(realtime_sessions__in=sessions).distinct().order_by("username")

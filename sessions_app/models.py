@@ -304,6 +304,11 @@ class Budget(models.Model):
         return sessions.filter(user_id=self.user_id) if self.user_id else sessions.filter(team_id=self.team_id)
 
     @classmethod
+    def room_for(cls, user, team):
+        """How much this user may still spend this month under every budget they fall under (None: no limit)."""
+        return min((b.remaining() for b in cls.for_session(user, team)), default=None)
+
+    @classmethod
     def for_session(cls, user, team):
         """The budgets a session of this user, billed to this team, counts against."""
         query = models.Q(user=user)

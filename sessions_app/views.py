@@ -5,10 +5,10 @@ import re
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.db.models import Q
 from django.http import Http404, HttpResponse, JsonResponse
-from django.contrib.auth import get_user_model
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
@@ -20,7 +20,7 @@ from teams_app.models import Membership, Team
 from voiceproject.views import api_login_required, json_error
 
 from . import context, upstream
-from .dashboard import _admin_teams
+from .dashboard import teams_whose_spend_user_sees
 from .forms import BudgetForm, RequestError, parse_mint_request
 from .models import Budget, ModelPrice, RealtimeSession
 from .pricing import text_input_cost
@@ -61,8 +61,7 @@ def _mint_preflight(request, user, req):
     # In the order chosen; None marks an id the user may not see (or that does not exist).
     documents = [found.get(i) for i in req.document_ids]
     membership = Membership.primary_for(user)
-    budgets = Budget.for_session(user, membership.team if membership else None)
-    room = min((b.remaining() for b in budgets), default=None)
+    room = Budget.room_for(user, membership.team if membership else None)
     return usage, ModelPrice.objects.filter(model=req.model).first(), membership, documents, room
 
 
@@ -87,8 +86,7 @@ def voice_page(request):
         if m in prices
     ]
     membership = Membership.primary_for(request.user)
-    budgets = Budget.for_session(request.user, membership.team if membership else None)
-    room = min((b.remaining() for b in budgets), default=None)
+    room = Budget.room_for(request.user, membership.team if membership else None)
     config = {
         "budget_remaining_usd": None if room is None else f"{max(room, 0):.4f}",
         "models": models,
@@ -271,7 +269,7 @@ def session_payload(session):
 
 def _budget_targets(viewer):
     """The teams and users whose budgets the viewer may set: staff all, team admins their teams."""
-    teams = _admin_teams(viewer)
+    teams = teams_whose_spend_user_sees(viewer)
     teams = Team.objects.all() if teams is None else teams
     users = get_user_model().objects.filter(memberships__team__in=teams).distinct().order_by("username")
     return teams.order_by("name"), users
