@@ -37,6 +37,15 @@ def start_session(page, turn="server_vad", document=DOCUMENT):
     return page.evaluate("window.voiceSession.session.id"), page.evaluate("window.voiceSession.call.callId")
 
 
+def start_until_alert(page):
+    """Sign in, press Start, and return the error message the page shows."""
+    sign_in(page)
+    page.get_by_role("button", name="Start").click()
+    alert = page.get_by_role("alert")
+    alert.wait_for()
+    return alert.text_content()
+
+
 def hold_talk(page, seconds, keyboard=False):
     """Press and hold the Talk button like a person (mouse, or Space from the keyboard), then let go."""
     talk = page.get_by_role("button", name="Talk (hold)")
@@ -155,32 +164,23 @@ def test_microphone_denied_gets_a_clear_message(browser, server):
         "navigator.mediaDevices.getUserMedia = () => Promise.reject(new DOMException('denied', 'NotAllowedError'));"
     )
     page = context.new_page()
-    sign_in(page)
-    page.get_by_role("button", name="Start").click()
-    alert = page.get_by_role("alert")
-    alert.wait_for()
-    assert re.search(r"Microphone access was denied", alert.text_content())
+    message = start_until_alert(page)
+    assert re.search(r"Microphone access was denied", message)
     assert page.get_by_role("button", name="Start").is_enabled()
     context.close()
 
 
 def test_upstream_refusal_gets_a_clear_message_and_no_session(page, simulator):
     simulator.post("/_sim/faults", {"endpoint": "client_secrets", "status": 500, "count": 1})
-    sign_in(page)
-    page.get_by_role("button", name="Start").click()
-    alert = page.get_by_role("alert")
-    alert.wait_for()
-    assert "refused" in alert.text_content()
+    message = start_until_alert(page)
+    assert "refused" in message
     assert "sk-" not in page.content()
 
 
 def test_expired_token_at_the_handshake_gets_a_clear_message(page, simulator):
     simulator.post("/_sim/faults", {"endpoint": "calls", "status": 401, "count": 1})
-    sign_in(page)
-    page.get_by_role("button", name="Start").click()
-    alert = page.get_by_role("alert")
-    alert.wait_for()
-    assert "expired" in alert.text_content()
+    message = start_until_alert(page)
+    assert "expired" in message
     # The session the server minted is ended, not left dangling.
     session_id = page.evaluate("window.voiceSession.session.id")
     wait_until(lambda: api_session(page, session_id)["status"] == "ended", what="session ended")
@@ -209,11 +209,8 @@ def test_autoplay_blocked_offers_a_play_button(browser, server, simulator):
         " return Promise.reject(new DOMException('blocked', 'NotAllowedError')); };"
     )
     page = context.new_page()
-    sign_in(page)
-    page.get_by_role("button", name="Start").click()
-    alert = page.get_by_role("alert")
-    alert.wait_for()
-    assert "blocked" in alert.text_content()
+    message = start_until_alert(page)
+    assert "blocked" in message
     assert page.get_by_role("button", name="Play the assistant's audio").is_visible()
     page.get_by_role("button", name="Stop").click()
     context.close()
