@@ -291,6 +291,7 @@ async def sim_state(request: web.Request) -> web.Response:
         "client_secret_requests": state.client_secret_requests,
         "last_client_secret_request": state.last_client_secret_request,
         "faults": state.faults.as_list(),
+        "config": state.config.as_dict(),
     })
 
 
@@ -342,6 +343,20 @@ async def sim_call_script(request: web.Request) -> web.Response:
     call.conversation.set_script(script)
     return web.json_response({"script": call.conversation.script,
                               "user_transcript": call.conversation.user_transcript})
+
+
+async def sim_get_config(request: web.Request) -> web.Response:
+    return web.json_response(_state(request).config.as_dict())
+
+
+async def sim_set_config(request: web.Request) -> web.Response:
+    """Update some settings; an unknown key or a wrong type changes nothing and answers 400."""
+    config = _state(request).config
+    try:
+        config.update(await _json_body(request))
+    except RequestError as exc:
+        return _from_request_error(exc)
+    return web.json_response(config.as_dict())
 
 
 async def sim_add_fault(request: web.Request) -> web.Response:
@@ -399,6 +414,8 @@ def build_app(state: SimState) -> web.Application:
     app.router.add_get("/_sim/calls/{call_id}", sim_call)
     app.router.add_get("/_sim/calls/{call_id}/events", sim_call_events)
     app.router.add_post("/_sim/calls/{call_id}/script", sim_call_script)
+    app.router.add_get("/_sim/config", sim_get_config)
+    app.router.add_post("/_sim/config", sim_set_config)
     app.router.add_get("/_sim/faults", sim_list_faults)
     app.router.add_post("/_sim/faults", sim_add_fault)
     app.router.add_delete("/_sim/faults", sim_clear_faults)

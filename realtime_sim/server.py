@@ -11,6 +11,7 @@ from aiohttp import web
 
 from .app import build_app
 from .loopback import install_loopback_guard, is_loopback_host
+from .schema import RequestError
 from .state import DEFAULT_API_KEY, SimState
 
 
@@ -35,12 +36,19 @@ async def start_simulator(
     api_key: str = DEFAULT_API_KEY,
     *,
     clock: Callable[[], float] | None = None,
+    config: dict | None = None,
 ) -> Simulator:
-    """Serve the simulator on host:port (port 0 = any free port) in the running loop."""
+    """Serve the simulator on host:port (port 0 = any free port) in the running loop.
+
+    `config` overrides runtime settings (see config.py); they are also what /_sim/reset restores.
+    """
     if not is_loopback_host(host):
         raise ValueError(f"the simulator binds loopback addresses only, not {host!r}")
+    try:
+        state = SimState(api_key, clock, config)
+    except RequestError as exc:
+        raise ValueError(f"bad config {exc.param!r}: {exc.message}") from None
     install_loopback_guard()
-    state = SimState(api_key, clock)
     # handler_cancellation: a held ("timeout" fault) request ends when its client leaves.
     runner = web.AppRunner(build_app(state), handler_cancellation=True, shutdown_timeout=2.0, access_log=None)
     await runner.setup()
@@ -55,8 +63,8 @@ class SimulatorThread:
     Playwright's sync API, which refuses to run inside a running loop)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, api_key: str = DEFAULT_API_KEY, *,
-                 clock: Callable[[], float] | None = None) -> None:
-        self.host, self.port, self.api_key, self.clock = host, port, api_key, clock
+                 clock: Callable[[], float] | None = None, config: dict | None = None) -> None:
+        self.host, self.port, self.api_key, self.clock, self.config = host, port, api_key, clock, config
         self.loop: asyncio.AbstractEventLoop | None = None
         self.simulator: Simulator | None = None
         self._thread: threading.Thread | None = None
@@ -94,7 +102,8 @@ class SimulatorThread:
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
         try:
-            self.simulator = await start_simulator(self.host, self.port, self.api_key, clock=self.clock)
+            self.simulator = await start_simulator(self.host, self.port, self.api_key, clock=self.clock,
+                                                   config=self.config)
         except BaseException as exc:  # reported to start()'s caller
             self._error = exc
             self._ready.set()

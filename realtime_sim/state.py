@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .call import Call
+from .config import SimConfig
 from .faults import FaultBook
 
 DEFAULT_API_KEY = "sk-sim-local"
@@ -22,8 +23,12 @@ class Secret:
 
 
 class SimState:
-    def __init__(self, api_key: str = DEFAULT_API_KEY, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, api_key: str = DEFAULT_API_KEY, clock: Callable[[], float] | None = None,
+                 config: dict | None = None) -> None:
         self.api_key = api_key
+        # The startup settings (defaults + CLI / start_simulator overrides) are what reset restores.
+        self.startup_config = SimConfig.build(config)
+        self.config = SimConfig.build(self.startup_config.as_dict())
         self._clock = clock or time.time
         self.clock_offset = 0.0  # moved by POST /_sim/clock so TTL tests need not sleep
         self.secrets: dict[str, Secret] = {}
@@ -53,3 +58,4 @@ class SimState:
         self.last_client_secret_request = None
         self.client_secret_requests = 0
         self.clock_offset = 0.0
+        self.config.restore(self.startup_config)
