@@ -30,7 +30,6 @@ CORS_HEADERS = {
     "Access-Control-Max-Age": "600",
 }
 SAFETY_HEADER = "OpenAI-Safety-Identifier"
-SESSION_LIFETIME_S = 3600  # realtime sessions last at most 60 minutes
 SCRIPT_KEYS = ("text", "usage", "function_call", "user_transcript")
 
 
@@ -196,7 +195,9 @@ async def create_call(request: web.Request) -> web.StreamResponse:
     if not _looks_like_sdp(sdp):
         return _error(400, "The SDP offer is malformed.", "invalid_offer", "sdp")
 
-    expires_at = int(state.now()) + SESSION_LIFETIME_S
+    config = state.config
+    created_at = state.now()
+    expires_at = int(created_at + config.call_max_seconds)  # the duration cap (60 minutes by default)
     if secret is not None:
         # The secret carries the config; a multipart session part may refine it.
         session = dict(secret.session, expires_at=expires_at)
@@ -205,13 +206,21 @@ async def create_call(request: web.Request) -> web.StreamResponse:
     else:
         session = effective_session(session_request or {"type": "realtime"}, ids.session_id(), expires_at)
     safety = request.headers.get(SAFETY_HEADER) or (secret.safety_identifier if secret else None)
-    call = Call(ids.call_id(), session, safety_identifier=safety)
+    created_by = {
+        "auth": "ephemeral" if secret is not None else "api_key",
+        "user_agent": request.headers.get("User-Agent"),
+        "origin": request.headers.get("Origin"),
+        "content_type": content_type,
+    }
+    call = Call(ids.call_id(), session, safety_identifier=safety, config=config, clock=state.now,
+                created_at=created_at, created_by=created_by)
     try:
         answer = await call.peer.accept_offer(sdp)
     except InvalidOffer as exc:
-        await call.close()
+        await call.close("invalid_offer")
         return _error(400, f"The SDP offer could not be applied: {exc}", "invalid_offer", "sdp")
     state.calls[call.id] = call
+    call.start_timer()
     return web.Response(
         status=201,
         text=answer,

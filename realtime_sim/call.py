@@ -6,15 +6,19 @@ import asyncio
 import json
 import logging
 import time
+from typing import Callable
 
 from aiohttp import web
 
 from .audio import OutputAudio
+from .config import SimConfig
 from .conversation import Conversation
+from .events import error_event
 from .peer import CallPeer
 
 log = logging.getLogger(__name__)
 MAX_QUEUED_EVENTS = 2000
+SESSION_EXPIRED_MESSAGE = "Your session hit the maximum duration of 60 minutes."
 
 
 class Sideband:
@@ -45,21 +49,41 @@ class Sideband:
         except (asyncio.TimeoutError, asyncio.CancelledError):
             pass
         if not self.ws.closed:
-            await self.ws.close()
+            await self.ws.close()  # a normal (1000) close frame
 
 
 class Call:
-    def __init__(self, call_id: str, session: dict, *, safety_identifier: str | None = None) -> None:
+    def __init__(
+        self,
+        call_id: str,
+        session: dict,
+        *,
+        safety_identifier: str | None = None,
+        config: SimConfig | None = None,
+        clock: Callable[[], float] | None = None,
+        created_at: float | None = None,
+        created_by: dict | None = None,
+    ) -> None:
         self.id = call_id
-        self.created_at = int(time.time())
+        self.config = config or SimConfig()
+        self._clock = clock or time.time
+        created = self._clock() if created_at is None else created_at
+        self.created_at = int(created)
+        self.created_at_ms = created * 1000
+        self.created_by = created_by or {"auth": "api_key", "user_agent": None, "origin": None, "content_type": None}
+        # Fixed at creation: the peer has been told (session.expires_at).
+        self.max_seconds = self.config.call_max_seconds
         self.state = "connecting"
         self.hungup = False
+        self.end_reason: str | None = None
+        self.ended_at_ms: float | None = None
         self.safety_identifier = safety_identifier
         self.client_events: list[dict] = []
         self.server_events: list[dict] = []
         self.sidebands: set[Sideband] = set()
         self._pending: list[str] = []  # events emitted before the data channel opened
         self._channel_ready = False
+        self._expiry: asyncio.TimerHandle | None = None
         self.output_audio = OutputAudio()
         self.conversation = Conversation(session, self.emit, self.output_audio)
         self.peer = CallPeer(
@@ -70,6 +94,9 @@ class Call:
             on_state=self._peer_state,
         )
         self.closed_event = asyncio.Event()
+
+    def now_ms(self) -> float:
+        return self._clock() * 1000
 
     # -- events out -----------------------------------------------------------------
 
@@ -129,21 +156,39 @@ class Call:
 
     # -- lifecycle ------------------------------------------------------------------
 
+    def start_timer(self) -> None:
+        """Arm the duration cap (wall-clock time from now; /_sim/clock does not move it)."""
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_later(self.max_seconds, lambda: asyncio.ensure_future(self.expire()))
+
+    async def expire(self) -> None:
+        """The cap: one error event on every connection, no warning before it, then the call ends."""
+        if self.state == "closed":
+            return
+        self.emit(error_event(SESSION_EXPIRED_MESSAGE, "session_expired"))
+        await self.close("session_expired")
+
     def _peer_state(self, state: str) -> None:
         if state == "connected" and self.state == "connecting":
             self.state = "active"
         elif state in ("closed", "failed"):
-            asyncio.ensure_future(self.close())
+            asyncio.ensure_future(self.close("peer_closed" if state == "closed" else "peer_failed"))
 
     async def hangup(self) -> None:
         self.hungup = True
-        await self.close()
+        await self.close("hangup")
 
-    async def close(self) -> None:
+    async def close(self, reason: str = "closed") -> None:
         if self.state == "closed":
             return
         self.state = "closed"
+        self.end_reason = reason
+        self.ended_at_ms = self.now_ms()
+        if self._expiry is not None:
+            self._expiry.cancel()
         self.conversation.close()
+        # Let the last events (the session_expired error) reach the browser before the channel closes.
+        await self.peer.drain()
         await self.peer.close()
         # Closed together, so one slow socket cannot hold up a hangup answer.
         await asyncio.gather(*(self.detach_sideband(s) for s in list(self.sidebands)))
@@ -157,9 +202,13 @@ class Call:
             "state": self.state,
             "hungup": self.hungup,
             "created_at": self.created_at,
+            "created_at_ms": self.created_at_ms,
+            "created_by": dict(self.created_by),
             "session_id": self.conversation.session.get("id"),
             "safety_identifier": self.safety_identifier,
             "sidebands": len(self.sidebands),
+            "end_reason": self.end_reason,
+            "ended_at_ms": self.ended_at_ms,
         }
 
     def detail(self) -> dict:

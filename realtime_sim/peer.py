@@ -108,6 +108,20 @@ class CallPeer:
         self.channel.send(text)
         return True
 
+    async def drain(self, timeout: float = 1.0) -> None:
+        """Wait briefly until sent messages are acknowledged by the peer.
+
+        Closing right after a send would lose a last event (the session_expired
+        error); SCTP keeps unacknowledged chunks in its outbound queue.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.channel_open and loop.time() < deadline:
+            unacked = len(getattr(self.pc.sctp, "_outbound_queue", None) or ())
+            if not self.channel.bufferedAmount and not unacked:
+                return
+            await asyncio.sleep(0.01)
+
     async def close(self) -> None:
         if self.closed:
             return
@@ -115,6 +129,8 @@ class CallPeer:
         self.speaker.stop()
         for task in list(self._tasks):
             task.cancel()
+        if self.channel is not None and self.channel.readyState in ("connecting", "open"):
+            self.channel.close()  # the browser sees the channel close, then the connection
         await self.pc.close()
 
     # -- aiortc callbacks ---------------------------------------------------------

@@ -48,7 +48,7 @@ class SimState:
 
     async def close_calls(self) -> None:
         for call in list(self.calls.values()):
-            await call.close()
+            await call.close("simulator_reset")
 
     async def reset(self) -> None:
         await self.close_calls()

@@ -108,9 +108,11 @@ class RtcClient:
                 self.voiced_audio_frames += 1
 
     async def connect(self, base_url: str, token: str, *, session: dict | None = None,
-                      multipart: bool = False, origin: str | None = None) -> aiohttp.ClientResponse:
+                      multipart: bool = False, origin: str | None = None,
+                      headers: dict | None = None) -> aiohttp.ClientResponse:
+        """POST the offer (extra `headers` too) and wait for session.created."""
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        headers = {"Authorization": f"Bearer {token}"}
+        headers = {**(headers or {}), "Authorization": f"Bearer {token}"}
         if origin:
             headers["Origin"] = origin
         async with aiohttp.ClientSession() as http:
