@@ -10,7 +10,8 @@ from aiohttp import WSMsgType, web
 
 from . import ids
 from .call import Call
-from .faults import apply_fault, parse_fault
+from .config import sideband_allowed
+from .faults import apply_fault, apply_sideband_fault, parse_fault
 from .peer import InvalidOffer
 from .schema import (
     RequestError,
@@ -213,7 +214,7 @@ async def create_call(request: web.Request) -> web.StreamResponse:
         "content_type": content_type,
     }
     call = Call(ids.call_id(), session, safety_identifier=safety, config=config, clock=state.now,
-                created_at=created_at, created_by=created_by)
+                created_at=created_at, created_by=created_by, secret=token if secret is not None else None)
     try:
         answer = await call.peer.accept_offer(sdp)
     except InvalidOffer as exc:
@@ -245,11 +246,24 @@ async def hangup_call(request: web.Request) -> web.StreamResponse:
 
 # --- sideband WebSocket --------------------------------------------------------------
 
+def _call_not_found(call_id: str) -> web.Response:
+    return _error(404, f"Call '{call_id}' not found.", "call_id_not_found", "call_id")
+
+
 async def sideband(request: web.Request) -> web.StreamResponse:
+    """Attach a server's WebSocket to a call, subject to the sideband_auth setting.
+
+    A credential the setting refuses gets the 404 production peers saw, not a 401.
+    """
     state = _state(request)
+    faulted = await apply_sideband_fault(state.faults.take("sideband"), request)
+    if faulted is not None:
+        return faulted
     token = _bearer(request)
-    if token is None or (token != state.api_key and state.valid_secret(token) is None):
+    if token is None or (token != state.api_key and token not in state.secrets):
         return _unauthorized()
+    if token != state.api_key and state.valid_secret(token) is None:
+        return _unauthorized("The ephemeral client secret has expired.")
     if request.headers.get("OpenAI-Beta"):
         return _beta_refused()
     call_id = request.query.get("call_id")
@@ -258,10 +272,19 @@ async def sideband(request: web.Request) -> web.StreamResponse:
                       "missing_required_parameter", "call_id")
     call = state.calls.get(call_id)
     if call is None or call.state == "closed":
-        return _error(404, f"Call '{call_id}' not found.", "call_id_not_found", "call_id")
+        return _call_not_found(call_id)
+    if token == state.api_key:
+        auth = "api_key"
+    elif call.owns_secret(token):
+        auth = "call_secret"
+    else:
+        auth = None  # another call's secret, or one that never made a call
+    if auth is None or not sideband_allowed(state.config.sideband_auth, auth):
+        call.sideband_refusals += 1
+        return _call_not_found(call_id)
     ws = web.WebSocketResponse(heartbeat=None, timeout=2.0, max_msg_size=16 * 1024 * 1024)
     await ws.prepare(request)
-    attached = call.attach_sideband(ws)
+    attached = call.attach_sideband(ws, request.transport, auth)
     try:
         async for message in ws:
             if message.type == WSMsgType.TEXT:
@@ -354,6 +377,14 @@ async def sim_call_script(request: web.Request) -> web.Response:
                               "user_transcript": call.conversation.user_transcript})
 
 
+async def sim_drop_sidebands(request: web.Request) -> web.Response:
+    """Abort the call's sideband sockets without close frames; the call goes on."""
+    call = _find_call(request)
+    if call is None:
+        return _error(404, "Unknown call.", "call_id_not_found")
+    return web.json_response({"dropped": call.drop_sidebands()})
+
+
 async def sim_get_config(request: web.Request) -> web.Response:
     return web.json_response(_state(request).config.as_dict())
 
@@ -423,6 +454,7 @@ def build_app(state: SimState) -> web.Application:
     app.router.add_get("/_sim/calls/{call_id}", sim_call)
     app.router.add_get("/_sim/calls/{call_id}/events", sim_call_events)
     app.router.add_post("/_sim/calls/{call_id}/script", sim_call_script)
+    app.router.add_post("/_sim/calls/{call_id}/sideband/drop", sim_drop_sidebands)
     app.router.add_get("/_sim/config", sim_get_config)
     app.router.add_post("/_sim/config", sim_set_config)
     app.router.add_get("/_sim/faults", sim_list_faults)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -21,11 +22,18 @@ MAX_QUEUED_EVENTS = 2000
 SESSION_EXPIRED_MESSAGE = "Your session hit the maximum duration of 60 minutes."
 
 
+def secret_digest(value: str) -> str:
+    """What a call keeps of the secret that created it: enough to recognise it, never the value."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
 class Sideband:
     """One server-side WebSocket on a call; an ordered writer so events keep order."""
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None = None) -> None:
         self.ws = ws
+        self.transport = transport
+        self.dropped = False
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()
         self.writer = asyncio.ensure_future(self._write())
 
@@ -42,7 +50,16 @@ class Sideband:
     def send(self, text: str) -> None:
         self.queue.put_nowait(text)
 
+    def abort(self) -> None:
+        """End the socket the way a network drop does: no close frame, the TCP connection just goes."""
+        self.dropped = True
+        self.writer.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+
     async def close(self) -> None:
+        if self.dropped:
+            return
         self.queue.put_nowait(None)
         try:
             await asyncio.wait_for(self.writer, 2)
@@ -63,6 +80,7 @@ class Call:
         clock: Callable[[], float] | None = None,
         created_at: float | None = None,
         created_by: dict | None = None,
+        secret: str | None = None,
     ) -> None:
         self.id = call_id
         self.config = config or SimConfig()
@@ -73,6 +91,7 @@ class Call:
         self.created_by = created_by or {"auth": "api_key", "user_agent": None, "origin": None, "content_type": None}
         # Fixed at creation: the peer has been told (session.expires_at).
         self.max_seconds = self.config.call_max_seconds
+        self._secret_digest = secret_digest(secret) if secret else None
         self.state = "connecting"
         self.hungup = False
         self.end_reason: str | None = None
@@ -81,6 +100,8 @@ class Call:
         self.client_events: list[dict] = []
         self.server_events: list[dict] = []
         self.sidebands: set[Sideband] = set()
+        self.sideband_attaches: list[dict] = []
+        self.sideband_refusals = 0
         self._pending: list[str] = []  # events emitted before the data channel opened
         self._channel_ready = False
         self._expiry: asyncio.TimerHandle | None = None
@@ -143,9 +164,15 @@ class Call:
 
     # -- sideband -------------------------------------------------------------------
 
-    def attach_sideband(self, ws: web.WebSocketResponse) -> Sideband:
-        sideband = Sideband(ws)
+    def owns_secret(self, value: str) -> bool:
+        """Is this the ephemeral secret that created the call?"""
+        return self._secret_digest is not None and secret_digest(value) == self._secret_digest
+
+    def attach_sideband(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None = None,
+                        auth: str = "api_key") -> Sideband:
+        sideband = Sideband(ws, transport)
         self.sidebands.add(sideband)
+        self.sideband_attaches.append({"at_ms": self.now_ms(), "auth": auth})
         # A new connection learns the session the way any Realtime connection does.
         sideband.send(json.dumps(self.conversation.session_created_event()))
         return sideband
@@ -153,6 +180,14 @@ class Call:
     async def detach_sideband(self, sideband: Sideband) -> None:
         self.sidebands.discard(sideband)
         await sideband.close()
+
+    def drop_sidebands(self) -> int:
+        """Abort every sideband socket as a network drop would; the call itself goes on."""
+        dropped = list(self.sidebands)
+        for sideband in dropped:
+            self.sidebands.discard(sideband)
+            sideband.abort()
+        return len(dropped)
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -207,6 +242,8 @@ class Call:
             "session_id": self.conversation.session.get("id"),
             "safety_identifier": self.safety_identifier,
             "sidebands": len(self.sidebands),
+            "sideband_attaches": [dict(a) for a in self.sideband_attaches],
+            "sideband_refusals": self.sideband_refusals,
             "end_reason": self.end_reason,
             "ended_at_ms": self.ended_at_ms,
         }

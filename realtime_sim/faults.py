@@ -1,4 +1,9 @@
-"""Injected HTTP faults (latency, error status, hang, dropped connection, bad JSON)."""
+"""Injected HTTP faults (latency, error status, hang, dropped connection, bad JSON).
+
+The sideband WebSocket takes them too: a status refuses its handshake, and a
+drop accepts the socket and then aborts it, as a network drop right after
+connecting looks.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from aiohttp import web
 
 from .schema import RequestError
 
-ENDPOINTS = ("client_secrets", "calls", "hangup", "*")
+ENDPOINTS = ("client_secrets", "calls", "hangup", "sideband", "*")
 DEFAULT_HOLD_S = 60.0
 _FIELDS = ("endpoint", "latency_ms", "status", "timeout", "drop", "bad_json", "count", "hold_s")
 _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "invalid_request_error",
@@ -121,3 +126,16 @@ async def apply_fault(fault: Fault | None, request: web.Request) -> web.StreamRe
     if fault.bad_json:
         return web.Response(status=200, text="<html>upstream hiccup, not JSON {", content_type="application/json")
     return None
+
+
+async def apply_sideband_fault(fault: Fault | None, request: web.Request) -> web.StreamResponse | None:
+    """Like apply_fault, but `drop` completes the WebSocket handshake before cutting the connection."""
+    if fault is None or not fault.drop:
+        return await apply_fault(fault, request)
+    if fault.latency_ms:
+        await asyncio.sleep(fault.latency_ms / 1000)
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    if request.transport is not None:
+        request.transport.abort()  # no close frame: the peer sees an abnormal closure (1006)
+    return ws

@@ -92,6 +92,7 @@ async def test_one_secret_starts_several_calls_and_calls_record_their_origin(sim
             "content_type": "multipart/form-data"}
         for call in calls.values():
             assert isinstance(call["created_at_ms"], float) and before_ms <= call["created_at_ms"] <= after_ms
+            assert call["sideband_attaches"] == [] and call["sideband_refusals"] == 0
             assert call["end_reason"] is None and call["ended_at_ms"] is None
 
         hang = await http.post(f"{sim.base_url}/v1/realtime/calls/{first.call_id}/hangup",
