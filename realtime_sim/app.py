@@ -216,7 +216,7 @@ async def create_call(request: web.Request) -> web.StreamResponse:
     call = Call(ids.call_id(), session, safety_identifier=safety, config=config, clock=state.now,
                 created_at=created_at, created_by=created_by, secret=token if secret is not None else None)
     try:
-        answer = await call.peer.accept_offer(sdp)
+        answer = await call.peer.accept_offer(sdp, max_message_size=call.max_message_bytes)
     except InvalidOffer as exc:
         await call.close("invalid_offer")
         return _error(400, f"The SDP offer could not be applied: {exc}", "invalid_offer", "sdp")

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from aiohttp import web
@@ -25,6 +26,19 @@ SESSION_EXPIRED_MESSAGE = "Your session hit the maximum duration of 60 minutes."
 def secret_digest(value: str) -> str:
     """What a call keeps of the secret that created it: enough to recognise it, never the value."""
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class DataChannelStats:
+    """Message sizes on the data channel, in UTF-8 bytes, for tests of the size limit."""
+
+    max_in_bytes: int = 0  # largest message received (refused ones included)
+    max_out_bytes: int = 0  # largest message actually sent
+    refused_in: list[int] = field(default_factory=list)
+    dropped_out: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 class Sideband:
@@ -89,8 +103,9 @@ class Call:
         self.created_at = int(created)
         self.created_at_ms = created * 1000
         self.created_by = created_by or {"auth": "api_key", "user_agent": None, "origin": None, "content_type": None}
-        # Fixed at creation: the peer has been told (session.expires_at).
+        # Fixed at creation: the peer has been told (session.expires_at, the SDP answer).
         self.max_seconds = self.config.call_max_seconds
+        self.max_message_bytes = self.config.datachannel_max_message_bytes
         self._secret_digest = secret_digest(secret) if secret else None
         self.state = "connecting"
         self.hungup = False
@@ -102,6 +117,7 @@ class Call:
         self.sidebands: set[Sideband] = set()
         self.sideband_attaches: list[dict] = []
         self.sideband_refusals = 0
+        self.datachannel = DataChannelStats()
         self._pending: list[str] = []  # events emitted before the data channel opened
         self._channel_ready = False
         self._expiry: asyncio.TimerHandle | None = None
@@ -109,7 +125,7 @@ class Call:
         self.conversation = Conversation(session, self.emit, self.output_audio)
         self.peer = CallPeer(
             output=self.output_audio,
-            on_message=lambda text: self.client_event(text, "datachannel"),
+            on_message=self._channel_message,
             on_channel_open=self._channel_opened,
             on_audio=self.conversation.feed_audio,
             on_state=self._peer_state,
@@ -131,26 +147,53 @@ class Call:
             return
         text = self._record(event)
         if self._channel_ready:
-            self.peer.send(text)
+            self._send_channel(text)
         elif len(self._pending) < MAX_QUEUED_EVENTS:
             self._pending.append(text)
         for sideband in list(self.sidebands):
             sideband.send(text)
+
+    def _send_channel(self, text: str) -> bool:
+        """One event onto the data channel, unless it is larger than the advertised limit."""
+        size = len(text.encode("utf-8"))
+        if size <= self.max_message_bytes:
+            if not self.peer.channel_open:
+                return False
+            if self.peer.send(text):
+                self.datachannel.max_out_bytes = max(self.datachannel.max_out_bytes, size)
+                return True
+            # else: over the browser's own advertised limit, which aiortc enforces
+        self.datachannel.dropped_out.append(size)
+        log.info("call %s: %d-byte event not sent on the data channel", self.id, size)
+        return False
 
     def _channel_opened(self) -> None:
         if self._channel_ready or self.state == "closed":
             return
         # session.created is always the first event on the channel.
         created = self.conversation.session_created_event()
-        self.peer.send(self._record(created))
+        self._send_channel(self._record(created))
         for sideband in list(self.sidebands):
             sideband.send(json.dumps(created))
         for text in self._pending:
-            self.peer.send(text)
+            self._send_channel(text)
         self._pending.clear()
         self._channel_ready = True
 
     # -- events in ------------------------------------------------------------------
+
+    def _channel_message(self, text: str, size: int) -> None:
+        """A data-channel message: refused unread if larger than the limit the answer advertised."""
+        if self.state == "closed":
+            return
+        self.datachannel.max_in_bytes = max(self.datachannel.max_in_bytes, size)
+        if size > self.max_message_bytes:
+            self.datachannel.refused_in.append(size)
+            self.emit(error_event(
+                f"Data channel message of {size} bytes exceeds the maximum message size of "
+                f"{self.max_message_bytes} bytes.", "message_too_large"))
+            return
+        self.client_event(text, "datachannel")
 
     def client_event(self, text: str, source: str) -> None:
         if self.state == "closed":
@@ -262,4 +305,5 @@ class Call:
             "audio_in": self.peer.input_stats.as_dict(),
             "audio_out": self.output_audio.as_dict(),
             "responses": conv.responses_summary(),
+            "datachannel": self.datachannel.as_dict(),
         }

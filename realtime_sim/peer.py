@@ -17,6 +17,19 @@ from .loopback import install_loopback_guard, strip_offer_candidates
 
 log = logging.getLogger(__name__)
 EVENTS_CHANNEL = "oai-events"
+MAX_MESSAGE_SIZE_ATTR = "a=max-message-size:"
+
+
+def set_max_message_size(sdp: str, size: int) -> str:
+    """Rewrite the answer's `a=max-message-size` (aiortc always writes 262144).
+
+    A browser reads this attribute and refuses to send larger messages, so the
+    simulator advertises the limit it enforces.
+    """
+    newline = "\r\n" if "\r\n" in sdp else "\n"
+    lines = [f"{MAX_MESSAGE_SIZE_ATTR}{size}" if line.startswith(MAX_MESSAGE_SIZE_ATTR) else line
+             for line in sdp.split(newline)]
+    return newline.join(lines)
 
 
 class InvalidOffer(Exception):
@@ -65,7 +78,7 @@ class CallPeer:
         self,
         *,
         output: OutputAudio,
-        on_message: Callable[[str], None],
+        on_message: Callable[[str, int], None],
         on_channel_open: Callable[[], None],
         on_audio: Callable[[float, float], None],
         on_state: Callable[[str], None],
@@ -91,7 +104,7 @@ class CallPeer:
     def channel_open(self) -> bool:
         return self.channel is not None and self.channel.readyState == "open"
 
-    async def accept_offer(self, offer_sdp: str) -> str:
+    async def accept_offer(self, offer_sdp: str, max_message_size: int | None = None) -> str:
         try:
             offer = RTCSessionDescription(sdp=strip_offer_candidates(offer_sdp), type="offer")
             await self.pc.setRemoteDescription(offer)
@@ -100,12 +113,18 @@ class CallPeer:
             await self.pc.setLocalDescription(await self.pc.createAnswer())
         except Exception as exc:  # aiortc raises ValueError, InternalError, etc. on bad SDP
             raise InvalidOffer(str(exc) or type(exc).__name__) from exc
-        return self.pc.localDescription.sdp
+        answer = self.pc.localDescription.sdp
+        if max_message_size is not None:
+            answer = set_max_message_size(answer, max_message_size)
+        return answer
 
     def send(self, text: str) -> bool:
         if not self.channel_open:
             return False
-        self.channel.send(text)
+        try:
+            self.channel.send(text)
+        except ValueError:  # larger than the browser's own a=max-message-size
+            return False
         return True
 
     async def drain(self, timeout: float = 1.0) -> None:
@@ -148,8 +167,11 @@ class CallPeer:
 
     def _message(self, message) -> None:
         if isinstance(message, bytes):
+            size = len(message)
             message = message.decode("utf-8", "replace")
-        self._on_message(message)
+        else:
+            size = len(message.encode("utf-8"))
+        self._on_message(message, size)
 
     def _track(self, track) -> None:
         if track.kind != "audio":

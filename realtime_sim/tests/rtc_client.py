@@ -6,6 +6,7 @@ import asyncio
 import fractions
 import json
 import math
+import re
 import time
 from array import array
 from collections import deque
@@ -83,6 +84,7 @@ class RtcClient:
         self.voiced_audio_frames = 0
         self.call_id: str | None = None
         self.location: str | None = None
+        self.answer_sdp: str | None = None  # as the simulator sent it
         self._changed = asyncio.Event()
         self._opened = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -108,9 +110,13 @@ class RtcClient:
                 self.voiced_audio_frames += 1
 
     async def connect(self, base_url: str, token: str, *, session: dict | None = None,
-                      multipart: bool = False, origin: str | None = None,
-                      headers: dict | None = None) -> aiohttp.ClientResponse:
-        """POST the offer (extra `headers` too) and wait for session.created."""
+                      multipart: bool = False, origin: str | None = None, headers: dict | None = None,
+                      honour_max_message_size: bool = True) -> aiohttp.ClientResponse:
+        """POST the offer and wait for session.created.
+
+        honour_max_message_size=False plays a peer that ignores the answer's
+        a=max-message-size (0 = no limit), so oversized messages reach the simulator.
+        """
         await self.pc.setLocalDescription(await self.pc.createOffer())
         headers = {**(headers or {}), "Authorization": f"Bearer {token}"}
         if origin:
@@ -131,6 +137,9 @@ class RtcClient:
             raise AssertionError(f"calls answered {resp.status}: {answer}")
         self.location = resp.headers["Location"]
         self.call_id = self.location.rsplit("/", 1)[-1]
+        self.answer_sdp = answer
+        if not honour_max_message_size:
+            answer = re.sub(r"a=max-message-size:\d+", "a=max-message-size:0", answer)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         await asyncio.wait_for(self._opened.wait(), 10)
         await self.wait_for("session.created")
