@@ -122,7 +122,7 @@ class Call:
         self._channel_ready = False
         self._expiry: asyncio.TimerHandle | None = None
         self.output_audio = OutputAudio()
-        self.conversation = Conversation(session, self.emit, self.output_audio)
+        self.conversation = Conversation(session, self.emit, self.output_audio, config=self.config, clock=self._clock)
         self.peer = CallPeer(
             output=self.output_audio,
             on_message=self._channel_message,

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import copy
 import json
+import time
 from typing import Callable
 
 from . import ids, usage
 from .answers import pick_answer
 from .audio import OutputAudio, rms_s16
+from .config import SimConfig
 from .events import error_event, server_event
 from .items import ItemRecord, ItemStore, ProtocolError, normalize_client_item
 from .responder import ResponsePlan, ResponseRun
@@ -52,15 +55,19 @@ def _placeholder_transcript(ms: float) -> str:
 class Conversation:
     """Consumes client events and microphone loudness; produces server events via `emit`."""
 
-    def __init__(self, session: dict, emit: Callable[[dict], None], output_audio: OutputAudio | None = None) -> None:
+    def __init__(self, session: dict, emit: Callable[[dict], None], output_audio: OutputAudio | None = None, *,
+                 config: SimConfig | None = None, clock: Callable[[], float] | None = None) -> None:
         self.session = copy.deepcopy(session)
         self._emit = emit
+        self.config = config or SimConfig()  # read live: /_sim/config reaches calls in progress
+        self._clock = clock or time.time
         self.output_audio = output_audio or OutputAudio()
         self.items = ItemStore()
         self.conversation_id = ids.conversation_id()
         self.vad = VoiceActivityDetector(self.session["audio"]["input"]["turn_detection"])
         self.active: ResponseRun | None = None
         self.responses: list[ResponseRun] = []
+        self._timers: set[asyncio.TimerHandle] = set()  # delayed transcriptions
         self.billed_input: list[usage.Segment] = []  # input of the previous response, for caching
         self.document_turns = 0
         self.script: dict = {}
@@ -94,6 +101,9 @@ class Conversation:
         if self.active is not None:
             self.active.abort()
             self.active = None
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
         self.output_audio.stop()
         self.closed = True
 
@@ -286,6 +296,26 @@ class Conversation:
         self.user_transcript = None  # a scripted transcript covers one user turn
         if self.session["audio"]["input"].get("transcription") is None:
             return
+        delay_ms = self.config.transcription_delay_ms
+        if delay_ms:
+            # Transcription runs beside the response, which never waits for it.
+            loop = asyncio.get_running_loop()
+            timer: asyncio.TimerHandle | None = None
+
+            def fire() -> None:
+                self._timers.discard(timer)
+                self._transcribe(item, audio_ms, transcript)
+
+            timer = loop.call_later(delay_ms / 1000, fire)
+            self._timers.add(timer)
+        else:
+            self._transcribe(item, audio_ms, transcript)
+
+    def _transcribe(self, item: dict, audio_ms: float, transcript: str) -> None:
+        """The input-transcription events of one user audio item."""
+        if self.closed:
+            return
+        item_id = item["id"]
         item["content"][0]["transcript"] = transcript
         words = transcript.split(" ")
         half = max(1, len(words) // 2)

@@ -112,7 +112,7 @@ class RtcClient:
     async def connect(self, base_url: str, token: str, *, session: dict | None = None,
                       multipart: bool = False, origin: str | None = None, headers: dict | None = None,
                       honour_max_message_size: bool = True) -> aiohttp.ClientResponse:
-        """POST the offer and wait for session.created.
+        """POST the offer (extra `headers` too) and wait for session.created.
 
         honour_max_message_size=False plays a peer that ignores the answer's
         a=max-message-size (0 = no limit), so oversized messages reach the simulator.
