@@ -305,5 +305,6 @@ class Call:
             "audio_in": self.peer.input_stats.as_dict(),
             "audio_out": self.output_audio.as_dict(),
             "responses": conv.responses_summary(),
+            "truncations": [dict(t) for t in conv.truncations],
             "datachannel": self.datachannel.as_dict(),
         }

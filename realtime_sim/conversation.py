@@ -66,7 +66,9 @@ class Conversation:
         self.conversation_id = ids.conversation_id()
         self.vad = VoiceActivityDetector(self.session["audio"]["input"]["turn_detection"])
         self.active: ResponseRun | None = None
+        self.playing: ResponseRun | None = None  # a finished response whose audio still plays
         self.responses: list[ResponseRun] = []
+        self.truncations: list[dict] = []
         self._timers: set[asyncio.TimerHandle] = set()  # delayed transcriptions
         self.billed_input: list[usage.Segment] = []  # input of the previous response, for caching
         self.document_turns = 0
@@ -81,6 +83,9 @@ class Conversation:
     def emit(self, event: dict) -> None:
         if not self.closed:
             self._emit(event)
+
+    def now_ms(self) -> float:
+        return self._clock() * 1000
 
     def session_created_event(self) -> dict:
         return server_event("session.created", session=copy.deepcopy(self.session))
@@ -101,11 +106,18 @@ class Conversation:
         if self.active is not None:
             self.active.abort()
             self.active = None
+        if self.playing is not None:
+            self.playing.end_playback("closed", emit=False)
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
         self.output_audio.stop()
         self.closed = True
+
+    def stop_playing_tail(self) -> None:
+        """End the audio still playing after its response.done (output_audio_buffer.stopped)."""
+        if self.playing is not None:
+            self.playing.end_playback("stopped")
 
     def response_finished(self, run: ResponseRun) -> None:
         if self.active is run:
@@ -193,10 +205,22 @@ class Conversation:
         if not isinstance(end_ms, int) or isinstance(end_ms, bool) or not 0 <= end_ms <= available:
             raise ProtocolError(
                 f"Audio content of {int(available)}ms is shorter than {end_ms}ms.", "invalid_value", "audio_end_ms")
+        run = next((r for r in self.responses if r.record is record), None)
+        playing = self.playing is not None and self.playing is run
+        played = run.played_ms() if run is not None and run.playback is not None else None
+        if played is not None and end_ms > played:
+            # The server plays WebRTC audio itself: it knows what has not been heard (yet).
+            raise ProtocolError(
+                f"Only {played}ms of the audio content has been played so far; cannot truncate at {end_ms}ms.",
+                "invalid_value", "audio_end_ms")
         words = (content[index].get("transcript") or "").split()
         keep = int(len(words) * end_ms / available) if available else 0
         content[index]["transcript"] = " ".join(words[:keep])  # the unheard part is forgotten
         record.part_audio_ms[index] = end_ms
+        # Truncating does not stop the audio: output_audio_buffer.clear does.
+        self.truncations.append({"at_ms": self.now_ms(), "item_id": record.id,
+                                 "response_id": run.id if run is not None else None, "content_index": index,
+                                 "audio_end_ms": end_ms, "played_ms": played, "while_playing": playing})
         self.emit(server_event("conversation.item.truncated", item_id=record.id, content_index=index,
                                audio_end_ms=end_ms))
 
@@ -228,6 +252,9 @@ class Conversation:
     def _on_output_audio_buffer_clear(self, event: dict) -> None:
         if self.active is not None and self.active.speaking:
             self.active.cancel("client_cancelled", buffer_event="cleared")
+            return
+        if self.playing is not None:  # after response.done, the audio still playing stops at once
+            self.playing.end_playback("cleared")
             return
         last = self.responses[-1].id if self.responses else ""
         self.emit(server_event("output_audio_buffer.cleared", response_id=last))
@@ -271,6 +298,8 @@ class Conversation:
                 td = self.turn_detection or {}
                 if self.active is not None and td.get("interrupt_response", True):
                     self.active.cancel("turn_detected", buffer_event="cleared")
+                elif self.playing is not None and td.get("interrupt_response", True):
+                    self.playing.end_playback("cleared")  # barge-in on a tail: the audio stops
             elif isinstance(vad_event, SpeechStopped):
                 item_id = self.speech_item_id or ids.item_id()
                 self.speech_item_id = None

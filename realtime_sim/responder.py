@@ -10,6 +10,7 @@ from . import ids, usage
 from .answers import words_of
 from .events import rate_limits_event, response_object, server_event
 from .items import ItemRecord
+from .playback import Playback, loop_time
 
 if TYPE_CHECKING:
     from .conversation import Conversation
@@ -19,6 +20,7 @@ MIN_SPEECH_MS = 1200
 MAX_SPEECH_MS = 6000
 TEXT_MS_PER_WORD = 30
 ARGUMENT_CHUNK_MS = 20
+GENERATION_SHARE = 3  # with playback_after_done, generation takes a third of the audio's length
 
 
 def speech_duration_ms(text: str, bounded: bool = True) -> int:
@@ -82,6 +84,11 @@ class ResponseRun:
         self.input_segments: list = []
         self.task: asyncio.Task | None = None
         self._audio_t0: float | None = None
+        self.playback: Playback | None = None
+        self.done_at_ms: float | None = None
+        # playback_after_done: response.done comes once generated; the audio plays on (the "tail").
+        self.tail = (plan.kind == "message" and plan.modality == "audio" and conv.config.playback_after_done)
+        self.tail_task: asyncio.Task | None = None
         self.finished = asyncio.Event()
 
     # -- helpers ----------------------------------------------------------------
@@ -117,7 +124,23 @@ class ResponseRun:
             "transcript": self.produced if self.plan.kind == "message" else None,
             "arguments": self.produced if self.plan.kind == "function_call" else None,
             "audio_ms": self.audio_ms,
+            "done_at_ms": self.done_at_ms,
+            "playback": self.playback.as_dict(loop_time()) if self.playback else None,
         }
+
+    @property
+    def generation_ms(self) -> int:
+        """How long generating the audio takes: all of it, or a third with playback_after_done."""
+        total = self.plan.speech_ms
+        if not self.tail:
+            return total
+        return max(20, total // GENERATION_SHARE // 20 * 20)
+
+    def played_ms(self) -> int:
+        """Audio heard so far (0 for responses without audio)."""
+        if self.playback is None:
+            return 0
+        return self.playback.played_ms(loop_time())
 
     # -- start ------------------------------------------------------------------
 
@@ -150,8 +173,10 @@ class ResponseRun:
             part = {"type": "audio", "transcript": ""} if self.plan.modality == "audio" else {"type": "text", "text": ""}
             conv.emit(server_event("response.content_part.added", **self._ids(), content_index=0, part=part))
             if self.plan.modality == "audio":
+                conv.stop_playing_tail()  # one voice at a time: a new answer ends the last one's tail
                 conv.output_audio.start(self.id)
                 self._audio_t0 = asyncio.get_running_loop().time()
+                self.playback = Playback(self.plan.speech_ms, self._audio_t0, conv.now_ms())
                 conv.emit(server_event("output_audio_buffer.started", response_id=self.id))
         self.task = asyncio.get_running_loop().create_task(self._run())
 
@@ -168,26 +193,28 @@ class ResponseRun:
                                             call_id=self.record.item["call_id"], delta=chunk))
         elif self.plan.modality == "audio":
             deltas = words_of(self.plan.text)
-            total = self.plan.speech_ms
+            generation = self.generation_ms
             t0 = self._audio_t0
             for index, delta in enumerate(deltas):
-                # Words are spread evenly over the audio so the transcript tracks speech.
-                await asyncio.sleep(max(0.0, t0 + index * total / len(deltas) / 1000 - loop.time()))
+                # Words are spread evenly over the generation so the transcript tracks speech.
+                await asyncio.sleep(max(0.0, t0 + index * generation / len(deltas) / 1000 - loop.time()))
                 self.produced += delta
                 self.conv.emit(server_event("response.output_audio_transcript.delta", **self._ids(),
                                             content_index=0, delta=delta))
-            await asyncio.sleep(max(0.0, t0 + total / 1000 - loop.time()))
-            self.audio_ms = total
+            await asyncio.sleep(max(0.0, t0 + generation / 1000 - loop.time()))
+            self.audio_ms = self.plan.speech_ms  # all of it was generated, heard or not
         else:
             for delta in words_of(self.plan.text):
                 await asyncio.sleep(TEXT_MS_PER_WORD / 1000)
                 self.produced += delta
                 self.conv.emit(server_event("response.output_text.delta", **self._ids(), content_index=0,
                                             delta=delta))
+        # With a tail the audio plays on after response.done: no buffer event yet.
+        buffer_event = None if self.tail else "stopped"
         if self.plan.truncated:
-            self._finish("incomplete", {"type": "incomplete", "reason": "max_output_tokens"}, "stopped")
+            self._finish("incomplete", {"type": "incomplete", "reason": "max_output_tokens"}, buffer_event)
         else:
-            self._finish("completed", None, "stopped")
+            self._finish("completed", None, buffer_event)
 
     # -- end --------------------------------------------------------------------
 
@@ -203,12 +230,11 @@ class ResponseRun:
         self._finish("cancelled", {"type": "cancelled", "reason": reason}, buffer_event)
         return True
 
-    def _finish(self, status: str, details: dict | None, buffer_event: str) -> None:
+    def _finish(self, status: str, details: dict | None, buffer_event: str | None) -> None:
+        """End generation; `buffer_event` None keeps the audio playing (playback_after_done)."""
         if self.status != "in_progress":
             return
         conv = self.conv
-        if self.speaking:
-            conv.output_audio.stop()
         self.status, self.status_details = status, details
         item = self.record.item
         item["status"] = "completed" if status == "completed" else "incomplete"
@@ -243,17 +269,51 @@ class ResponseRun:
         if self.plan.usage_override:
             self.usage = usage.merge_override(self.usage, self.plan.usage_override)
         conv.billed_input = self.input_segments
+        self.done_at_ms = conv.now_ms()
         conv.emit(server_event("response.done", response=self._response(
             status=status, status_details=details, usage=self.usage)))
-        if self._audio_t0 is not None:
-            conv.emit(server_event(f"output_audio_buffer.{buffer_event}", response_id=self.id))
+        if self.playback is not None:
+            if buffer_event is None:
+                conv.playing = self
+                self.tail_task = asyncio.get_running_loop().create_task(self._play_tail())
+            else:
+                # Heard = generated here: all of it, or up to the cut (see cancel).
+                self.end_playback(buffer_event, played_ms=self.audio_ms)
         conv.response_finished(self)
         self.finished.set()
+
+    async def _play_tail(self) -> None:
+        """The audio left to play after response.done; output_audio_buffer.stopped at its real end."""
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, self._audio_t0 + self.plan.speech_ms / 1000 - loop.time()))
+        self.tail_task = None
+        self.end_playback("stopped", played_ms=self.plan.speech_ms)
+
+    def end_playback(self, buffer_event: str, *, played_ms: int | None = None, emit: bool = True) -> bool:
+        """Stop this response's audio on the media track now; "stopped" or "cleared" (or "closed", silent).
+
+        False if it was not playing.
+        """
+        if self.playback is None or not self.playback.playing:
+            return False
+        conv = self.conv
+        if self.tail_task is not None:
+            self.tail_task.cancel()
+            self.tail_task = None
+        if self.speaking:
+            conv.output_audio.stop()
+        self.playback.end(buffer_event, asyncio.get_running_loop().time(), conv.now_ms(), played_ms)
+        if conv.playing is self:
+            conv.playing = None
+        if emit:
+            conv.emit(server_event(f"output_audio_buffer.{buffer_event}", response_id=self.id))
+        return True
 
     def abort(self) -> None:
         """Drop silently (the call ended): no events."""
         if self.task is not None:
             self.task.cancel()
+        self.end_playback("closed", emit=False)
         if self.speaking:
             self.conv.output_audio.stop()
         if self.status == "in_progress":
