@@ -1,4 +1,4 @@
-"""Everything the simulator remembers: key, clock, secrets, calls, faults."""
+"""Everything the simulator remembers: key, clock, settings, secrets, calls, faults."""
 
 from __future__ import annotations
 
