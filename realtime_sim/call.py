@@ -101,7 +101,7 @@ class Call:
         self._clock = clock or time.time
         created = self._clock() if created_at is None else created_at
         self.created_at = int(created)
-        self.created_at_ms = created * 1000
+        self.created_at_ms = float(created) * 1000  # a float even with an integer test clock
         self.created_by = created_by or {"auth": "api_key", "user_agent": None, "origin": None, "content_type": None}
         # Fixed at creation: the peer has been told (session.expires_at, the SDP answer).
         self.max_seconds = self.config.call_max_seconds
@@ -133,7 +133,7 @@ class Call:
         self.closed_event = asyncio.Event()
 
     def now_ms(self) -> float:
-        return self._clock() * 1000
+        return float(self._clock()) * 1000
 
     # -- events out -----------------------------------------------------------------
 

@@ -85,7 +85,7 @@ class Conversation:
             self._emit(event)
 
     def now_ms(self) -> float:
-        return self._clock() * 1000
+        return float(self._clock()) * 1000
 
     def session_created_event(self) -> dict:
         return server_event("session.created", session=copy.deepcopy(self.session))

@@ -8,6 +8,8 @@ import time
 
 import aiohttp
 
+from realtime_sim import start_simulator
+
 from .conformance import check_server_events
 from .conftest import API_KEY
 from .rtc_client import RtcClient
@@ -123,3 +125,17 @@ async def test_one_secret_starts_several_calls_and_calls_record_their_origin(sim
 
 async def _ended(sim, http, call_id: str) -> bool:
     return (await call_detail(sim.base_url, http, call_id))["end_reason"] is not None
+
+
+async def test_call_times_follow_an_injected_clock(http):
+    sim = await start_simulator("127.0.0.1", 0, api_key=API_KEY, clock=lambda: 1_700_000_000)
+    client = RtcClient()
+    try:
+        await client.connect(sim.base_url, API_KEY)
+        assert client.events[0]["session"]["expires_at"] == 1_700_000_000 + 3600
+        detail = await call_detail(sim.base_url, http, client.call_id)
+        assert detail["created_at_ms"] == 1_700_000_000_000.0 and isinstance(detail["created_at_ms"], float)
+        assert detail["created_at"] == 1_700_000_000
+    finally:
+        await client.close()
+        await sim.stop()
