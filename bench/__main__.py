@@ -1,10 +1,12 @@
 """`make bench`: every benchmark, figures side by side in one run."""
 
-from . import extract, ingest, library, mint
+from . import extract, ingest, library, start, talk
 
 
 def main():
-    mint.main()
+    start.main()
+    print()
+    talk.main()
     print()
     extract.main()
     print()

@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -82,19 +83,36 @@ def _flush_redis():
 
 
 class Topology:
-    """Running server processes (and maybe a sideband worker) sharing one database."""
+    """Running server processes (and maybe sideband workers) sharing one database."""
 
     def __init__(self, bases, env):
         self.bases = bases
         self.env = env
+        self.servers = []
+        self.workers = []
 
     def manage(self, *args, **kwargs):
         return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True, **kwargs)
 
+    def start_worker(self):
+        """One more `manage.py sideband_worker` process; it names itself host:pid."""
+        proc = subprocess.Popen([sys.executable, "manage.py", "sideband_worker", "--poll", "0.2"],
+                                cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL)
+        self.workers.append(proc)
+        return proc
+
+    def sql(self, query, params=()):
+        """A query against the topology's PostgreSQL database."""
+        import psycopg
+
+        with psycopg.connect(self.env["DATABASE_URL"], autocommit=True, connect_timeout=5) as db:
+            return db.execute(query, params).fetchall()
+
 
 @contextlib.contextmanager
-def topology(simulator_url, users, processes=1, shared=False, worker=False, extra_env=None, setup=""):
-    """`processes` daphne servers; with `shared`, on PostgreSQL and Redis (else SQLite, in-memory layer)."""
+def topology(simulator_url, users, processes=1, shared=False, workers=0, extra_env=None, setup=""):
+    """`processes` daphne servers; with `shared`, on PostgreSQL and Redis and `workers` sideband worker
+    processes (else SQLite and the in-memory layer, with the worker inside the one server)."""
     with contextlib.ExitStack() as stack:
         var = stack.enter_context(tempfile.TemporaryDirectory())
         env = {
@@ -105,6 +123,7 @@ def topology(simulator_url, users, processes=1, shared=False, worker=False, extr
         if shared:
             env["DATABASE_URL"] = stack.enter_context(_postgres_database())
             env["REDIS_URL"] = f"{REDIS_BASE_URL}/{REDIS_DB}"
+            env["SIDEBAND_WORKER"] = "external"
             _flush_redis()
             stack.callback(_flush_redis)
         top = Topology([], env)
@@ -126,28 +145,81 @@ def topology(simulator_url, users, processes=1, shared=False, worker=False, extr
                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ))
             top.bases.append(f"http://127.0.0.1:{port}")
-        if worker:
-            procs.append(subprocess.Popen([sys.executable, "manage.py", "sideband_worker", "--poll", "0.2"],
-                                          cwd=ROOT, env=env, stdout=subprocess.DEVNULL))
+        top.servers = list(procs)
+        for _ in range(workers):
+            top.start_worker()
         try:
             for base, proc in zip(top.bases, procs):
                 wait_for(f"{base}/healthz", proc)
             yield top
         finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
+            for proc in procs + top.workers:
+                if proc.poll() is None:
+                    proc.terminate()
+            for proc in procs + top.workers:
                 proc.wait(10)
 
 
 @contextlib.contextmanager
 def service(simulator_url, users, extra_env=None, setup=""):
-    """One daphne on a fresh SQLite database with `users` bench users; yields the base URL."""
+    """One daphne on a fresh SQLite database with `users` bench users; yields the topology."""
     with topology(simulator_url, users, extra_env=extra_env, setup=setup) as top:
-        yield top.bases[0]
+        yield top
 
 
 def percentile(values, p):
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
     return ordered[index]
+
+
+async def signed_in_client(base, username):
+    """An httpx client signed in through the login form, sending the CSRF token like the page does."""
+    import httpx
+
+    client = httpx.AsyncClient(base_url=base, timeout=30)
+    page = await client.get("/accounts/login/")
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    response = await client.post("/accounts/login/", data={"username": username, "password": PASSWORD,
+                                                           "csrfmiddlewaretoken": token})
+    assert response.status_code == 302, response.status_code
+    client.headers["X-CSRFToken"] = client.cookies["csrftoken"]
+    return client
+
+
+def cpu_seconds(pid):
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def chromium_args(fake_microphone_wav=None):
+    """Headless Chromium for real WebRTC on loopback only (shared/WEBRTC_TESTING.md)."""
+    features = ",".join([*playwright_disabled_features(), "WebRtcHideLocalIpsWithMdns"])
+    args = [
+        "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        "--autoplay-policy=no-user-gesture-required",
+        "--allow-loopback-in-peer-connection",
+        # Chromium keeps only the last --disable-features: this one repeats Playwright's own list.
+        f"--disable-features={features}",
+        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+    ]
+    if fake_microphone_wav:
+        args.append(f"--use-file-for-fake-audio-capture={fake_microphone_wav}")
+    return args
+
+
+def playwright_disabled_features():
+    """Playwright's own --disable-features list: Chromium keeps only the last switch."""
+    import playwright
+
+    bundle = Path(playwright.__file__).parent / "driver/package/lib/coreBundle.js"
+    match = re.search(r"disabledFeatures = \[(.*?)\]\.filter", bundle.read_text(), re.S)
+    assert match, f"cannot find Playwright's disabledFeatures list in {bundle}"
+    return re.findall(r'"([A-Za-z0-9]+)"', match.group(1))

@@ -29,7 +29,7 @@ from pathlib import Path
 import aiohttp
 
 from .harness import percentile, simulator, topology
-from .mint import signed_in_client
+from .harness import signed_in_client
 
 SESSIONS = 200
 REPORTS = 10  # per session socket
@@ -40,14 +40,12 @@ ACK_TIMEOUT = 60
 QUIET_AFTER = 5  # seconds without a spend.update before the dashboard is given up on
 
 SETUP = f"""
-import datetime
 from django.utils import timezone
 from sessions_app.models import RealtimeSession
 owners = [U.objects.get(username=f'bench{{i}}') for i in range({OWNERS})]
-expires = timezone.now() + datetime.timedelta(hours=1)
 rows = RealtimeSession.objects.bulk_create([
     RealtimeSession(user=owners[i % {OWNERS}], team=t, model='gpt-realtime', voice='marin',
-                    turn_detection='server_vad', status='active', secret_expires_at=expires,
+                    turn_detection='server_vad', status='active',
                     connected_at=timezone.now(), instructions='Benchmark session.')
     for i in range({SESSIONS})
 ])

@@ -4,7 +4,7 @@ import asyncio
 import time
 
 from .harness import percentile, service, simulator
-from .mint import signed_in_client
+from .harness import signed_in_client
 
 DOCUMENTS = 10_000
 SETUP = f"""
@@ -52,7 +52,8 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp, simulator() as sim:
         queries_path = Path(tmp) / "queries.txt"
-        with service(sim, 1, setup=SETUP.replace("QUERIES_PATH", str(queries_path))) as base:
+        with service(sim, 1, setup=SETUP.replace("QUERIES_PATH", str(queries_path))) as top:
+            base = top.bases[0]
             queries = queries_path.read_text().split()
             latencies, listing = asyncio.run(measure(base, queries))
     print(f"library search: GET /api/documents/?q=WORD over {DOCUMENTS:,} documents of 400 words (SQLite)")

@@ -8,15 +8,15 @@ from channels.db import DatabaseSyncToAsync, database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.utils import timezone
 
-from . import upstream
-from .models import ModelPrice, RealtimeSession, TranscriptEntry
-from .pricing import UsageError, cost_of, parse_usage
+from . import upstream, usage
+from .models import Call, RealtimeSession, TranscriptEntry, UsageRecord
+from .pricing import UsageError
 
 log = logging.getLogger(__name__)
 
 MAX_FRAME_CHARS = 64 * 1024
 MAX_TRANSCRIPT_CHARS = 20_000
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_\-.:]{1,128}$")
+ID_PATTERN = re.compile(r"[A-Za-z0-9_\-.:]{1,128}")
 DASHBOARD_GROUP = "dashboard"
 
 
@@ -56,17 +56,36 @@ def session_group(session_id):
     return f"session-{session_id}"
 
 
-async def stop_for_budget(channel_layer, session_id, call_id):
-    """Tell the session's pages it is over budget and hang its call up upstream."""
+async def stop_for_budget(channel_layer, session_id, call_ids):
+    """Tell the session's pages it is over budget and hang its calls up upstream."""
     await channel_layer.group_send(
         session_group(session_id),
         {"type": "budget.exceeded", "message": "The spending limit was reached, so this session was ended."},
     )
-    if call_id:
+    for call_id in call_ids:
         try:
             await upstream.hangup(call_id)
         except upstream.UpstreamError:
             log.warning("hangup of a session over budget was refused; the page was told to stop")
+
+
+async def publish_usage(channel_layer, session_id, recorded):
+    """After a usage record: the dashboards hear of new spend, the page of the server's own figures,
+    and a crossed budget ends what it must."""
+    record = recorded.record
+    if recorded.created:
+        await announce_spend(channel_layer, {
+            "session_id": str(session_id), "team_id": recorded.team_id, "response_id": record.response_id,
+            "kind": record.kind, "cost_usd": f"{record.cost_usd:.6f}",
+            "verified": record.source == UsageRecord.SERVER, "session": recorded.totals,
+        })
+        if record.source == UsageRecord.SERVER:
+            await channel_layer.group_send(session_group(session_id), {
+                "type": "usage.verified", "response_id": record.response_id, "kind": record.kind,
+                "cost_usd": f"{record.cost_usd:.6f}", "session": recorded.totals,
+            })
+    for stopped_id, call_ids in recorded.stopped:
+        await stop_for_budget(channel_layer, stopped_id, call_ids)
 
 
 class SessionUsageConsumer(AsyncJsonWebsocketConsumer):
@@ -81,7 +100,9 @@ class SessionUsageConsumer(AsyncJsonWebsocketConsumer):
         self.group = session_group(self.session_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
-        await self.mark_page(connected=True)
+        # A page that (re)connects learns what it may have missed: the totals, and which calls are ready.
+        for frame in await self.mark_page(connected=True):
+            await self.send_json(frame)
 
     async def disconnect(self, code):
         if hasattr(self, "group"):
@@ -93,6 +114,13 @@ class SessionUsageConsumer(AsyncJsonWebsocketConsumer):
     def mark_page(self, connected):
         field = "page_connected_at" if connected else "page_left_at"
         RealtimeSession.objects.filter(pk=self.session_id).update(**{field: timezone.now()})
+        if not connected:
+            return []
+        session = RealtimeSession.objects.get(pk=self.session_id)
+        ready = session.calls.filter(status=Call.ACTIVE, context_ready_at__isnull=False).values_list("number", flat=True)
+        return [{"type": "session.totals", "session": session.totals()}] + [
+            {"type": "call.ready", "call": number} for number in ready
+        ]
 
     async def receive(self, text_data=None, bytes_data=None):
         if text_data is None:
@@ -117,38 +145,29 @@ class SessionUsageConsumer(AsyncJsonWebsocketConsumer):
             await self.error("unknown_type", "type must be usage.report or transcript.report.")
 
     async def usage_report(self, content):
-        response_id = content.get("response_id")
-        if not isinstance(response_id, str) or not ID_PATTERN.match(response_id):
-            return await self.error("invalid_response_id", "response_id must be the response's id.")
+        # An answer's usage names its response; an input transcription's, the transcribed item.
+        kind = UsageRecord.TRANSCRIPTION if "item_id" in content else UsageRecord.RESPONSE
+        key = content.get("item_id" if kind == UsageRecord.TRANSCRIPTION else "response_id")
+        if not isinstance(key, str) or not ID_PATTERN.fullmatch(key):
+            return await self.error("invalid_response_id", "response_id (or item_id) must be the upstream's id.")
         try:
-            record, created, totals, to_stop = await self.record_usage(response_id, content.get("usage"))
+            recorded = await self.record_usage(key, content.get("usage"), kind)
         except UsageError as exc:
-            return await self.error("invalid_usage", str(exc), response_id=response_id)
-        except ModelPrice.DoesNotExist:
-            return await self.error("no_price", "This model has no price; an admin must add one.", response_id)
-        await self.send_json(
-            {
-                "type": "usage.ack",
-                "response_id": response_id,
-                "duplicate": not created,
-                "cost_usd": f"{record.cost_usd:.6f}",
-                "session": totals,
-            }
-        )
-        if created:
-            await announce_spend(self.channel_layer, {
-                "session_id": str(self.session_id),
-                "team_id": totals["team_id"],
-                "response_id": response_id,
-                "cost_usd": f"{record.cost_usd:.6f}",
-                "session": totals,
-            })
-        for session_id, call_id in to_stop:
-            await stop_for_budget(self.channel_layer, session_id, call_id)
+            return await self.error("invalid_usage", str(exc), response_id=key)
+        record = recorded.record
+        ack = {
+            "type": "usage.ack",
+            "duplicate": not recorded.created,
+            "cost_usd": f"{record.cost_usd:.6f}",
+            "session": recorded.totals,
+        }
+        ack["item_id" if kind == UsageRecord.TRANSCRIPTION else "response_id"] = key
+        await self.send_json(ack)
+        await publish_usage(self.channel_layer, self.session_id, recorded)
 
     async def transcript_report(self, content):
         item_id, role, text = content.get("item_id"), content.get("role"), content.get("text")
-        if not isinstance(item_id, str) or not ID_PATTERN.match(item_id):
+        if not isinstance(item_id, str) or not ID_PATTERN.fullmatch(item_id):
             return await self.error("invalid_item_id", "item_id must be the conversation item's id.")
         if role not in (TranscriptEntry.USER, TranscriptEntry.ASSISTANT):
             return await self.error("invalid_role", "role must be user or assistant.")
@@ -166,25 +185,26 @@ class SessionUsageConsumer(AsyncJsonWebsocketConsumer):
     async def budget_exceeded(self, event):
         await self.send_json({"type": "budget.exceeded", "message": event.get("message", "")})
 
+    async def usage_verified(self, event):
+        await self.send_json(event)
+
+    async def call_ready(self, event):
+        await self.send_json(event)
+
+    async def call_ended(self, event):
+        await self.send_json(event)
+
     @database_sync_to_async
     def owns_session(self, user):
         return RealtimeSession.objects.filter(pk=self.session_id, user=user).exists()
 
     @parallel_db
-    def record_usage(self, response_id, usage):
-        session = RealtimeSession.objects.get(pk=self.session_id)
-        price = ModelPrice.objects.get(model=session.model)
-        counts = parse_usage(usage, price)
-        record, created = session.record_usage(response_id, counts, cost_of(counts, price))
-        to_stop = session.stop_if_over_budget() if created else []
-        totals = {**session.totals(), "team_id": str(session.team_id) if session.team_id else None}
-        return record, created, totals, to_stop
+    def record_usage(self, key, report, kind):
+        return usage.record(self.session_id, key, report, source=UsageRecord.CLIENT, kind=kind)
 
     @parallel_db
     def store_transcript(self, item_id, role, text):
-        TranscriptEntry.objects.get_or_create(
-            session_id=self.session_id, item_id=item_id, defaults={"role": role, "text": text}
-        )
+        TranscriptEntry.record_text(self.session_id, item_id, role, text, source="page")
 
 
 class DashboardConsumer(AsyncJsonWebsocketConsumer):

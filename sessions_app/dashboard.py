@@ -178,14 +178,17 @@ def _read_query(request):
 # ---- the figures ----
 
 def _sums():
+    # Token columns are the realtime model's; input transcription adds to the cost only.
+    answers = Q(kind=UsageRecord.RESPONSE)
     return {
         "sessions": Count("session", distinct=True),
-        "input_text": Sum("input_text_tokens", default=0),
-        "input_audio": Sum("input_audio_tokens", default=0),
-        "input_image": Sum("input_image_tokens", default=0),
-        "cached": Sum(F("cached_text_tokens") + F("cached_audio_tokens") + F("cached_image_tokens"), default=0),
-        "output_text": Sum("output_text_tokens", default=0),
-        "output_audio": Sum("output_audio_tokens", default=0),
+        "input_text": Sum("input_text_tokens", default=0, filter=answers),
+        "input_audio": Sum("input_audio_tokens", default=0, filter=answers),
+        "input_image": Sum("input_image_tokens", default=0, filter=answers),
+        "cached": Sum(F("cached_text_tokens") + F("cached_audio_tokens") + F("cached_image_tokens"), default=0,
+                      filter=answers),
+        "output_text": Sum("output_text_tokens", default=0, filter=answers),
+        "output_audio": Sum("output_audio_tokens", default=0, filter=answers),
         "cost": Sum("cost_usd", default=Decimal(0), output_field=MONEY),
     }
 
@@ -426,8 +429,8 @@ def history(request):
         {
             "session": s,
             "duration": _duration_display(_duration(s)),
-            "cost": f"{s.cost_usd:.4f}",
-            "cost_usd": f"{s.cost_usd:.8f}",
+            "cost": f"{s.billed_cost_usd:.4f}",
+            "cost_usd": f"{s.billed_cost_usd:.8f}",
         }
         for s in page
     ]
@@ -441,8 +444,9 @@ def history_detail(request, session_id):
     context = {
         "session": session,
         "duration": _duration_display(_duration(session)),
-        "cost": f"{session.cost_usd:.4f}",
-        "cost_usd": f"{session.cost_usd:.8f}",
+        "cost": f"{session.billed_cost_usd:.4f}",
+        "cost_usd": f"{session.billed_cost_usd:.8f}",
         "transcript": session.transcript.all(),
+        "calls": session.calls.all(),
     }
     return render(request, "sessions/history.html", context)

@@ -1,4 +1,4 @@
-"""Validation of what the browser sends: the mint request and the budget form."""
+"""Validation of what the browser sends: the start and resume requests, its SDP offer, the budget form."""
 
 import uuid
 from dataclasses import dataclass, field
@@ -12,8 +12,16 @@ MAX_PASTED_CHARS = 2_000_000
 MAX_DOCUMENTS = 20
 
 
+# A browser's offer is 1-5 KB; anything near this is not one.
+MAX_SDP_BYTES = 20_000
+
+
 class RequestError(ValueError):
-    pass
+    code = "invalid_request"
+
+
+class OfferError(RequestError):
+    code = "invalid_sdp"
 
 
 @dataclass
@@ -21,6 +29,7 @@ class MintRequest:
     model: str
     voice: str
     turn_detection: str
+    sdp: str
     document_ids: list = field(default_factory=list)
     document_text: str = ""
 
@@ -37,7 +46,7 @@ def _choice(data, key, allowed, default):
 def parse_mint_request(data):
     if not isinstance(data, dict):
         raise RequestError("the body must be a JSON object")
-    unknown = sorted(set(data) - {"model", "voice", "turn_detection", "document_ids", "document_text"})
+    unknown = sorted(set(data) - {"model", "voice", "turn_detection", "document_ids", "document_text", "sdp"})
     if unknown:
         raise RequestError(f"unknown field: {', '.join(unknown)}")
     model = _choice(data, "model", settings.REALTIME_MODELS, settings.DEFAULT_MODEL)
@@ -61,7 +70,47 @@ def parse_mint_request(data):
         raise RequestError("document_text must be a string")
     if len(text) > MAX_PASTED_CHARS:
         raise RequestError("document_text is too long")
-    return MintRequest(model, voice, turn, parsed_ids, text.strip())
+    return MintRequest(model, voice, turn, check_offer(data.get("sdp")), parsed_ids, text.strip())
+
+
+def parse_resume_request(data):
+    """The body of POST /api/sessions/<id>/calls: {"sdp": "<the browser's new offer>"}."""
+    if not isinstance(data, dict):
+        raise RequestError("the body must be a JSON object")
+    unknown = sorted(set(data) - {"sdp"})
+    if unknown:
+        raise RequestError(f"unknown field: {', '.join(unknown)}")
+    return check_offer(data.get("sdp"))
+
+
+def check_offer(sdp):
+    """The browser's offer, unchanged, if it asks for what a voice call needs and nothing else:
+    one audio stream and at most one data channel."""
+    if sdp is None:
+        raise OfferError("sdp is required: the browser's SDP offer")
+    if not isinstance(sdp, str):
+        raise OfferError("sdp must be a string: the browser's SDP offer")
+    try:
+        size = len(sdp.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise OfferError("sdp is not text") from None
+    if size > MAX_SDP_BYTES:
+        raise OfferError(f"the SDP offer is {size:,} bytes; at most {MAX_SDP_BYTES:,} are accepted")
+    if not sdp.startswith("v=0") or "\x00" in sdp:
+        raise OfferError("sdp is not an SDP offer (it must start with v=0)")
+    media = [line[2:].split(None, 3) for line in sdp.splitlines() if line.startswith("m=")]
+    kinds = [m[0] if m else "" for m in media]
+    if kinds.count("audio") != 1:
+        raise OfferError(f"the SDP offer must have exactly one audio stream; it has {kinds.count('audio')}")
+    if kinds.count("application") > 1:
+        raise OfferError("the SDP offer may have at most one data channel")
+    others = sorted(set(kinds) - {"audio", "application"})
+    if others:
+        raise OfferError(f"the SDP offer may carry audio and a data channel only, not {', '.join(others)}")
+    for m in media:
+        if m[0] == "application" and (len(m) < 3 or "SCTP" not in m[2]):
+            raise OfferError("the SDP offer's application stream must be a WebRTC data channel")
+    return sdp
 
 
 class BudgetForm(forms.Form):

@@ -1,5 +1,5 @@
 import uuid
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
@@ -9,6 +9,8 @@ from django.utils import timezone
 from teams_app.models import Team
 
 MILLION = Decimal(1_000_000)
+COST_PLACES = Decimal("0.00000001")
+MAX_TRANSCRIPT_CHARS = 20_000
 # Room kept for the conversation itself when documents fill the context.
 DOCUMENT_SHARE_OF_INPUT = Decimal("0.6")
 
@@ -45,11 +47,26 @@ class ModelPrice(models.Model):
         return int(self.max_input_tokens * DOCUMENT_SHARE_OF_INPUT)
 
 
+class EndReason(models.TextChoices):
+    """Why a conversation or one of its calls ended."""
+
+    USER = "user", "Stopped by the user"
+    BUDGET = "budget", "The spending limit was reached"
+    PAGE_GONE = "page_gone", "The page went away"
+    CALL_CLOSED = "call_closed", "The call closed upstream"
+    EXPIRED = "expired", "The call reached the 60-minute cap"
+    REPLACED = "replaced", "The conversation moved to a new call"
+    TAMPERING = "tampering", "The page kept changing the session"
+    NO_CALL = "no_call", "No call was resumed in time"
+    NEVER_CONNECTED = "never_connected", "Never connected"
+
+
 class RealtimeSession(models.Model):
-    CREATED = "created"
+    """One conversation: its choices, documents, transcript and totals, over one call or several."""
+
     ACTIVE = "active"
     ENDED = "ended"
-    STATUS_CHOICES = [(CREATED, "Created"), (ACTIVE, "Active"), (ENDED, "Ended")]
+    STATUS_CHOICES = [(ACTIVE, "Active"), (ENDED, "Ended")]
     TURN_CHOICES = [
         ("server_vad", "Voice activity"),
         ("semantic_vad", "Semantic voice activity"),
@@ -62,35 +79,45 @@ class RealtimeSession(models.Model):
     model = models.CharField(max_length=100)
     voice = models.CharField(max_length=40)
     turn_detection = models.CharField(max_length=20, choices=TURN_CHOICES)
-    status = models.CharField(max_length=10, choices=STATUS_CHOICES, default=CREATED)
-    upstream_session_id = models.CharField(max_length=100, blank=True)
-    call_id = models.CharField(max_length=100, blank=True)
-    secret_expires_at = models.DateTimeField()
+    status = models.CharField(max_length=10, choices=STATUS_CHOICES, default=ACTIVE)
     instructions = models.TextField()
+    # The GA session object the server minted; the sideband restores it when a page changes it.
+    session_config = models.JSONField(default=dict)
     # What went into the context: [{"id", "title", "tokens", "sha256"}].
     documents = models.JSONField(default=list)
     document_tokens = models.PositiveIntegerField(default=0)
+    # Pasted text is kept so every call of the conversation can be given it again.
+    pasted_text = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     connected_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
-    end_reason = models.CharField(max_length=40, blank=True)
-    # Totals from the usage records, kept here so reads stay cheap.
+    end_reason = models.CharField(max_length=40, blank=True, choices=EndReason.choices)
+    # What the page reported (every kind of usage; `response_count`: answers only).
     input_tokens = models.PositiveBigIntegerField(default=0)
     cached_tokens = models.PositiveBigIntegerField(default=0)
     output_tokens = models.PositiveBigIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
     response_count = models.PositiveIntegerField(default=0)
-    # The same, as the server saw it on its own sideband connection to the call.
+    reported_count = models.PositiveIntegerField(default=0)
+    # What the server saw itself on its sideband.
     verified_input_tokens = models.PositiveBigIntegerField(default=0)
     verified_output_tokens = models.PositiveBigIntegerField(default=0)
     verified_cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
     verified_response_count = models.PositiveIntegerField(default=0)
+    verified_count = models.PositiveIntegerField(default=0)
+    # The bill: per answer and per transcription, the verified usage where there is one, else the page's.
+    billed_input_tokens = models.PositiveBigIntegerField(default=0)
+    billed_cached_tokens = models.PositiveBigIntegerField(default=0)
+    billed_output_tokens = models.PositiveBigIntegerField(default=0)
+    billed_cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
+    billed_response_count = models.PositiveIntegerField(default=0)
+    transcription_cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
+    # Usage seen by both the page and the server, and how often the two disagreed.
+    paired_count = models.PositiveIntegerField(default=0)
+    disagreement_count = models.PositiveIntegerField(default=0)
     # The page's usage socket: when it last connected and last went away.
     page_connected_at = models.DateTimeField(null=True, blank=True)
     page_left_at = models.DateTimeField(null=True, blank=True)
-    # Which sideband worker watches the call, and until when its claim holds.
-    sideband_owner = models.CharField(max_length=64, blank=True)
-    sideband_lease_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -99,49 +126,57 @@ class RealtimeSession(models.Model):
     def __str__(self):
         return f"{self.user} {self.model} {self.created_at:%Y-%m-%d %H:%M}"
 
+    # ---- lifecycle ----
+
     def end(self, reason):
-        """Mark the session ended once; True if this call ended it."""
-        changed = (
-            RealtimeSession.objects.filter(pk=self.pk)
-            .exclude(status=self.ENDED)
-            .update(status=self.ENDED, ended_at=timezone.now(), end_reason=reason)
-        )
-        self.refresh_from_db()
-        return bool(changed)
+        """End the conversation once, and every call still running in it.
 
-    def record_usage(self, response_id, counts, cost, source="client"):
-        """Store one response's usage once; returns (record, created).
-
-        A repeated report for the same response and source changes nothing, so
-        a browser may resend whatever it has not seen acknowledged.
+        Returns the upstream ids of the calls this ended, for the caller to hang up,
+        or None if the conversation had already ended.
         """
+        with transaction.atomic():
+            changed = (
+                RealtimeSession.objects.filter(pk=self.pk, status=self.ACTIVE)
+                .update(status=self.ENDED, ended_at=timezone.now(), end_reason=reason)
+            )
+            calls = Call.end_all(self.calls.all(), reason) if changed else None
+        self.refresh_from_db()
+        return calls
+
+    @property
+    def current_call(self):
+        return self.calls.filter(status=Call.ACTIVE).order_by("-number").first()
+
+    # ---- usage ----
+
+    def record_usage(self, key, counts, cost, *, source="client", kind=None, model=None, call=None, audio_seconds=None):
+        """Store one answer's (or one transcription's) usage once per source and keep the totals.
+
+        A repeated report changes nothing, so a page may resend whatever it has not
+        seen acknowledged. The session's running totals change in the same
+        transaction: the bill counts, per answer, the server's record where there
+        is one, else the page's.
+        """
+        kind = kind or UsageRecord.RESPONSE
+        # Stored with 8 decimals; the running totals must add exactly what is stored.
+        cost = Decimal(cost).quantize(COST_PLACES, ROUND_HALF_UP)
         try:
             with transaction.atomic():
+                # The insert comes first: it takes SQLite's write lock before any read.
                 record = UsageRecord.objects.create(
-                    session=self,
-                    response_id=response_id,
-                    source=source,
-                    model=self.model,
-                    cost_usd=cost,
+                    session=self, call=call, response_id=key, kind=kind, source=source,
+                    model=model or self.model, cost_usd=cost, audio_seconds=audio_seconds,
                     **counts.as_record_fields(),
                 )
-                if source == UsageRecord.CLIENT:
-                    RealtimeSession.objects.filter(pk=self.pk).update(
-                        input_tokens=F("input_tokens") + counts.input_total,
-                        cached_tokens=F("cached_tokens") + counts.cached_total,
-                        output_tokens=F("output_tokens") + counts.output_total,
-                        cost_usd=F("cost_usd") + cost,
-                        response_count=F("response_count") + 1,
-                    )
-                else:
-                    RealtimeSession.objects.filter(pk=self.pk).update(
-                        verified_input_tokens=F("verified_input_tokens") + counts.input_total,
-                        verified_output_tokens=F("verified_output_tokens") + counts.output_total,
-                        verified_cost_usd=F("verified_cost_usd") + cost,
-                        verified_response_count=F("verified_response_count") + 1,
-                    )
+                # One recorder per conversation at a time (PostgreSQL), so the other
+                # source's record is either seen here or sees this one.
+                list(RealtimeSession.objects.select_for_update().filter(pk=self.pk).values_list("pk"))
+                other = (
+                    UsageRecord.objects.filter(session=self, kind=kind, response_id=key).exclude(source=source).first()
+                )
+                RealtimeSession.objects.filter(pk=self.pk).update(**_totals_update(record, other))
         except IntegrityError:
-            record = UsageRecord.objects.get(session=self, response_id=response_id, source=source)
+            record = UsageRecord.objects.get(session=self, kind=kind, response_id=key, source=source)
             created = False
         else:
             created = True
@@ -149,49 +184,186 @@ class RealtimeSession(models.Model):
         return record, created
 
     def stop_if_over_budget(self):
-        """End every running session under a budget this session has crossed.
+        """End every running conversation under a budget this one has crossed.
 
-        Returns [(session id, call id)] for the sessions this call ended, so the
+        Returns [(session id, [call ids])] for the conversations this ended, so the
         caller can tell their pages and hang their calls up.
         """
         stopped = []
         for budget in Budget.for_session(self.user, self.team):
             if budget.spent() > budget.monthly_limit_usd:
                 for running in budget.running_sessions():
-                    if running.end("budget"):
-                        stopped.append((running.pk, running.call_id))
+                    calls = running.end(EndReason.BUDGET)
+                    if calls is not None:
+                        stopped.append((running.pk, calls))
         return stopped
 
     @property
     def verified(self):
-        return self.verified_response_count > 0
+        return self.verified_count > 0
+
+    @property
+    def unverified_count(self):
+        """Usage only the page reported: kept on the bill, not yet confirmed by the server."""
+        return self.reported_count - self.paired_count
 
     @property
     def usage_mismatch(self):
-        """The browser's reports disagree with, or miss, what the server saw itself."""
-        return self.verified and (
-            self.verified_cost_usd != self.cost_usd or self.verified_response_count != self.response_count
-        )
+        """The page's reports disagree with what the server saw, or miss some of it."""
+        return self.disagreement_count > 0 or self.verified_count > self.paired_count
 
     def totals(self):
         return {
-            "input_tokens": self.input_tokens,
-            "cached_tokens": self.cached_tokens,
-            "output_tokens": self.output_tokens,
-            "cost_usd": f"{self.cost_usd:.6f}",
-            "responses": self.response_count,
+            # Grows with every record: a page keeps the newest totals whatever order frames arrive in.
+            "version": self.reported_count + self.verified_count,
+            "input_tokens": self.billed_input_tokens,
+            "cached_tokens": self.billed_cached_tokens,
+            "output_tokens": self.billed_output_tokens,
+            "cost_usd": f"{self.billed_cost_usd:.6f}",
+            "transcription_cost_usd": f"{self.transcription_cost_usd:.6f}",
+            "responses": self.billed_response_count,
             "verified": self.verified,
             "verified_cost_usd": f"{self.verified_cost_usd:.6f}",
             "verified_responses": self.verified_response_count,
+            "reported_cost_usd": f"{self.cost_usd:.6f}",
+            "reported_responses": self.response_count,
+            "unverified": self.unverified_count,
             "usage_mismatch": self.usage_mismatch,
         }
 
 
+def _totals_update(record, other):
+    """F() updates for one new usage record, given the other source's record of the same usage (or None)."""
+    response = record.kind == UsageRecord.RESPONSE
+    server = record.source == UsageRecord.SERVER
+    update = {}
+
+    def add(field, amount):
+        if amount:
+            update[field] = F(field) + amount
+
+    if server:
+        add("verified_count", 1)
+        add("verified_cost_usd", record.cost_usd)
+        if response:
+            add("verified_response_count", 1)
+            add("verified_input_tokens", record.input_tokens)
+            add("verified_output_tokens", record.output_tokens)
+    else:
+        add("reported_count", 1)
+        add("cost_usd", record.cost_usd)
+        if response:
+            add("response_count", 1)
+            add("input_tokens", record.input_tokens)
+            add("cached_tokens", record.cached_tokens)
+            add("output_tokens", record.output_tokens)
+
+    if other is None:
+        billed, minus = record, None
+    elif server:
+        billed, minus = record, other  # the server's figures replace the page's
+    else:
+        billed, minus = None, None  # the server's figures stay on the bill
+    if other is not None:
+        add("paired_count", 1)
+        if other.cost_usd != record.cost_usd:
+            add("disagreement_count", 1)
+    if billed is not None:
+        cost = billed.cost_usd - (minus.cost_usd if minus else 0)
+        add("billed_cost_usd", cost)
+        if response:
+            if minus is None:
+                add("billed_response_count", 1)
+            add("billed_input_tokens", billed.input_tokens - (minus.input_tokens if minus else 0))
+            add("billed_cached_tokens", billed.cached_tokens - (minus.cached_tokens if minus else 0))
+            add("billed_output_tokens", billed.output_tokens - (minus.output_tokens if minus else 0))
+        else:
+            add("transcription_cost_usd", cost)
+    return update
+
+
+class Call(models.Model):
+    """One upstream WebRTC call of a conversation; the server created it and watches it."""
+
+    ACTIVE = "active"
+    ENDED = "ended"
+    STATUS_CHOICES = [(ACTIVE, "Active"), (ENDED, "Ended")]
+    API_KEY = "api_key"
+    CALL_SECRET = "call_secret"
+    CREDENTIAL_CHOICES = [(API_KEY, "API key"), (CALL_SECRET, "The call's own secret")]
+
+    session = models.ForeignKey(RealtimeSession, models.CASCADE, related_name="calls")
+    number = models.PositiveIntegerField(help_text="1 for the conversation's first call")
+    call_id = models.CharField(max_length=128, unique=True)
+    status = models.CharField(max_length=10, choices=STATUS_CHOICES, default=ACTIVE)
+    created_at = models.DateTimeField(default=timezone.now)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end_reason = models.CharField(max_length=40, blank=True, choices=EndReason.choices)
+    # The ephemeral secret that created the call, sealed: the sideband's second
+    # credential where the API key is refused. Wiped when the call ends.
+    sealed_secret = models.TextField(blank=True)
+    # Which sideband worker watches the call, and until when its claim holds.
+    sideband_owner = models.CharField(max_length=64, blank=True)
+    sideband_lease_until = models.DateTimeField(null=True, blank=True)
+    sideband_credential = models.CharField(max_length=20, blank=True, choices=CREDENTIAL_CHOICES)
+    sideband_attached_at = models.DateTimeField(null=True, blank=True)
+    # When the documents (and, after the first call, the earlier turns) were in its context.
+    context_ready_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["session", "number"]
+        constraints = [models.UniqueConstraint(fields=["session", "number"], name="one_call_number_per_session")]
+        indexes = [models.Index(fields=["status", "sideband_lease_until"])]
+
+    def __str__(self):
+        return f"call {self.number} of {self.session_id} ({self.call_id})"
+
+    @classmethod
+    def end_all(cls, calls, reason):
+        """End the given calls that are still running; returns their upstream ids."""
+        ids = list(calls.filter(status=cls.ACTIVE).values_list("call_id", flat=True))
+        calls.filter(status=cls.ACTIVE).update(
+            status=cls.ENDED, ended_at=timezone.now(), end_reason=reason, sealed_secret=""
+        )
+        return ids
+
+    def end(self, reason):
+        """End this call once; True if this ended it."""
+        ended = bool(Call.end_all(Call.objects.filter(pk=self.pk), reason))
+        self.refresh_from_db()
+        return ended
+
+
+class SessionEvent(models.Model):
+    """Something the server did to police a conversation, kept for admins."""
+
+    TAMPERED = "tampered"
+    RESTORED = "restored"
+    HUNG_UP = "hung_up"
+    RESPONSE_CANCELLED = "response_cancelled"
+    KIND_CHOICES = [
+        (TAMPERED, "The page changed the session"),
+        (RESTORED, "The server restored its values"),
+        (HUNG_UP, "The server hung the call up"),
+        (RESPONSE_CANCELLED, "An answer over the output limit was cancelled"),
+    ]
+
+    session = models.ForeignKey(RealtimeSession, models.CASCADE, related_name="events")
+    call = models.ForeignKey(Call, models.SET_NULL, null=True, blank=True, related_name="events")
+    kind = models.CharField(max_length=30, choices=KIND_CHOICES)
+    detail = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+
+
 class UsageQuerySet(models.QuerySet):
     def billable(self):
-        """One record per response: the server's own where it has one, else the browser's."""
+        """One record per answer or transcription: the server's own where it has one, else the page's."""
         verified = UsageRecord.objects.filter(
-            session=models.OuterRef("session"), response_id=models.OuterRef("response_id"), source=UsageRecord.SERVER
+            session=models.OuterRef("session"), kind=models.OuterRef("kind"),
+            response_id=models.OuterRef("response_id"), source=UsageRecord.SERVER,
         )
         return self.filter(
             models.Q(source=UsageRecord.SERVER) | (models.Q(source=UsageRecord.CLIENT) & ~models.Exists(verified))
@@ -199,15 +371,22 @@ class UsageQuerySet(models.QuerySet):
 
 
 class UsageRecord(models.Model):
-    """One response's usage, priced when it was recorded; stored once per source."""
+    """One answer's or one input transcription's usage, priced when recorded; stored once per source."""
 
     CLIENT = "client"
     SERVER = "server"
     SOURCE_CHOICES = [(CLIENT, "Reported by the browser"), (SERVER, "Verified by the server")]
+    RESPONSE = "response"
+    TRANSCRIPTION = "transcription"
+    KIND_CHOICES = [(RESPONSE, "Answer"), (TRANSCRIPTION, "Input transcription")]
 
     session = models.ForeignKey(RealtimeSession, models.CASCADE, related_name="usage_records")
+    call = models.ForeignKey(Call, models.SET_NULL, null=True, blank=True, related_name="usage_records")
+    # The response id, or for a transcription the id of the transcribed item.
     response_id = models.CharField(max_length=128)
+    kind = models.CharField(max_length=20, choices=KIND_CHOICES, default=RESPONSE)
     source = models.CharField(max_length=10, choices=SOURCE_CHOICES, default=CLIENT)
+    # The realtime model, or for a transcription the transcription model.
     model = models.CharField(max_length=100)
     input_text_tokens = models.PositiveIntegerField(default=0)
     input_audio_tokens = models.PositiveIntegerField(default=0)
@@ -217,6 +396,8 @@ class UsageRecord(models.Model):
     cached_image_tokens = models.PositiveIntegerField(default=0)
     output_text_tokens = models.PositiveIntegerField(default=0)
     output_audio_tokens = models.PositiveIntegerField(default=0)
+    # Transcriptions billed by duration instead of tokens.
+    audio_seconds = models.DecimalField(max_digits=10, decimal_places=3, null=True, blank=True)
     cost_usd = models.DecimalField(max_digits=14, decimal_places=8)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -225,7 +406,7 @@ class UsageRecord(models.Model):
     class Meta:
         ordering = ["created_at"]
         constraints = [
-            models.UniqueConstraint(fields=["session", "response_id", "source"], name="one_usage_per_response")
+            models.UniqueConstraint(fields=["session", "kind", "response_id", "source"], name="one_usage_per_response")
         ]
 
     @property
@@ -242,6 +423,8 @@ class UsageRecord(models.Model):
 
 
 class TranscriptEntry(models.Model):
+    """One turn, in the conversation's order: by call, then by where the upstream placed the item."""
+
     USER = "user"
     ASSISTANT = "assistant"
     ROLE_CHOICES = [(USER, "User"), (ASSISTANT, "Assistant")]
@@ -249,12 +432,56 @@ class TranscriptEntry(models.Model):
     session = models.ForeignKey(RealtimeSession, models.CASCADE, related_name="transcript")
     item_id = models.CharField(max_length=128)
     role = models.CharField(max_length=10, choices=ROLE_CHOICES)
-    text = models.TextField()
+    text = models.TextField(blank=True)
+    call_number = models.PositiveIntegerField(default=1)
+    position = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        ordering = ["created_at", "pk"]
+        ordering = ["call_number", "position", "pk"]
         constraints = [models.UniqueConstraint(fields=["session", "item_id"], name="one_entry_per_item")]
+
+    @classmethod
+    def place(cls, session_id, call_number, item_id, role, position):
+        """A turn, without its text yet, where the upstream put it in the conversation."""
+        cls.objects.get_or_create(
+            session_id=session_id, item_id=item_id,
+            defaults={"role": role, "call_number": call_number, "position": position},
+        )
+
+    @classmethod
+    def record_text(cls, session_id, item_id, role, text, source):
+        """A turn's text: the server's version wins over the page's. A turn nobody placed goes last."""
+        text = text[:MAX_TRANSCRIPT_CHARS]
+        entries = cls.objects.filter(session_id=session_id, item_id=item_id)
+        if source == "page":
+            entries = entries.filter(text="")
+        if entries.update(text=text) or cls.objects.filter(session_id=session_id, item_id=item_id).exists():
+            return
+        call_number = Call.objects.filter(session_id=session_id).aggregate(n=models.Max("number"))["n"] or 1
+        last = cls.objects.filter(session_id=session_id, call_number=call_number).aggregate(p=models.Max("position"))
+        cls.objects.get_or_create(
+            session_id=session_id, item_id=item_id,
+            defaults={"role": role, "text": text, "call_number": call_number, "position": (last["p"] or 0) + 1},
+        )
+
+
+class TranscriptionPrice(models.Model):
+    """USD for input transcription by one model: per million tokens, or per minute; editable in the admin."""
+
+    model = models.CharField(max_length=100, unique=True)
+    text_input = models.DecimalField(max_digits=10, decimal_places=4, default=0, help_text="per million tokens")
+    audio_input = models.DecimalField(max_digits=10, decimal_places=4, default=0, help_text="per million tokens")
+    text_output = models.DecimalField(max_digits=10, decimal_places=4, default=0, help_text="per million tokens")
+    per_minute = models.DecimalField(max_digits=10, decimal_places=6, default=0,
+                                     help_text="for usage reported as a duration")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model"]
+
+    def __str__(self):
+        return self.model
 
 
 def month_start(now=None):

@@ -2,9 +2,12 @@
 
 Prices live in the database (ModelPrice, per million tokens). Cached input is a
 part of input (`cached_tokens` is a subset of `input_tokens`), charged at the
-cached rate per modality; the rest of the input at the full rate.
+cached rate per modality; the rest of the input at the full rate. Input
+transcription is billed apart, at the transcription model's price
+(TranscriptionPrice), by tokens or by duration.
 """
 
+import math
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 
@@ -124,3 +127,64 @@ def text_input_cost(tokens, model_price, cached=False):
     """What `tokens` of text input cost in one response, uncached or cached."""
     rate = model_price.text_cached_input if cached else model_price.text_input
     return Decimal(tokens) * rate / MILLION
+
+
+# One user turn cannot be transcribed from more than a call's hour of audio.
+MAX_TRANSCRIPTION_SECONDS = 3600
+MAX_TRANSCRIPTION_TOKENS = 1_000_000
+
+
+@dataclass(frozen=True)
+class TranscriptionCounts:
+    input_text: int = 0
+    input_audio: int = 0
+    output_text: int = 0
+    seconds: Decimal | None = None  # usage billed by duration
+
+    def as_record_fields(self):
+        return {"input_text_tokens": self.input_text, "input_audio_tokens": self.input_audio,
+                "output_text_tokens": self.output_text}
+
+
+def parse_transcription_usage(usage):
+    """Validate the `usage` of conversation.item.input_audio_transcription.completed."""
+    if not isinstance(usage, dict):
+        raise UsageError("usage must be an object")
+    kind = usage.get("type")
+    if kind == "duration":
+        seconds = usage.get("seconds")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+            raise UsageError("usage.seconds must be a number")
+        if not 0 <= seconds <= MAX_TRANSCRIPTION_SECONDS:
+            raise UsageError(f"usage.seconds must be between 0 and {MAX_TRANSCRIPTION_SECONDS}")
+        return TranscriptionCounts(seconds=Decimal(str(seconds)).quantize(Decimal("0.001")))
+    if kind != "tokens":
+        raise UsageError('usage.type must be "tokens" or "duration"')
+    details = _details(usage, "input_token_details")
+    input_tokens = _count(usage, "input_tokens", "usage") or 0
+    output_tokens = _count(usage, "output_tokens", "usage") or 0
+    total_tokens = _count(usage, "total_tokens", "usage")
+    text = _count(details, "text_tokens", "usage.input_token_details")
+    audio = _count(details, "audio_tokens", "usage.input_token_details")
+    if text is None and audio is None:
+        # No split given: bill it all as audio, the dearer kind, never less.
+        text, audio = 0, input_tokens
+    text, audio = text or 0, audio or 0
+    if text + audio != input_tokens:
+        raise UsageError("usage.input_tokens does not match its text and audio details")
+    if total_tokens is not None and total_tokens != input_tokens + output_tokens:
+        raise UsageError("usage.total_tokens is not input_tokens + output_tokens")
+    if input_tokens + output_tokens > MAX_TRANSCRIPTION_TOKENS:
+        raise UsageError("usage has more tokens than one transcription can")
+    return TranscriptionCounts(input_text=text, input_audio=audio, output_text=output_tokens)
+
+
+def transcription_cost(counts, price):
+    """Cost in USD of one input transcription, exact (Decimal)."""
+    if counts.seconds is not None:
+        return counts.seconds * price.per_minute / 60
+    per_million = (
+        counts.input_text * price.text_input + counts.input_audio * price.audio_input
+        + counts.output_text * price.text_output
+    )
+    return Decimal(per_million) / MILLION

@@ -1,191 +1,639 @@
-"""The sideband worker: the server's own view of every running call.
+"""The sideband worker: the server's own connection to every running call.
 
-For each active session with a call id, one worker opens the upstream's
-sideband WebSocket (`?call_id=`), records the usage of every `response.done`
-it sees as verified, stores the transcript, and ends sessions whose call
-closed or whose page went away (no close event reaches the upstream when a
-tab dies). Workers find calls in the database and claim them with a lease,
-so any number of them, in any process, share the work and take over a dead
-worker's calls; web processes never hold a sideband themselves.
+For each active call one worker holds the upstream's sideband WebSocket
+(`?call_id=`) for the call's whole life. Through it the server puts the
+documents (and, in a resumed call, the earlier turns) into the call's context,
+records every answer's and every input transcription's usage as verified (the
+bill), keeps the transcript in the conversation's order, and restores the
+session values a page changed. It tries the API key first and the call's own
+secret when the key is refused, reconnects with backoff after a drop or a
+refusal, and ends a call only when the upstream says it is gone: a refused or
+dropped sideband means "not verified for now", never "the call ended".
+
+Workers find calls in the database and claim each with a renewable lease;
+web processes wake them through the channel layer when they create a call, and
+the periodic look at the database is the safety net. A stopped worker releases
+its calls so another takes them at once; a killed one's lapse. Database and
+upstream errors are logged and retried, never fatal.
 """
 
 import asyncio
 import datetime
+import functools
 import json
 import logging
 import os
+import random
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django import db
 from django.conf import settings
-from django.db.models import F, Q
+from django.db.models import Exists, F, Max, OuterRef, Q
 from django.utils import timezone
 
-from . import upstream
-from .consumers import announce_spend, stop_for_budget
-from .models import ModelPrice, RealtimeSession, TranscriptEntry, UsageRecord
-from .pricing import UsageError, cost_of, parse_usage
+from documents_app.models import Document
+
+from . import context, upstream, usage
+from .consumers import publish_usage, session_group
+from .models import Call, EndReason, RealtimeSession, SessionEvent, TranscriptEntry, UsageRecord
+from .pricing import UsageError
 
 log = logging.getLogger(__name__)
 
+WAKE_GROUP = "sideband-workers"
+BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
+DB_RETRIES = 4
+# A replaced call is the page's to close once its next call is up; after this the server hangs it up.
+REPLACED_GRACE = datetime.timedelta(seconds=10)
+# Past the cap and this margin a call cannot be alive, whatever was (not) seen.
+CAP_MARGIN = datetime.timedelta(seconds=60)
+# Where the conversation's own items come from: these are not turns of the transcript.
+CONTEXT_PREFIX = "ctx"
 
-def _now():
-    return timezone.now()
+
+# The worker's ORM work runs on a few threads of its own, each keeping its
+# database connection open from one call to the next (opening one per call was
+# most of the CPU a started call cost); a database error closes that thread's
+# connections, so the next call opens a fresh one.
+_DB_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sideband-db")
+# The sweeps across all conversations run on every this many looks at the database.
+SWEEP_EVERY = 5
+
+
+def _in_db_thread(func, args, kwargs):
+    try:
+        return func(*args, **kwargs)
+    except db.Error:
+        db.connections.close_all()
+        raise
+
+
+def _db(func):
+    """Run ORM work on the worker's database threads (calls are watched side by side)."""
+
+    async def call(*args, **kwargs):
+        work = functools.partial(_in_db_thread, func, args, kwargs)
+        return await asyncio.get_running_loop().run_in_executor(_DB_THREADS, work)
+
+    return call
+
+
+async def wake_workers(call_pk):
+    """Tell the sideband workers a call was created, so one attaches at once."""
+    try:
+        await get_channel_layer().group_send(WAKE_GROUP, {"type": "sideband.wake", "call": call_pk})
+    except Exception as exc:  # best effort: the workers' periodic look finds the call anyway
+        log.warning("could not wake the sideband workers (%s); they will find call %s on their own",
+                    type(exc).__name__, call_pk)
+
+
+def _backoff(delay):
+    return min(BACKOFF_MAX, delay * 2) * random.uniform(0.8, 1.2)
 
 
 class SidebandWorker:
-    def __init__(self, name=None, poll_seconds=1.0, lease_seconds=15, page_grace_seconds=None):
+    def __init__(self, name=None, poll_seconds=1.0, lease_seconds=None, page_grace_seconds=None, take_over=False):
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.poll_seconds = poll_seconds
-        self.lease = datetime.timedelta(seconds=lease_seconds)
+        self.lease = datetime.timedelta(seconds=lease_seconds or settings.SIDEBAND_LEASE_SECONDS)
         grace = settings.PAGE_GONE_SECONDS if page_grace_seconds is None else page_grace_seconds
         self.page_grace = datetime.timedelta(seconds=grace)
-        self.watching = {}  # session id -> task
+        # One machine, one worker: whatever an earlier run of this process held is this run's now.
+        self.take_over = take_over
+        self.watching = {}  # call pk -> CallWatch
+        self.woken = asyncio.Event()
+        self.ticks = 0
 
     async def run(self, stop):
-        """Claim, watch and police calls until `stop` is set."""
+        """Claim, watch and police calls until `stop` is set; then release them to the other workers."""
+        listener = asyncio.create_task(self.listen())
+        if self.take_over:
+            await self.guarded(self.release_all)
         try:
             while not stop.is_set():
-                for session_id, call_id in await self.claim():
-                    self.watching[session_id] = asyncio.create_task(self.watch(session_id, call_id))
-                await self.renew()
-                for session_id, call_id in await self.pages_gone():
-                    await self.hang_up(session_id, call_id, "page_gone")
-                await self.sweep_unconnected()
-                try:
-                    await asyncio.wait_for(stop.wait(), self.poll_seconds)
-                except asyncio.TimeoutError:
-                    pass
+                await self.tick()
+                self.woken.clear()
+                waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.woken.wait())]
+                await asyncio.wait(waiters, timeout=self.poll_seconds, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in waiters:
+                    waiter.cancel()
         finally:
-            for task in self.watching.values():
-                task.cancel()
-            await asyncio.gather(*self.watching.values(), return_exceptions=True)
-            await self.release()
+            listener.cancel()
+            watches = list(self.watching.values())
+            for watch in watches:
+                watch.task.cancel()
+            await asyncio.gather(listener, *(w.task for w in watches), return_exceptions=True)
+            await self.guarded(self.release)
+            # The others take the released calls now rather than at their next look.
+            for watch in watches:
+                await wake_workers(watch.pk)
 
-    @database_sync_to_async
+    async def tick(self):
+        self.ticks += 1
+        await self.guarded(self.claim_and_watch)
+        # A lease is several polls long: renewing on every other poll keeps it with room to spare.
+        if self.ticks % 2 == 1 or self.lease.total_seconds() < 3 * self.poll_seconds:
+            await self.guarded(self.renew)
+        if self.ticks % SWEEP_EVERY == 1:
+            await self.guarded(self.police)
+
+    async def guarded(self, step):
+        """A database or upstream fault in one step is logged; the worker goes on."""
+        try:
+            await (step() if asyncio.iscoroutinefunction(step) else _db(step)())
+        except db.Error as exc:
+            log.warning("sideband worker %s: database error in %s (%s); retrying", self.name, step.__name__,
+                        type(exc).__name__)
+        except upstream.UpstreamError as exc:
+            log.warning("sideband worker %s: upstream error in %s: %s", self.name, step.__name__, exc.message)
+
+    async def listen(self):
+        """Wake up whenever a web process says it created a call."""
+        delay = BACKOFF_FIRST
+        while True:
+            try:
+                layer = get_channel_layer()
+                channel = await layer.new_channel()
+                await layer.group_add(WAKE_GROUP, channel)
+                joined = asyncio.get_running_loop().time()
+                while True:
+                    # The membership expires in the layer; renew it now and then.
+                    if asyncio.get_running_loop().time() - joined > 600:
+                        await layer.group_add(WAKE_GROUP, channel)
+                        joined = asyncio.get_running_loop().time()
+                    try:
+                        await asyncio.wait_for(layer.receive(channel), 60)
+                    except asyncio.TimeoutError:
+                        continue
+                    self.woken.set()
+                    delay = BACKOFF_FIRST
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the layer (Redis) is away: the database poll still finds calls
+                log.warning("sideband worker %s cannot hear wake-ups (%s); retrying", self.name, type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = _backoff(delay)
+
+    # ---- claims ----
+
+    async def claim_and_watch(self):
+        for pk in await _db(self.claim)():
+            watch = CallWatch(self, pk)
+            self.watching[pk] = watch
+            watch.task = asyncio.create_task(watch.run())
+
     def claim(self):
-        now = _now()
+        now = timezone.now()
         free = Q(sideband_lease_until__isnull=True) | Q(sideband_lease_until__lt=now)
         candidates = (
-            RealtimeSession.objects.filter(status=RealtimeSession.ACTIVE).exclude(call_id="").filter(free)
-            .exclude(pk__in=list(self.watching)).values_list("pk", "call_id")[:50]
+            Call.objects.filter(status=Call.ACTIVE).filter(free).exclude(pk__in=list(self.watching))
+            .values_list("pk", flat=True)[:50]
         )
         claimed = []
-        for pk, call_id in candidates:
+        for pk in candidates:
             # The conditional update is the lock: only one worker's succeeds.
-            won = RealtimeSession.objects.filter(pk=pk).filter(free).update(
-                sideband_owner=self.name, sideband_lease_until=now + self.lease
-            )
-            if won:
-                claimed.append((pk, call_id))
+            if Call.objects.filter(pk=pk).filter(free).update(sideband_owner=self.name,
+                                                              sideband_lease_until=now + self.lease):
+                claimed.append(pk)
         return claimed
 
-    @database_sync_to_async
-    def renew(self):
-        if self.watching:
-            RealtimeSession.objects.filter(pk__in=list(self.watching), sideband_owner=self.name).update(
-                sideband_lease_until=_now() + self.lease
+    async def renew(self):
+        if not self.watching:
+            return
+        owned, ended = await _db(self._renew)(list(self.watching))
+        for pk, watch in list(self.watching.items()):
+            if pk not in owned:
+                # Another worker holds it now (this one was away longer than its lease).
+                watch.task.cancel()
+            elif pk in ended:
+                watch.record_ended(*ended[pk])
+
+    def _renew(self, pks):
+        mine = Call.objects.filter(pk__in=pks, sideband_owner=self.name)
+        rows = list(mine.values_list("pk", "status", "end_reason", "ended_at"))
+        Call.objects.filter(pk__in=[row[0] for row in rows]).update(sideband_lease_until=timezone.now() + self.lease)
+        owned = {row[0] for row in rows}
+        ended = {pk: (reason, ended_at) for pk, status, reason, ended_at in rows if status == Call.ENDED}
+        return owned, ended
+
+    def release(self):
+        Call.objects.filter(sideband_owner=self.name).update(sideband_owner="", sideband_lease_until=None)
+
+    def release_all(self):
+        Call.objects.filter(status=Call.ACTIVE).update(sideband_owner="", sideband_lease_until=None)
+
+    # ---- policing across calls ----
+
+    async def police(self):
+        for session_id, calls, reason in await _db(self._sweep)():
+            await hang_up(calls, reason)
+            await get_channel_layer().group_send(
+                session_group(session_id), {"type": "call.ended", "call": None, "reason": reason}
             )
 
-    @database_sync_to_async
-    def release(self):
-        RealtimeSession.objects.filter(sideband_owner=self.name).update(sideband_lease_until=None)
-
-    @database_sync_to_async
-    def pages_gone(self):
-        """Watched calls whose page left (or never came) longer ago than the grace period."""
-        cutoff = _now() - self.page_grace
+    def _sweep(self):
+        """End conversations whose page went away, that no call resumed in time, and calls past the cap."""
+        now = timezone.now()
+        ended = []
+        cutoff = now - self.page_grace
         left = Q(page_left_at__lt=cutoff) & (Q(page_connected_at__isnull=True) | Q(page_left_at__gt=F("page_connected_at")))
         never = Q(page_connected_at__isnull=True, connected_at__lt=cutoff)
-        return list(
-            RealtimeSession.objects.filter(pk__in=list(self.watching), status=RealtimeSession.ACTIVE)
-            .filter(left | never).values_list("pk", "call_id")
+        live_call = Call.objects.filter(session=OuterRef("pk"), status=Call.ACTIVE)
+        idle = Q(~Exists(live_call)) & Q(created_at__lt=now - datetime.timedelta(seconds=settings.NO_CALL_SECONDS))
+        sessions = RealtimeSession.objects.filter(status=RealtimeSession.ACTIVE)
+        for reason, query in ((EndReason.PAGE_GONE, left | never), (EndReason.NO_CALL, idle)):
+            for session in sessions.filter(query)[:50]:
+                if reason == EndReason.NO_CALL:
+                    last = session.calls.aggregate(at=Max("ended_at"))["at"]
+                    if last and last > now - datetime.timedelta(seconds=settings.NO_CALL_SECONDS):
+                        continue
+                calls = session.end(reason)
+                if calls is not None:
+                    ended.append((session.pk, calls, reason))
+        cap = now - datetime.timedelta(seconds=settings.CALL_MAX_SECONDS) - CAP_MARGIN
+        Call.end_all(Call.objects.filter(status=Call.ACTIVE, created_at__lt=cap), EndReason.EXPIRED)
+        return ended
+
+
+async def hang_up(call_ids, why):
+    for call_id in call_ids:
+        try:
+            await upstream.hangup(call_id)
+        except upstream.UpstreamError:
+            log.info("hangup of %s (%s) was refused; it had most likely closed already", call_id, why)
+
+
+class CallWatch:
+    """One call, watched over its life: attach, listen, reattach, until the upstream says it is gone."""
+
+    GONE = "gone"
+    CLOSED = "closed"
+    REFUSED = "refused"
+
+    def __init__(self, worker, pk):
+        self.worker = worker
+        self.pk = pk
+        self.task = None
+        self.ws = None
+        self.ended = None  # (reason, ended_at) once the record says the call ended
+        self.hung_up = False
+        self.expired = False
+        self.pending_context = set()
+        self.position = 0
+        self.info = None
+
+    # ---- the loop ----
+
+    async def run(self):
+        delay = BACKOFF_FIRST
+        try:
+            while True:
+                info = await self.retry_db(self.load)
+                if info is None:
+                    return
+                self.info = info
+                if info["status"] == Call.ENDED:
+                    self.ended = self.ended or (info["end_reason"], info["ended_at"])
+                    await self.hang_up_when_due()
+                    return
+                outcome = await self.attach_and_listen()
+                if outcome == self.GONE:
+                    reason = EndReason.EXPIRED if self.expired else EndReason.CALL_CLOSED
+                    await self.retry_db(self.end_call, reason)
+                    await get_channel_layer().group_send(
+                        session_group(info["session_id"]), {"type": "call.ended", "call": info["number"], "reason": reason}
+                    )
+                    return
+                if outcome == self.CLOSED and not self.expired:
+                    delay = BACKOFF_FIRST  # it was up: look again at once, the call is most likely alive
+                    continue
+                await asyncio.sleep(delay)
+                delay = _backoff(delay)
+        finally:
+            self.worker.watching.pop(self.pk, None)
+
+    def record_ended(self, reason, ended_at):
+        """The record says the call ended (stop, budget, page gone, replaced...): make sure it is hung up."""
+        if self.ended is None:
+            self.ended = (reason, ended_at)
+            asyncio.ensure_future(self.hang_up_when_due())
+
+    async def hang_up_when_due(self):
+        """Hang up a call the server ended; a replaced call only once the page had time to close it."""
+        reason, ended_at = self.ended
+        if self.hung_up or reason in (EndReason.CALL_CLOSED, EndReason.EXPIRED):
+            return
+        if reason == EndReason.REPLACED and ended_at:
+            await asyncio.sleep(max(0.0, (ended_at + REPLACED_GRACE - timezone.now()).total_seconds()))
+        delay = BACKOFF_FIRST
+        for _ in range(5):
+            try:
+                await upstream.hangup(self.info["call_id"])
+                self.hung_up = True
+                return
+            except upstream.UpstreamError as exc:
+                log.info("hangup of %s failed: %s", self.info["call_id"], exc.message)
+                await asyncio.sleep(delay)
+                delay = _backoff(delay)
+
+    async def attach_and_listen(self):
+        """One attach: the first credential the upstream accepts, then every event until the socket closes."""
+        refused_404 = 0
+        credentials = self.credentials()
+        for credential, secret in credentials:
+            try:
+                async with upstream.sideband(self.info["call_id"], secret=secret) as ws:
+                    self.ws = ws
+                    try:
+                        await self.retry_db(self.attached, credential)
+                        await self.listen(ws)
+                    finally:
+                        self.ws = None
+                return self.GONE if self.expired else self.CLOSED
+            except upstream.SidebandRefused as exc:
+                refused_404 += exc.http_status == 404
+            except upstream.UpstreamError:
+                pass
+        # Every credential refused the call as unknown: if one of them attached before, the call is gone.
+        if credentials and refused_404 == len(credentials) and self.info["sideband_attached_at"]:
+            return self.GONE
+        return self.REFUSED
+
+    def credentials(self):
+        """The API key first, then the call's own secret; the one that last worked goes first."""
+        secret = upstream.unseal(self.info["sealed_secret"])
+        options = [(Call.API_KEY, None)] + ([(Call.CALL_SECRET, secret)] if secret else [])
+        if self.info["sideband_credential"] == Call.CALL_SECRET:
+            options.reverse()
+        return options
+
+    async def listen(self, ws):
+        await self.put_context(ws)
+        async for message in ws:
+            if message.type.name != "TEXT":
+                break
+            try:
+                event = json.loads(message.data)
+            except ValueError:
+                log.warning("sideband of call %s sent a frame that is not JSON", self.info["call_id"])
+                continue
+            if isinstance(event, dict):
+                await self.handle(event)
+
+    # ---- the context: documents, and the earlier turns of a resumed call ----
+
+    async def put_context(self, ws):
+        if self.info["context_ready_at"]:
+            return
+        events = await self.retry_db(self.context_events)
+        self.pending_context = {e["item"]["id"] for e in events}
+        for event in events:
+            await ws.send_str(context.encode_event(event).decode())
+        if not events:
+            await self.context_ready()
+
+    def context_events(self):
+        session = self.info["call"].session
+        prefix = f"{CONTEXT_PREFIX}{self.info['number']}_"
+        chosen = [d["id"] for d in session.documents if d.get("id") != "pasted"]
+        texts = {str(d.pk): d for d in Document.objects.filter(pk__in=chosen)} if chosen else {}
+        documents = []
+        for doc in session.documents:
+            if doc.get("id") == "pasted":
+                documents.append({**doc, "text": session.pasted_text})
+            elif doc["id"] in texts and texts[doc["id"]].sha256 == doc.get("sha256"):
+                documents.append({**doc, "text": texts[doc["id"]].text})
+            else:
+                log.info("document %s of session %s is gone; the call goes on without it", doc["id"], session.pk)
+        events = context.document_events(documents, prefix)
+        if self.info["number"] > 1:
+            turns = [
+                (t.role, t.text)
+                for t in session.transcript.exclude(text="").filter(call_number__lt=self.info["number"])
+            ]
+            events += context.history_events(turns, settings.RESUME_HISTORY_TOKENS, prefix)
+        return events
+
+    async def context_ready(self):
+        await self.retry_db(self.mark, context_ready_at=timezone.now())
+        self.info["context_ready_at"] = True
+        await get_channel_layer().group_send(
+            session_group(self.info["session_id"]), {"type": "call.ready", "call": self.info["number"]}
         )
 
-    @database_sync_to_async
-    def sweep_unconnected(self):
-        """End sessions that never got a call and whose secret can no longer start one."""
-        now = _now()
-        RealtimeSession.objects.filter(
-            status=RealtimeSession.CREATED, call_id="", secret_expires_at__lt=now - self.page_grace
-        ).update(status=RealtimeSession.ENDED, ended_at=now, end_reason="never_connected")
+    async def context_item_done(self, item_id):
+        if item_id in self.pending_context:
+            self.pending_context.discard(item_id)
+            if not self.pending_context:
+                await self.context_ready()
 
-    async def hang_up(self, session_id, call_id, reason):
-        if await database_sync_to_async(_end)(session_id, reason):
-            try:
-                await upstream.hangup(call_id)
-            except upstream.UpstreamError:
-                log.warning("hangup of session %s (%s) was refused", session_id, reason)
+    # ---- events ----
 
-    async def watch(self, session_id, call_id):
-        try:
-            async with upstream.sideband(call_id) as ws:
-                async for message in ws:
-                    if message.type.name != "TEXT":
-                        break
-                    try:
-                        event = json.loads(message.data)
-                    except ValueError:
-                        log.warning("sideband of session %s sent a frame that is not JSON", session_id)
-                        continue
-                    await self.handle(session_id, event)
-        except upstream.UpstreamError:
-            log.warning("no sideband for session %s", session_id)
-        finally:
-            self.watching.pop(session_id, None)
-            # The call is over upstream, whichever way it ended.
-            await database_sync_to_async(_end)(session_id, "call_closed")
-
-    async def handle(self, session_id, event):
+    async def handle(self, event):
         kind = event.get("type")
-        if kind == "response.done":
+        if kind in ("session.created", "session.updated"):
+            await self.police_session(event.get("session"))
+        elif kind == "response.created":
+            await self.police_response(event.get("response"))
+        elif kind == "response.done":
             response = event.get("response") or {}
             if isinstance(response.get("usage"), dict) and isinstance(response.get("id"), str):
-                await self.record(session_id, response["id"], response["usage"])
+                await self.record(response["id"], response["usage"], UsageRecord.RESPONSE)
+        elif kind == "conversation.item.added":
+            await self.item_added(event.get("item") or {})
         elif kind == "conversation.item.input_audio_transcription.completed":
-            await database_sync_to_async(_transcript)(session_id, event.get("item_id"), "user", event.get("transcript"))
-        elif kind == "response.output_audio_transcript.done":
-            await database_sync_to_async(_transcript)(
-                session_id, event.get("item_id"), "assistant", event.get("transcript")
+            item_id = event.get("item_id")
+            if isinstance(item_id, str):
+                await self.text(item_id, TranscriptEntry.USER, event.get("transcript"))
+                if isinstance(event.get("usage"), dict):
+                    await self.record(item_id, event["usage"], UsageRecord.TRANSCRIPTION)
+        elif kind in ("response.output_audio_transcript.done", "response.output_text.done"):
+            text = event.get("transcript") if kind.endswith("transcript.done") else event.get("text")
+            await self.text(event.get("item_id"), TranscriptEntry.ASSISTANT, text)
+        elif kind == "conversation.item.truncated":
+            # What was heard is what counts: read the cut item back.
+            if isinstance(event.get("item_id"), str) and self.ws is not None:
+                await self.ws.send_str(json.dumps({"type": "conversation.item.retrieve", "item_id": event["item_id"]}))
+        elif kind == "conversation.item.retrieved":
+            item = event.get("item") or {}
+            if item.get("role") == "assistant":
+                parts = [p.get("transcript") or p.get("text") or "" for p in item.get("content") or []
+                         if isinstance(p, dict)]
+                await self.text(item.get("id"), TranscriptEntry.ASSISTANT, " ".join(p for p in parts if p))
+        elif kind == "error":
+            await self.upstream_error(event)
+
+    async def upstream_error(self, event):
+        error = event.get("error") or {}
+        if error.get("code") == "session_expired":
+            # The 60-minute cap: the upstream ends the call now.
+            self.expired = True
+            return
+        event_id = error.get("event_id") or ""
+        if event_id.startswith("create-"):
+            # One of our items was refused (a duplicate after a reattach is already there).
+            await self.context_item_done(event_id[len("create-"):])
+        log.info("upstream error on call %s: %s", self.info["call_id"], error.get("code"))
+
+    async def item_added(self, item):
+        item_id = item.get("id")
+        if not isinstance(item_id, str):
+            return
+        if item_id.startswith(CONTEXT_PREFIX):
+            await self.context_item_done(item_id)
+            return
+        role = item.get("role")
+        if item.get("type") == "message" and role in (TranscriptEntry.USER, TranscriptEntry.ASSISTANT):
+            self.position += 1
+            await self.retry_db(
+                TranscriptEntry.place, self.info["session_id"], self.info["number"], item_id, role, self.position
             )
 
-    async def record(self, session_id, response_id, usage):
+    async def text(self, item_id, role, text):
+        if isinstance(item_id, str) and isinstance(text, str) and 0 < len(item_id) <= 128:
+            await self.retry_db(TranscriptEntry.record_text, self.info["session_id"], item_id, role, text, "server")
+
+    async def record(self, key, report, kind):
         try:
-            result = await database_sync_to_async(_record_verified)(session_id, response_id, usage)
-        except (UsageError, ModelPrice.DoesNotExist) as exc:
-            log.warning("verified usage of session %s not recorded: %s", session_id, exc)
+            recorded = await self.retry_db(
+                usage.record, self.info["session_id"], key, report, source=UsageRecord.SERVER, kind=kind,
+                call=self.info["call"],
+            )
+        except UsageError as exc:
+            log.warning("verified usage of call %s not recorded: %s", self.info["call_id"], exc)
             return
-        record, created, totals, to_stop = result
-        layer = get_channel_layer()
-        if created:
-            await announce_spend(layer, {
-                "session_id": str(session_id), "team_id": totals.pop("team_id"), "response_id": response_id,
-                "cost_usd": f"{record.cost_usd:.6f}", "verified": True, "session": totals,
-            })
-        for stopped_id, stopped_call in to_stop:
-            await stop_for_budget(layer, stopped_id, stopped_call)
+        if recorded is not None:
+            await publish_usage(get_channel_layer(), self.info["session_id"], recorded)
 
+    # ---- policing ----
 
-def _end(session_id, reason):
-    try:
-        return RealtimeSession.objects.get(pk=session_id).end(reason)
-    except RealtimeSession.DoesNotExist:
-        return False
+    async def police_session(self, session):
+        if not isinstance(session, dict):
+            return
+        minted = self.info["config"]
+        changed = {
+            field: session.get(field) for field in context.POLICED_FIELDS
+            if field in minted and field in session and session.get(field) != minted[field]
+        }
+        if not changed:
+            return
+        repeat = await self.retry_db(self.log_event, SessionEvent.TAMPERED, {"fields": _shorten(changed)})
+        if repeat:
+            await self.tampering()
+            return
+        restore = {"type": "realtime", **{field: minted[field] for field in context.POLICED_FIELDS if field in minted}}
+        await self.ws.send_str(json.dumps({"type": "session.update", "session": restore}))
+        await self.retry_db(self.log_event, SessionEvent.RESTORED, {"fields": sorted(restore)})
 
-
-def _record_verified(session_id, response_id, usage):
-    session = RealtimeSession.objects.select_related("user", "team").get(pk=session_id)
-    price = ModelPrice.objects.get(model=session.model)
-    counts = parse_usage(usage, price)
-    record, created = session.record_usage(response_id, counts, cost_of(counts, price), source=UsageRecord.SERVER)
-    to_stop = session.stop_if_over_budget() if created else []
-    totals = {**session.totals(), "team_id": str(session.team_id) if session.team_id else None}
-    return record, created, totals, to_stop
-
-
-def _transcript(session_id, item_id, role, text):
-    if isinstance(item_id, str) and isinstance(text, str) and 0 < len(item_id) <= 128:
-        TranscriptEntry.objects.get_or_create(
-            session_id=session_id, item_id=item_id, defaults={"role": role, "text": text[:20_000]}
+    async def police_response(self, response):
+        if not isinstance(response, dict):
+            return
+        limit = self.info["config"].get("max_output_tokens")
+        asked = response.get("max_output_tokens")
+        if limit is None or asked is None or asked == limit or (isinstance(asked, int) and asked <= limit):
+            return
+        await self.ws.send_str(json.dumps({"type": "response.cancel", "response_id": response.get("id")}))
+        repeat = await self.retry_db(
+            self.log_event, SessionEvent.RESPONSE_CANCELLED, {"max_output_tokens": asked, "limit": limit}
         )
+        if repeat:
+            await self.tampering()
+
+    async def tampering(self):
+        """A page that keeps changing what the server set loses the call."""
+        await self.retry_db(self.log_event, SessionEvent.HUNG_UP, {"reason": EndReason.TAMPERING})
+        session = await self.retry_db(RealtimeSession.objects.get, pk=self.info["session_id"])
+        calls = await self.retry_db(session.end, EndReason.TAMPERING)
+        await hang_up(calls or [self.info["call_id"]], "tampering")
+        await get_channel_layer().group_send(
+            session_group(self.info["session_id"]),
+            {"type": "call.ended", "call": self.info["number"], "reason": EndReason.TAMPERING},
+        )
+
+    def log_event(self, kind, detail):
+        """Keep what happened for admins; True if the page had already been caught changing the session."""
+        earlier = SessionEvent.objects.filter(
+            session_id=self.info["session_id"], kind__in=(SessionEvent.TAMPERED, SessionEvent.RESPONSE_CANCELLED)
+        ).exists()
+        SessionEvent.objects.create(session_id=self.info["session_id"], call_id=self.pk, kind=kind, detail=detail)
+        return earlier and kind in (SessionEvent.TAMPERED, SessionEvent.RESPONSE_CANCELLED)
+
+    # ---- the record ----
+
+    async def retry_db(self, func, *args, **kwargs):
+        """ORM work on a thread, retried through a database hiccup; None if it keeps failing."""
+        delay = BACKOFF_FIRST
+        for attempt in range(DB_RETRIES):
+            try:
+                return await _db(func)(*args, **kwargs)
+            except db.Error as exc:
+                log.warning("call %s: database error (%s), attempt %d", self.pk, type(exc).__name__, attempt + 1)
+                await asyncio.sleep(delay)
+                delay = _backoff(delay)
+        return None
+
+    def load(self):
+        call = Call.objects.select_related("session").filter(pk=self.pk).first()
+        if call is None:
+            return None
+        if call.sideband_attached_at:  # a reattach: the turns placed so far come first
+            last = TranscriptEntry.objects.filter(session_id=call.session_id, call_number=call.number)
+            self.position = last.aggregate(p=Max("position"))["p"] or 0
+        return {
+            "call": call, "call_id": call.call_id, "number": call.number, "status": call.status,
+            "end_reason": call.end_reason, "ended_at": call.ended_at, "session_id": call.session_id,
+            "sealed_secret": call.sealed_secret, "sideband_credential": call.sideband_credential,
+            "sideband_attached_at": call.sideband_attached_at, "context_ready_at": call.context_ready_at,
+            "config": call.session.session_config,
+        }
+
+    def attached(self, credential):
+        now = timezone.now()
+        first = self.info["sideband_attached_at"] or now
+        Call.objects.filter(pk=self.pk).update(sideband_credential=credential, sideband_attached_at=first)
+        self.info["sideband_credential"] = credential
+        self.info["sideband_attached_at"] = first
+
+    def mark(self, **fields):
+        Call.objects.filter(pk=self.pk).update(**fields)
+
+    def end_call(self, reason):
+        """The upstream says the call is gone. The conversation goes on: the page may resume it."""
+        Call.objects.get(pk=self.pk).end(reason)
+
+
+def _shorten(values, limit=500):
+    """What a page set, small enough to keep: long strings cut."""
+    text = json.dumps(values)
+    return values if len(text) <= limit else {"excerpt": text[:limit]}
+
+
+async def supervise(stop, **options):
+    """Keep a sideband worker running until `stop`: one that fails unexpectedly is logged and started again."""
+    while not stop.is_set():
+        try:
+            await SidebandWorker(**options).run(stop)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the sideband worker failed; starting it again")
+            await asyncio.sleep(1)
+
+
+class InProcessWorker:
+    """ASGI wrapper for one machine: the server's own event loop runs the sideband worker.
+
+    Started by the first connection (daphne has no startup hook); the in-memory
+    channel layer then reaches every page from it.
+    """
+
+    def __init__(self, app):
+        self.app = app
+        self.task = None
+
+    async def __call__(self, scope, receive, send):
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(supervise(asyncio.Event(), take_over=True))
+        return await self.app(scope, receive, send)

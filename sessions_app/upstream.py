@@ -3,23 +3,32 @@
 A shared httpx.AsyncClient per event loop with explicit timeouts. Failures become
 UpstreamError with a status for our own API (502, or 504 on a timeout) and a
 message fit for a user; upstream bodies are never logged or passed on, and the
-API key never leaves this module.
+API key never leaves this module. Ephemeral secrets never leave the server:
+the calls are created here, and a secret kept for the sideband is sealed.
 """
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import logging
+import re
 import weakref
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
+from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 from django.utils.crypto import salted_hmac
 
 log = logging.getLogger(__name__)
 
 _clients = weakref.WeakKeyDictionary()
+_ws_sessions = weakref.WeakKeyDictionary()
+# Where the 201 of POST /v1/realtime/calls says the new call lives.
+CALL_LOCATION = re.compile(r"/v1/realtime/calls/(rtc_[A-Za-z0-9_-]{1,120})")
+SAFETY_HEADER = "OpenAI-Safety-Identifier"
 
 
 class UpstreamError(Exception):
@@ -28,6 +37,14 @@ class UpstreamError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+class SidebandRefused(UpstreamError):
+    """The upstream answered the sideband handshake with an HTTP error (`http_status`)."""
+
+    def __init__(self, http_status):
+        super().__init__(502, "upstream_error", f"The realtime service refused the sideband (HTTP {http_status}).")
+        self.http_status = http_status
 
 
 def _client():
@@ -43,22 +60,37 @@ def _client():
     return client
 
 
-def _headers(safety_identifier=None):
-    headers = {"Authorization": f"Bearer {settings.OPENAI_API_KEY}"}
+def _headers(safety_identifier=None, secret=None):
+    headers = {"Authorization": f"Bearer {secret or settings.OPENAI_API_KEY}"}
     if safety_identifier:
-        headers["OpenAI-Safety-Identifier"] = safety_identifier
+        headers[SAFETY_HEADER] = safety_identifier
     return headers
+
+
+def _fernet():
+    key = salted_hmac("sessions_app.upstream.sealed-secret", "v1", algorithm="sha256").digest()
+    return Fernet(base64.urlsafe_b64encode(key))
+
+
+def seal(secret):
+    """An ephemeral secret encrypted with a key derived from SECRET_KEY, fit to store."""
+    return _fernet().encrypt(secret.encode()).decode()
+
+
+def unseal(sealed):
+    """The secret back, or None if it cannot be read (empty, or SECRET_KEY changed)."""
+    if not sealed:
+        return None
+    try:
+        return _fernet().decrypt(sealed.encode()).decode()
+    except InvalidToken:
+        return None
 
 
 def safety_identifier(user):
     """A stable, non-reversible id for the user, as OpenAI asks multi-user apps to send."""
     digest = salted_hmac("openai-safety-identifier", str(user.pk)).hexdigest()
     return hashlib.sha256(digest.encode()).hexdigest()[:32]
-
-
-def calls_url():
-    """Where the browser posts its SDP offer."""
-    return f"{settings.OPENAI_BASE_URL}/v1/realtime/calls"
 
 
 def sideband_url(call_id):
@@ -103,27 +135,56 @@ async def create_client_secret(body, safety_id):
     return value, expires_at, session
 
 
+async def create_call(secret, sdp, safety_id):
+    """POST /v1/realtime/calls with the browser's raw SDP offer and the ephemeral secret.
+
+    Returns (SDP answer, call id from Location). An answer the server cannot use
+    is a failure; a call it created anyway is hung up.
+    """
+    headers = {**_headers(safety_id, secret=secret), "Content-Type": "application/sdp", "Accept": "application/sdp"}
+    response = await _post("/v1/realtime/calls", "call", content=sdp.encode("utf-8"), headers=headers)
+    match = CALL_LOCATION.fullmatch(urlsplit(response.headers.get("Location", "")).path)
+    answer = response.text
+    if response.status_code == 201 and match and answer.startswith("v=0"):
+        return answer, match.group(1)
+    log.warning("upstream call answer was not a 201 with an SDP answer and a call id")
+    if match:
+        with contextlib.suppress(UpstreamError):
+            await hangup(match.group(1))
+    raise UpstreamError(502, "upstream_error", "The realtime service sent an answer this server cannot read.")
+
+
 async def hangup(call_id):
     """POST /v1/realtime/calls/{id}/hangup: end the call upstream."""
     await _post(f"/v1/realtime/calls/{call_id}/hangup", "hangup", headers=_headers())
 
 
+def _ws_session():
+    # One per loop, shared by every sideband: a new session per socket built a
+    # new TLS context (the CA store read again) each time.
+    loop = asyncio.get_running_loop()
+    session = _ws_sessions.get(loop)
+    if session is None or session.closed:
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_connect=5))
+        _ws_sessions[loop] = session
+    return session
+
+
 @contextlib.asynccontextmanager
-async def sideband(call_id):
-    """The server's own WebSocket to a running call (`?call_id=`, API key)."""
-    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_connect=5))
+async def sideband(call_id, secret=None):
+    """The server's own WebSocket to a running call (`?call_id=`): with the API key,
+    or with the call's own ephemeral secret where the key is refused."""
     try:
-        try:
-            ws = await http.ws_connect(sideband_url(call_id), headers=_headers(), heartbeat=20, max_msg_size=16 << 20)
-        except aiohttp.WSServerHandshakeError as exc:
-            log.warning("upstream sideband refused with HTTP %s", exc.status)
-            raise UpstreamError(502, "upstream_error", f"The realtime service refused the sideband (HTTP {exc.status}).")
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            log.warning("upstream sideband failed: %s", type(exc).__name__)
-            raise UpstreamError(502, "upstream_error", "The realtime service could not be reached for the sideband.")
-        try:
-            yield ws
-        finally:
-            await ws.close()
+        ws = await _ws_session().ws_connect(
+            sideband_url(call_id), headers=_headers(secret=secret), heartbeat=20, max_msg_size=16 << 20
+        )
+    except aiohttp.WSServerHandshakeError as exc:
+        log.warning("upstream sideband refused with HTTP %s", exc.status)
+        raise SidebandRefused(exc.status) from None
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        log.warning("upstream sideband failed: %s", type(exc).__name__)
+        raise UpstreamError(502, "upstream_error", "The realtime service could not be reached for the sideband.")
+    try:
+        yield ws
     finally:
-        await http.close()
+        await ws.close()

@@ -1,13 +1,12 @@
-import datetime
 import json
 import logging
-import re
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
-from django.db.models import Q
+from django.db import DatabaseError, transaction
+from django.db.models import Max, Q
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -21,12 +20,12 @@ from voiceproject.views import api_login_required, json_error
 
 from . import context, upstream
 from .dashboard import teams_whose_spend_user_sees
-from .forms import BudgetForm, RequestError, parse_mint_request
-from .models import Budget, ModelPrice, RealtimeSession
+from .forms import BudgetForm, RequestError, parse_mint_request, parse_resume_request
+from .models import Budget, Call, EndReason, ModelPrice, RealtimeSession
 from .pricing import text_input_cost
+from .sideband import wake_workers
 
 log = logging.getLogger(__name__)
-CALL_ID = re.compile(r"^rtc_[A-Za-z0-9_-]{1,120}$")
 
 
 def _get_session_for_user(user, session_id, manage=False):
@@ -53,6 +52,23 @@ def _mint_rate(request, user):
     )
 
 
+def _json_body(request):
+    """The request's JSON body; RequestError with a clear message when it is not."""
+    try:
+        return json.loads(request.body or b"{}")
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise RequestError("the body must be JSON") from None
+
+
+def _rate_limited(usage):
+    if usage and usage["should_limit"]:
+        retry = max(1, usage["time_left"])
+        return json_error(
+            "rate_limited", f"Too many sessions started. Try again in {retry} s.", 429, {"Retry-After": str(retry)}
+        )
+    return None
+
+
 def _mint_preflight(request, user, req):
     usage = _mint_rate(request, user)
     if req is None or (usage and usage["should_limit"]):
@@ -68,6 +84,59 @@ def _mint_preflight(request, user, req):
 def session_reserve(price, document_tokens):
     """What a session is expected to cost at least: its documents once, plus a floor."""
     return text_input_cost(document_tokens, price) + settings.BUDGET_SESSION_RESERVE_USD
+
+
+def _budget_refusal(room, price, document_tokens):
+    if room is not None and session_reserve(price, document_tokens) > room:
+        return json_error(
+            "budget_exceeded",
+            f"The monthly spending limit leaves ${max(room, 0):.4f}, less than this session needs to start.",
+            402,
+        )
+    return None
+
+
+async def _create_call(user, config, sdp):
+    """Mint an ephemeral secret for this call's config and create the call with it.
+
+    Returns (SDP answer, call id, secret); the secret stays on the server.
+    """
+    safety = upstream.safety_identifier(user)
+    secret, _, _ = await upstream.create_client_secret(context.client_secret_request(config), safety)
+    answer, call_id = await upstream.create_call(secret, sdp, safety)
+    return answer, call_id, secret
+
+
+async def _hang_up_quietly(call_ids, why):
+    for call_id in call_ids:
+        try:
+            await upstream.hangup(call_id)
+        except upstream.UpstreamError:
+            log.info("hangup (%s) was refused; the call had most likely closed already", why)
+
+
+def _unsaved_call():
+    return json_error("unavailable", "The call could not be saved, so it was ended. Try again.", 503)
+
+
+def _new_session(user, team, req, config, documents, doc_tokens, call_id, secret):
+    with transaction.atomic():
+        session = RealtimeSession.objects.create(
+            user=user,
+            team=team,
+            model=req.model,
+            voice=req.voice,
+            turn_detection=req.turn_detection,
+            instructions=config["instructions"],
+            session_config=config,
+            # Which documents, and which version of their text, went into the context.
+            documents=[{k: d[k] for k in ("id", "title", "tokens", "sha256")} for d in documents],
+            document_tokens=doc_tokens,
+            pasted_text=req.document_text,
+            connected_at=timezone.now(),
+        )
+        call = Call.objects.create(session=session, number=1, call_id=call_id, sealed_secret=upstream.seal(secret))
+    return session, call
 
 
 @login_required
@@ -97,6 +166,12 @@ def voice_page(request):
             "turn_detection": settings.DEFAULT_TURN_DETECTION,
         },
         "upstream": settings.UPSTREAM_MODE,
+        # When the page moves the conversation to its next call, before the upstream's cap ends this one.
+        "call_max_seconds": settings.CALL_MAX_SECONDS,
+        "rollover_seconds": settings.CALL_ROLLOVER_SECONDS,
+        # How long the page waits for the server to put the documents into a new call.
+        "context_wait_seconds": settings.CONTEXT_WAIT_SECONDS,
+        "disconnect_grace_seconds": settings.DISCONNECT_GRACE_SECONDS,
     }
     return render(request, "sessions/voice.html", {"config": config})
 
@@ -106,20 +181,17 @@ def voice_page(request):
 async def mint_session(request):
     user = await request.auser()
     try:
-        req = parse_mint_request(json.loads(request.body or b"{}"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        req, bad_request = None, str(exc) if isinstance(exc, RequestError) else "the body must be JSON"
+        req, bad_request = parse_mint_request(_json_body(request)), None
+    except RequestError as exc:
+        req, bad_request = None, exc
     # Every attempt counts against the rate limit, valid or not. The limit's
     # cache calls (blocking I/O with Redis) and the reads share one trip to
     # this request's worker thread instead of blocking the event loop.
     usage, price, membership, library, room = await sync_to_async(_mint_preflight)(request, user, req)
-    if usage and usage["should_limit"]:
-        retry = max(1, usage["time_left"])
-        return json_error(
-            "rate_limited", f"Too many sessions started. Try again in {retry} s.", 429, {"Retry-After": str(retry)}
-        )
+    if limited := _rate_limited(usage):
+        return limited
     if req is None:
-        return json_error("invalid_request", bad_request, 400)
+        return json_error(bad_request.code, str(bad_request), 400)
     if price is None:
         return json_error("invalid_request", f"{req.model} has no price set; an admin must add one.", 400)
     if None in library:
@@ -140,73 +212,93 @@ async def mint_session(request):
             "Choose fewer or shorter documents.",
             400,
         )
-
-    if room is not None and session_reserve(price, doc_tokens) > room:
-        return json_error(
-            "budget_exceeded",
-            f"The monthly spending limit leaves ${max(room, 0):.4f}, less than this session needs to start.",
-            402,
-        )
+    if refused := _budget_refusal(room, price, doc_tokens):
+        return refused
 
     team = membership.team if membership else None
-    instructions = context.instructions_for(team)
-    body = context.client_secret_request(req, instructions, price.max_output_tokens)
+    config = context.session_config(req, context.instructions_for(team), price.max_output_tokens)
     try:
-        secret, expires_at, upstream_session = await upstream.create_client_secret(
-            body, upstream.safety_identifier(user)
-        )
+        answer, call_id, secret = await _create_call(user, config, req.sdp)
     except upstream.UpstreamError as exc:
         return json_error(exc.code, exc.message, exc.status)
-
-    session = await RealtimeSession.objects.acreate(
-        user=user,
-        team=team,
-        model=req.model,
-        voice=req.voice,
-        turn_detection=req.turn_detection,
-        upstream_session_id=str(upstream_session.get("id", ""))[:100],
-        secret_expires_at=datetime.datetime.fromtimestamp(expires_at, tz=datetime.timezone.utc),
-        instructions=instructions,
-        # Which documents, and which version of their text, went into the context.
-        documents=[{k: d[k] for k in ("id", "title", "tokens", "sha256")} for d in documents],
-        document_tokens=doc_tokens,
-    )
+    # The call exists upstream: it is on the record before the page hears of it, or it is hung up.
+    try:
+        session, call = await sync_to_async(_new_session)(
+            user, team, req, config, documents, doc_tokens, call_id, secret
+        )
+    except DatabaseError:
+        log.exception("a new session could not be saved; hanging its call up")
+        await _hang_up_quietly([call_id], "unsaved session")
+        return _unsaved_call()
+    await wake_workers(call.pk)
     return JsonResponse(
         {
             "id": str(session.pk),
-            "client_secret": secret,
-            "expires_at": expires_at,
-            "calls_url": upstream.calls_url(),
+            "sdp": answer,
+            "call": call.number,
             "model": session.model,
             "voice": session.voice,
             "turn_detection": session.turn_detection,
-            "context_items": context.document_items(documents),
-            "documents": session.documents,
+            "documents": [{**d, "mode": "inline"} for d in session.documents],
             "usage_ws": f"/ws/sessions/{session.pk}/",
         },
         status=201,
     )
 
 
+def _resume_preflight(request, user, session_id):
+    session = _get_session_for_user(user, session_id, manage=True)
+    usage = _mint_rate(request, user)
+    price = ModelPrice.objects.filter(model=session.model).first()
+    return usage, session, price, Budget.room_for(user, session.team)
+
+
+def _next_call(session, call_id, secret):
+    """Record call n+1 of a running conversation; the calls before it are replaced. None if it has ended."""
+    with transaction.atomic():
+        locked = RealtimeSession.objects.select_for_update().get(pk=session.pk)
+        if locked.status != RealtimeSession.ACTIVE:
+            return None
+        Call.end_all(locked.calls.all(), EndReason.REPLACED)
+        number = (locked.calls.aggregate(n=Max("number"))["n"] or 0) + 1
+        return Call.objects.create(session=locked, number=number, call_id=call_id, sealed_secret=upstream.seal(secret))
+
+
 @require_POST
 @api_login_required
-def attach_call(request, session_id):
-    session = _get_session_for_user(request.user, session_id, manage=True)
+async def resume_session(request, session_id):
+    """The conversation goes on in a new call (after the 60-minute cap, or a lost connection)."""
+    user = await request.auser()
     try:
-        call_id = json.loads(request.body).get("call_id")
-    except (ValueError, AttributeError):
-        return json_error("invalid_request", 'the body must be {"call_id": "rtc_..."}', 400)
-    if not isinstance(call_id, str) or not CALL_ID.match(call_id):
-        return json_error("invalid_request", "call_id must look like rtc_...", 400)
-    if session.status == RealtimeSession.ENDED:
-        return json_error("session_ended", "This session has ended.", 409)
-    if session.call_id and session.call_id != call_id:
-        return json_error("invalid_request", "This session already has a call.", 409)
-    session.call_id = call_id
-    session.status = RealtimeSession.ACTIVE
-    session.connected_at = session.connected_at or timezone.now()
-    session.save(update_fields=["call_id", "status", "connected_at"])
-    return HttpResponse(status=204)
+        sdp, bad_request = parse_resume_request(_json_body(request)), None
+    except RequestError as exc:
+        sdp, bad_request = None, exc
+    usage, session, price, room = await sync_to_async(_resume_preflight)(request, user, session_id)
+    if limited := _rate_limited(usage):
+        return limited
+    if sdp is None:
+        return json_error(bad_request.code, str(bad_request), 400)
+    if session.status != RealtimeSession.ACTIVE:
+        return json_error("session_ended", "This conversation has ended; start a new one.", 409)
+    if price is None:
+        return json_error("invalid_request", f"{session.model} has no price set; an admin must add one.", 400)
+    if refused := _budget_refusal(room, price, session.document_tokens):
+        return refused
+    try:
+        answer, call_id, secret = await _create_call(user, session.session_config, sdp)
+    except upstream.UpstreamError as exc:
+        return json_error(exc.code, exc.message, exc.status)
+    try:
+        call = await sync_to_async(_next_call)(session, call_id, secret)
+    except DatabaseError:
+        log.exception("a resumed call could not be saved; hanging it up")
+        await _hang_up_quietly([call_id], "unsaved call")
+        return _unsaved_call()
+    if call is None:
+        await _hang_up_quietly([call_id], "conversation ended meanwhile")
+        return json_error("session_ended", "This conversation has ended; start a new one.", 409)
+    await wake_workers(call.pk)
+    return JsonResponse({"sdp": answer, "call": call.number}, status=201)
 
 
 @require_POST
@@ -214,14 +306,10 @@ def attach_call(request, session_id):
 async def end_session(request, session_id):
     user = await request.auser()
     session = await sync_to_async(_get_session_for_user)(user, session_id, manage=True)
-    ended_now = await sync_to_async(session.end)("user")
-    if ended_now and session.call_id:
-        # The page closes its peer connection; hanging up too makes sure a
-        # client that ignores the stop cannot keep spending on this call.
-        try:
-            await upstream.hangup(session.call_id)
-        except upstream.UpstreamError:
-            log.info("hangup of an ended call was refused; the call had most likely closed already")
+    calls = await sync_to_async(session.end)(EndReason.USER)
+    # The page closes its peer connection; hanging up too makes sure a client
+    # that ignores the stop cannot keep spending on the call.
+    await _hang_up_quietly(calls or [], "user stop")
     return JsonResponse(await sync_to_async(session_payload)(session))
 
 
@@ -231,19 +319,26 @@ def session_detail(request, session_id):
     session = _get_session_for_user(request.user, session_id)
     payload = session_payload(session)
     payload["transcript"] = [
-        {"item_id": t.item_id, "role": t.role, "text": t.text, "at": t.created_at.isoformat()}
+        {"item_id": t.item_id, "role": t.role, "text": t.text, "call": t.call_number, "sources": [],
+         "at": t.created_at.isoformat()}
         for t in session.transcript.all()
     ]
     payload["usage"] = [
         {
             "response_id": u.response_id,
+            "kind": u.kind,
             "source": u.source,
+            "model": u.model,
             "input_tokens": u.input_tokens,
             "cached_tokens": u.cached_tokens,
             "output_tokens": u.output_tokens,
             "cost_usd": f"{u.cost_usd:.6f}",
         }
         for u in session.usage_records.all()
+    ]
+    payload["events"] = [
+        {"kind": e.kind, "call": e.call.number if e.call else None, "detail": e.detail, "at": e.created_at.isoformat()}
+        for e in session.events.select_related("call")
     ]
     return JsonResponse(payload)
 
@@ -257,12 +352,23 @@ def session_payload(session):
         "voice": session.voice,
         "turn_detection": session.turn_detection,
         "status": session.status,
-        "call_id": session.call_id or None,
         "created_at": session.created_at.isoformat(),
         "ended_at": session.ended_at.isoformat() if session.ended_at else None,
         "end_reason": session.end_reason or None,
         "documents": session.documents,
         "document_tokens": session.document_tokens,
+        "calls": [
+            {
+                "number": c.number,
+                "call_id": c.call_id,
+                "status": c.status,
+                "created_at": c.created_at.isoformat(),
+                "ended_at": c.ended_at.isoformat() if c.ended_at else None,
+                "end_reason": c.end_reason or None,
+                "verified_by_server": bool(c.sideband_attached_at),
+            }
+            for c in session.calls.all()
+        ],
         "totals": session.totals(),
     }
 

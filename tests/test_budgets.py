@@ -12,7 +12,7 @@ from sessions_app import upstream
 from sessions_app.models import Budget, RealtimeSession, UsageRecord
 from sessions_app.pricing import TokenCounts
 from tests.conftest import login
-from tests.upstream_fake import FakeUpstream
+from tests.upstream_fake import OFFER, FakeUpstream
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def fake(monkeypatch):
 def spend(user, cost, when=None):
     session = RealtimeSession.objects.create(
         user=user, team=user.memberships.get().team, model="gpt-realtime", voice="marin",
-        turn_detection="server_vad", secret_expires_at=timezone.now(), instructions="x",
+        turn_detection="server_vad", instructions="x",
     )
     record, _ = session.record_usage(f"resp_{session.pk.hex[:8]}", TokenCounts(output_audio=1), Decimal(cost))
     if when:
@@ -34,7 +34,7 @@ def spend(user, cost, when=None):
 
 
 def mint(client, body=None):
-    return client.post("/api/sessions/", data=json.dumps(body or {}), content_type="application/json")
+    return client.post("/api/sessions/", data=json.dumps({"sdp": OFFER, **(body or {})}), content_type="application/json")
 
 
 def test_user_budget_refuses_minting_at_the_limit(csrf_client, bob, fake, settings):

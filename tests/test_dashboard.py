@@ -36,7 +36,7 @@ def fast_passwords(settings):
 def make_session(user, team, model="gpt-realtime", created=None, documents=(), **extra):
     session = RealtimeSession.objects.create(
         user=user, team=team, model=model, voice="marin", turn_detection="server_vad",
-        secret_expires_at=timezone.now(), instructions="x", documents=list(documents), **extra,
+        instructions="x", documents=list(documents), **extra,
     )
     if created:
         RealtimeSession.objects.filter(pk=session.pk).update(created_at=created)
@@ -350,8 +350,9 @@ def test_user_strings_are_escaped_and_csv_formulas_defused(client, staff, alice,
 @pytest.fixture
 def histories(alice, bob, team_a):
     mine = make_session(bob, team_a, documents=[{"id": "1", "title": "Launch <plan>", "tokens": 5, "sha256": "0"}],
-                        input_tokens=120, cached_tokens=20, output_tokens=30, cost_usd=Decimal("0.01234567"),
-                        response_count=2, status="ended")
+                        billed_input_tokens=120, billed_cached_tokens=20, billed_output_tokens=30,
+                        billed_cost_usd=Decimal("0.01234567"),
+                        billed_response_count=2, status="ended")
     RealtimeSession.objects.filter(pk=mine.pk).update(
         connected_at=mine.created_at, ended_at=mine.created_at + datetime.timedelta(seconds=125))
     TranscriptEntry.objects.create(session=mine, item_id="i1", role="user", text="When is the <launch>?")

@@ -1,4 +1,4 @@
-"""POST /api/sessions/: every status in the contract, the upstream body, no key leaks."""
+"""POST /api/sessions/: every status in the contract, the upstream requests, the SDP policy, no key or secret leaks."""
 
 import json
 from pathlib import Path
@@ -10,10 +10,12 @@ from django.core.cache import cache
 from django_ratelimit.core import _get_window, _make_cache_key, _split_rate
 
 from documents_app.models import Document
-from sessions_app import upstream
-from sessions_app.models import RealtimeSession
+from django.db import DatabaseError
+
+from sessions_app import upstream, views
+from sessions_app.models import Call, RealtimeSession
 from tests.conftest import login
-from tests.upstream_fake import FakeUpstream
+from tests.upstream_fake import ANSWER, OFFER, SECRET, FakeUpstream
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "realtime-api"
 FAKE_KEY = "sk-test-FAKE-key-never-shown-0123456789"
@@ -34,8 +36,11 @@ def fake(monkeypatch):
 
 
 def mint(client, body=None, raw=None):
-    data = raw if raw is not None else json.dumps(body or {})
-    return client.post("/api/sessions/", data=data, content_type="application/json")
+    """Start a session; the browser's offer goes with every body unless the test says otherwise."""
+    if raw is None:
+        body = {"sdp": OFFER, **body} if isinstance(body, dict) else ({"sdp": OFFER} if body is None else body)
+        raw = json.dumps(body)
+    return client.post("/api/sessions/", data=raw, content_type="application/json")
 
 
 @pytest.fixture
@@ -65,44 +70,55 @@ def _only_known_keys(instance, schema, doc, path="$"):
             _only_known_keys(value, props[key], doc, f"{path}.{key}")
 
 
-def test_mint_works_and_sends_a_ga_body(csrf_client, alice, fake, schema_doc):
+def test_mint_creates_the_call_and_answers_with_its_sdp(csrf_client, alice, fake, schema_doc):
     login(csrf_client, alice)
     response = mint(csrf_client, {"model": "gpt-realtime", "voice": "cedar", "turn_detection": "semantic_vad",
                                   "document_text": "The launch is on 3 March."})
     assert response.status_code == 201, response.content
     data = response.json()
-    assert set(data) >= {"id", "client_secret", "expires_at", "calls_url", "model", "voice", "context_items", "usage_ws"}
-    assert data["client_secret"] == "ek_test_0123456789abcdef"
-    assert data["calls_url"].endswith("/v1/realtime/calls")
+    assert set(data) == {"id", "sdp", "call", "model", "voice", "turn_detection", "documents", "usage_ws"}
+    assert data["sdp"] == ANSWER and data["call"] == 1
     assert data["usage_ws"] == f"/ws/sessions/{data['id']}/"
-    item = data["context_items"][0]
-    assert item["type"] == "conversation.item.create"
-    text = item["item"]["content"][0]["text"]
-    assert 'title="Pasted text"' in text and "The launch is on 3 March." in text
+    assert data["documents"] == [{"id": "pasted", "title": "Pasted text", "tokens": data["documents"][0]["tokens"],
+                                  "sha256": Document.hash_text("The launch is on 3 March."), "mode": "inline"}]
+    # The secret never leaves the server: not in the answer, in any form.
+    assert SECRET not in response.content.decode() and "ek_" not in response.content.decode()
 
-    request = fake.requests[-1]
-    assert request.url.path == "/v1/realtime/client_secrets"
-    assert request.headers["Authorization"] == f"Bearer {FAKE_KEY}"
-    safety = request.headers["OpenAI-Safety-Identifier"]
+    # First the secret, with the API key and the safety identifier...
+    secret_request, call_request = fake.requests
+    assert secret_request.url.path == "/v1/realtime/client_secrets"
+    assert secret_request.headers["Authorization"] == f"Bearer {FAKE_KEY}"
+    safety = secret_request.headers["OpenAI-Safety-Identifier"]
     # Stable per user, opaque: a keyed hash, not the id or the name.
     assert safety == upstream.safety_identifier(alice) and len(safety) == 32 and "alice" not in safety
-    body = json.loads(request.content)
+    body = json.loads(secret_request.content)
     schema = dict(schema_doc, **{"$ref": "#/components/schemas/RealtimeCreateClientSecretRequest"})
     jsonschema.Draft202012Validator(schema).validate(body)
     _only_known_keys(body, schema_doc["components"]["schemas"]["RealtimeCreateClientSecretRequest"], schema_doc)
-    assert body["expires_after"] == {"anchor": "created_at", "seconds": 60}
+    assert body["expires_after"] == {"anchor": "created_at", "seconds": 3660}
     session = body["session"]
     assert session["type"] == "realtime" and session["model"] == "gpt-realtime"
     assert session["audio"]["output"]["voice"] == "cedar"
     assert session["audio"]["input"]["turn_detection"]["type"] == "semantic_vad"
     assert session["audio"]["input"]["transcription"]["model"]
+    assert session["tools"] == [] and session["tool_choice"] == "auto" and session["max_output_tokens"] == 4096
     assert "Demo" in session["instructions"]
+    # ...then the call, created by the server with that secret and the browser's offer, byte for byte.
+    assert call_request.url.path == "/v1/realtime/calls"
+    assert call_request.headers["Authorization"] == f"Bearer {SECRET}"
+    assert call_request.headers["Content-Type"] == "application/sdp"
+    assert call_request.content == OFFER.encode()
 
     record = RealtimeSession.objects.get(pk=data["id"])
     assert record.user == alice and record.team.name == "Demo" and record.model == "gpt-realtime"
+    assert record.status == "active" and record.session_config == session
     assert record.documents == [{"id": "pasted", "title": "Pasted text", "tokens": record.document_tokens,
                                  "sha256": Document.hash_text("The launch is on 3 March.")}]
-    assert record.document_tokens > 5
+    assert record.pasted_text == "The launch is on 3 March." and record.document_tokens > 5
+    # The call id from Location is on the record; the secret is kept sealed for the sideband only.
+    call = Call.objects.get(session=record)
+    assert call.number == 1 and call.call_id == "rtc_test1" and call.status == "active"
+    assert SECRET not in call.sealed_secret and upstream.unseal(call.sealed_secret) == SECRET
     assert FAKE_KEY not in response.content.decode()
 
 
@@ -116,7 +132,7 @@ def test_defaults_fill_every_field(csrf_client, bob, fake, settings):
     login(csrf_client, bob)
     data = mint(csrf_client, {}).json()
     assert data["model"] == settings.DEFAULT_MODEL and data["voice"] == settings.DEFAULT_VOICE
-    assert data["context_items"] == []
+    assert data["documents"] == []
 
 
 def test_anonymous_gets_json_401(csrf_client, fake):
@@ -226,8 +242,15 @@ def test_rate_limit_is_per_user(csrf_client, alice, bob, fake, settings):
         ("wrong_shape", 502, "upstream_error"),
     ],
 )
-def test_upstream_failures_map_to_502_504_and_write_nothing(csrf_client, alice, fake, caplog, mode, status, code):
-    fake.mode = mode
+@pytest.mark.parametrize("step", ["secret", "call"])
+def test_upstream_failures_map_to_502_504_and_write_nothing(csrf_client, alice, fake, caplog, mode, status, code,
+                                                           step):
+    if step == "secret":
+        fake.mode = mode
+    elif mode == "wrong_shape":
+        fake.calls_mode = "no_location"
+    else:
+        fake.calls_mode = mode
     login(csrf_client, alice)
     response = mint(csrf_client, {})
     assert response.status_code == status
@@ -235,8 +258,72 @@ def test_upstream_failures_map_to_502_504_and_write_nothing(csrf_client, alice, 
     assert error["code"] == code and error["message"]
     # Neither the key nor the upstream's own words reach the user or the log.
     for text in (response.content.decode(), caplog.text):
-        assert FAKE_KEY not in text and "sk-secret-detail" not in text
+        assert FAKE_KEY not in text and "sk-secret-detail" not in text and SECRET not in text
+    assert RealtimeSession.objects.count() == 0 and Call.objects.count() == 0
+
+
+def test_a_call_answer_without_sdp_is_hung_up(csrf_client, alice, fake):
+    fake.calls_mode = "not_sdp"
+    login(csrf_client, alice)
+    response = mint(csrf_client, {})
+    assert response.status_code == 502 and response.json()["error"]["code"] == "upstream_error"
+    assert fake.requests[-1].url.path == "/v1/realtime/calls/rtc_badanswer/hangup"
     assert RealtimeSession.objects.count() == 0
+
+
+def test_a_call_that_cannot_be_recorded_is_hung_up(csrf_client, alice, fake, monkeypatch):
+    def broken(*args):
+        raise DatabaseError("the database went away")
+
+    monkeypatch.setattr(views, "_new_session", broken)
+    login(csrf_client, alice)
+    response = mint(csrf_client, {})
+    assert response.status_code == 503 and response.json()["error"]["code"] == "unavailable"
+    assert [r.url.path for r in fake.requests] == [
+        "/v1/realtime/client_secrets", "/v1/realtime/calls", "/v1/realtime/calls/rtc_test1/hangup",
+    ]
+    assert RealtimeSession.objects.count() == 0 and Call.objects.count() == 0
+
+
+def _offer_with(*media):
+    head = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+    return head + "".join(f"m={m}\r\nc=IN IP4 0.0.0.0\r\n" for m in media)
+
+
+AUDIO = "audio 9 UDP/TLS/RTP/SAVPF 111"
+DATA = "application 9 UDP/DTLS/SCTP webrtc-datachannel"
+
+
+@pytest.mark.parametrize(
+    "sdp, fragment",
+    [
+        (None, "sdp is required"),
+        (5, "must be a string"),
+        ("", "not an SDP offer"),
+        ("hello", "not an SDP offer"),
+        (OFFER.replace("v=0", "v=0\x00", 1), "not an SDP offer"),
+        (OFFER + "a=x:" + "y" * 20_000 + "\r\n", "at most 20,000"),
+        (_offer_with(DATA), "exactly one audio stream; it has 0"),
+        (_offer_with(AUDIO, AUDIO, DATA), "exactly one audio stream; it has 2"),
+        (_offer_with(AUDIO, DATA, DATA), "at most one data channel"),
+        (_offer_with(AUDIO, "video 9 UDP/TLS/RTP/SAVPF 96", DATA), "not video"),
+        (_offer_with(AUDIO, "application 9 RTP/AVP 0"), "must be a WebRTC data channel"),
+        ("\ud800" + OFFER, "not text"),
+    ],
+)
+def test_offers_outside_the_policy_are_400_invalid_sdp(csrf_client, alice, fake, sdp, fragment):
+    login(csrf_client, alice)
+    body = {} if sdp is None else {"sdp": sdp}
+    response = mint(csrf_client, raw=json.dumps(body))
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_sdp"
+    assert fragment in response.json()["error"]["message"]
+    assert fake.requests == [] and RealtimeSession.objects.count() == 0
+
+
+def test_an_offer_with_audio_only_is_accepted(csrf_client, alice, fake):
+    login(csrf_client, alice)
+    assert mint(csrf_client, {"sdp": _offer_with(AUDIO)}).status_code == 201
 
 
 def test_page_never_contains_the_key(csrf_client, alice):
@@ -268,9 +355,8 @@ def test_library_documents_go_in_the_chosen_order_labelled(csrf_client, bob, ali
     login(csrf_client, bob)
     response = mint(csrf_client, {"document_ids": [str(second.pk), str(first.pk)]})
     assert response.status_code == 201, response.content
-    texts = [i["item"]["content"][0]["text"] for i in response.json()["context_items"]]
-    assert texts[0].startswith(f'<document id="{second.pk}" title="Budget \'draft\'">') and "Twelve" in texts[0]
-    assert texts[1].startswith(f'<document id="{first.pk}" title="Launch plan">') and "Zephyr" in texts[1]
+    assert [d["id"] for d in response.json()["documents"]] == [str(second.pk), str(first.pk)]
+    assert {d["mode"] for d in response.json()["documents"]} == {"inline"}
     record = RealtimeSession.objects.get(pk=response.json()["id"])
     assert [d["id"] for d in record.documents] == [str(second.pk), str(first.pk)]
     assert record.documents[1]["sha256"] == first.sha256

@@ -1,78 +1,117 @@
-"""The session's own endpoints: attach the call, end, read. Same battery for each."""
+"""The conversation's own endpoints: resume in a new call, end, read. Same battery for each."""
 
-import datetime
 import json
 import uuid
+from decimal import Decimal
 
 import pytest
-from django.utils import timezone
+from django.db import DatabaseError
 
-from sessions_app import upstream
-from sessions_app.models import RealtimeSession, TranscriptEntry
+from sessions_app import upstream, views
+from sessions_app.models import Budget, Call, RealtimeSession, TranscriptEntry
 from tests.conftest import login
-from tests.upstream_fake import FakeUpstream
+from tests.upstream_fake import ANSWER, OFFER, SECRET, FakeUpstream
 
 
 @pytest.fixture
-def fake(monkeypatch):
+def fake(monkeypatch, settings):
+    settings.OPENAI_API_KEY = "sk-test-FAKE-session-views"
     fake = FakeUpstream()
     monkeypatch.setattr(upstream, "_client", fake.client)
     return fake
 
 
+CONFIG = {"type": "realtime", "model": "gpt-realtime", "instructions": "x", "max_output_tokens": 4096,
+          "tools": [], "tool_choice": "auto"}
+
+
 @pytest.fixture
 def session(alice):
-    return RealtimeSession.objects.create(
+    session = RealtimeSession.objects.create(
         user=alice, team=alice.memberships.get().team, model="gpt-realtime", voice="marin",
-        turn_detection="server_vad", secret_expires_at=timezone.now() + datetime.timedelta(minutes=1),
-        instructions="x",
+        turn_detection="server_vad", instructions="x", session_config=CONFIG,
     )
+    Call.objects.create(session=session, number=1, call_id="rtc_live1", sealed_secret=upstream.seal("ek_first"))
+    return session
 
 
 def post(client, path, body=None):
-    return client.post(path, data=json.dumps(body or {}), content_type="application/json")
+    return client.post(path, data=json.dumps(body if body is not None else {}), content_type="application/json")
 
 
-def test_owner_attaches_the_call(csrf_client, alice, session):
+def resume(client, session, body=None):
+    return post(client, f"/api/sessions/{session.pk}/calls", {"sdp": OFFER} if body is None else body)
+
+
+def test_owner_resumes_the_conversation_in_a_new_call(csrf_client, alice, session, fake):
     login(csrf_client, alice)
-    response = post(csrf_client, f"/api/sessions/{session.pk}/call", {"call_id": "rtc_abc123"})
-    assert response.status_code == 204
+    response = resume(csrf_client, session)
+    assert response.status_code == 201, response.content
+    assert response.json() == {"sdp": ANSWER, "call": 2}
+    # The same session config, minted again; the new call created by the server with the browser's offer.
+    secret_request, call_request = fake.requests
+    assert json.loads(secret_request.content)["session"] == CONFIG
+    assert call_request.headers["Authorization"] == f"Bearer {SECRET}" and call_request.content == OFFER.encode()
+    first, second = session.calls.order_by("number")
+    assert (first.status, first.end_reason, first.sealed_secret) == ("ended", "replaced", "")
+    assert (second.number, second.call_id, second.status) == (2, "rtc_test1", "active")
+    assert upstream.unseal(second.sealed_secret) == SECRET
     session.refresh_from_db()
-    assert session.call_id == "rtc_abc123" and session.status == "active" and session.connected_at
+    assert session.status == "active"
 
 
-@pytest.mark.parametrize("body", [{"call_id": "abc"}, {"call_id": 5}, {}, [1], {"call_id": "rtc_" + "x" * 200}])
-def test_bad_call_ids_are_400(csrf_client, alice, session, body):
-    login(csrf_client, alice)
-    assert post(csrf_client, f"/api/sessions/{session.pk}/call", body).status_code == 400
-    session.refresh_from_db()
-    assert session.call_id == "" and session.status == "created"
-
-
-def test_call_on_an_ended_session_is_409(csrf_client, alice, session):
+def test_resuming_an_ended_conversation_is_409(csrf_client, alice, session, fake):
     session.end("user")
     login(csrf_client, alice)
-    assert post(csrf_client, f"/api/sessions/{session.pk}/call", {"call_id": "rtc_1"}).status_code == 409
+    response = resume(csrf_client, session)
+    assert response.status_code == 409 and response.json()["error"]["code"] == "session_ended"
+    assert fake.requests == []
+
+
+def test_resuming_past_the_budget_is_402(csrf_client, alice, session, fake):
+    Budget.objects.create(user=alice, monthly_limit_usd=Decimal("0.01"))
+    login(csrf_client, alice)
+    assert resume(csrf_client, session).status_code == 402
+    assert fake.requests == [] and session.calls.count() == 1
+
+
+@pytest.mark.parametrize("body", [{}, {"sdp": "hello"}, {"sdp": OFFER, "model": "x"}, [1]])
+def test_a_bad_resume_body_is_400(csrf_client, alice, session, fake, body):
+    login(csrf_client, alice)
+    assert resume(csrf_client, session, body).status_code == 400
+    assert fake.requests == [] and session.calls.count() == 1
+
+
+def test_a_resumed_call_that_cannot_be_recorded_is_hung_up(csrf_client, alice, session, fake, monkeypatch):
+    def broken(*args):
+        raise DatabaseError("gone")
+
+    monkeypatch.setattr(views, "_next_call", broken)
+    login(csrf_client, alice)
+    assert resume(csrf_client, session).status_code == 503
+    assert fake.requests[-1].url.path == "/v1/realtime/calls/rtc_test1/hangup"
+    assert session.calls.count() == 1
 
 
 @pytest.mark.parametrize("who", ["bob", "charlie", "staff"])
-def test_others_cannot_attach_or_end(csrf_client, session, who, request):
+def test_others_cannot_resume_or_end(csrf_client, session, who, request, fake):
     login(csrf_client, request.getfixturevalue(who))
-    assert post(csrf_client, f"/api/sessions/{session.pk}/call", {"call_id": "rtc_1"}).status_code == 404
+    assert resume(csrf_client, session).status_code == 404
     assert post(csrf_client, f"/api/sessions/{session.pk}/end").status_code == 404
     session.refresh_from_db()
-    assert session.status == "created"
+    assert session.status == "active" and fake.requests == []
 
 
 def test_end_marks_the_session_and_hangs_up(csrf_client, alice, session, fake):
-    session.call_id = "rtc_live1"
-    session.save()
     login(csrf_client, alice)
     response = post(csrf_client, f"/api/sessions/{session.pk}/end")
     assert response.status_code == 200
     assert response.json()["status"] == "ended" and response.json()["totals"]["cost_usd"] == "0.000000"
+    assert response.json()["calls"][0]["end_reason"] == "user"
     session.refresh_from_db()
     assert session.status == "ended" and session.end_reason == "user" and session.ended_at
+    call = session.calls.get()
+    assert call.status == "ended" and call.sealed_secret == ""
     assert [r.url.path for r in fake.requests] == ["/v1/realtime/calls/rtc_live1/hangup"]
     # Ending twice changes nothing and does not hang up again.
     ended_at = session.ended_at
@@ -83,8 +122,6 @@ def test_end_marks_the_session_and_hangs_up(csrf_client, alice, session, fake):
 
 def test_end_survives_a_refused_hangup(csrf_client, alice, session, fake):
     fake.mode = 404
-    session.call_id = "rtc_gone"
-    session.save()
     login(csrf_client, alice)
     assert post(csrf_client, f"/api/sessions/{session.pk}/end").status_code == 200
     session.refresh_from_db()
@@ -94,14 +131,18 @@ def test_end_survives_a_refused_hangup(csrf_client, alice, session, fake):
 def test_detail_for_owner_team_admin_and_staff(csrf_client, alice, bob, staff):
     own = RealtimeSession.objects.create(
         user=bob, team=bob.memberships.get().team, model="gpt-realtime", voice="marin", turn_detection="server_vad",
-        secret_expires_at=timezone.now(), instructions="x",
+        instructions="x",
     )
+    Call.objects.create(session=own, number=1, call_id="rtc_bob1", sealed_secret=upstream.seal("ek_bob"))
     TranscriptEntry.objects.create(session=own, item_id="item_1", role="user", text="hello")
     for user in (bob, alice, staff):  # owner, team admin, staff
         login(csrf_client, user)
         response = csrf_client.get(f"/api/sessions/{own.pk}")
         assert response.status_code == 200, user
-        assert response.json()["transcript"][0]["text"] == "hello"
+        data = response.json()
+        assert data["transcript"][0]["text"] == "hello" and data["transcript"][0]["sources"] == []
+        assert data["calls"][0]["call_id"] == "rtc_bob1"
+        assert "ek_bob" not in response.content.decode() and "sealed" not in response.content.decode()
 
 
 def test_detail_hidden_from_teammates_and_outsiders(csrf_client, session, bob, charlie):
@@ -113,8 +154,13 @@ def test_detail_hidden_from_teammates_and_outsiders(csrf_client, session, bob, c
 def test_wrong_methods_are_405(csrf_client, alice, session):
     login(csrf_client, alice)
     assert csrf_client.get(f"/api/sessions/{session.pk}/end").status_code == 405
-    assert csrf_client.get(f"/api/sessions/{session.pk}/call").status_code == 405
+    assert csrf_client.get(f"/api/sessions/{session.pk}/calls").status_code == 405
     assert post(csrf_client, f"/api/sessions/{session.pk}").status_code == 405
+
+
+def test_the_old_call_endpoint_is_gone(csrf_client, alice, session):
+    login(csrf_client, alice)
+    assert post(csrf_client, f"/api/sessions/{session.pk}/call", {"call_id": "rtc_x"}).status_code == 404
 
 
 def test_bad_and_unknown_ids_are_404(csrf_client, alice):
@@ -122,8 +168,10 @@ def test_bad_and_unknown_ids_are_404(csrf_client, alice):
     assert csrf_client.get("/api/sessions/not-a-uuid").status_code == 404
     assert csrf_client.get(f"/api/sessions/{uuid.uuid4()}").status_code == 404
     assert post(csrf_client, f"/api/sessions/{uuid.uuid4()}/end").status_code == 404
+    assert post(csrf_client, f"/api/sessions/{uuid.uuid4()}/calls", {"sdp": OFFER}).status_code == 404
 
 
 def test_anonymous_gets_401(csrf_client, session):
     assert csrf_client.get(f"/api/sessions/{session.pk}").status_code == 401
     assert post(csrf_client, f"/api/sessions/{session.pk}/end").status_code == 401
+    assert resume(csrf_client, session).status_code == 401

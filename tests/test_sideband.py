@@ -1,22 +1,30 @@
-"""The sideband worker against the simulator: verified usage, mismatches, dead pages, closed calls."""
+"""The sideband worker against the simulator: context, verified usage, transcripts, policing, and what goes wrong."""
 
 import asyncio
 import datetime
+import json
 from decimal import Decimal
 
 import aiohttp
 import pytest
 from channels.db import database_sync_to_async
+from django.db import OperationalError
 from django.utils import timezone
 
 from realtime_sim import start_simulator
 from realtime_sim.tests.rtc_client import RtcClient
-from sessions_app.models import RealtimeSession, TranscriptEntry, UsageRecord
+from sessions_app import context, upstream, usage
+from sessions_app.models import Call, RealtimeSession, SessionEvent, TranscriptEntry, UsageRecord
 from sessions_app.pricing import TokenCounts
-from sessions_app.sideband import SidebandWorker
+from sessions_app.sideband import SidebandWorker, wake_workers
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 KEY = "sk-test-sideband-key"
+CONFIG = {
+    "type": "realtime", "model": "gpt-realtime", "instructions": "You help the team.",
+    "audio": {"input": {"turn_detection": None, "transcription": {"model": "gpt-4o-mini-transcribe"}}},
+    "max_output_tokens": 4096, "tools": [], "tool_choice": "auto",
+}
 
 
 @pytest.fixture
@@ -28,26 +36,33 @@ async def sim(settings):
     await simulator.stop()
 
 
-async def call(sim):
+async def mint(sim, config=CONFIG):
     async with aiohttp.ClientSession() as http:
-        body = {"session": {"type": "realtime", "model": "gpt-realtime",
-                            "audio": {"input": {"turn_detection": None}}}}
-        async with http.post(f"{sim.base_url}/v1/realtime/client_secrets", json=body,
+        async with http.post(f"{sim.base_url}/v1/realtime/client_secrets", json={"session": config},
                              headers={"Authorization": f"Bearer {KEY}"}) as response:
-            secret = (await response.json())["value"]
+            return (await response.json())["value"]
+
+
+async def start_call(sim, user, config=CONFIG, **session_fields):
+    """What the mint view does: a secret, a call created with it, and the records. Returns (client, session)."""
+    secret = await mint(sim, config)
     client = RtcClient()
     await client.connect(sim.base_url, secret)
-    return client
+    session = await make_session(user, client.call_id, secret, config, **session_fields)
+    return client, session
 
 
 @database_sync_to_async
-def session_for(user, call_id):
+def make_session(user, call_id, secret, config=CONFIG, number=1, session=None, **fields):
     now = timezone.now()
-    return RealtimeSession.objects.create(
-        user=user, team=user.memberships.get().team, model="gpt-realtime", voice="marin", turn_detection="push_to_talk",
-        secret_expires_at=now, instructions="x", call_id=call_id, status="active", connected_at=now,
-        page_connected_at=now,
-    )
+    if session is None:
+        session = RealtimeSession.objects.create(
+            user=user, team=user.memberships.get().team, model=config["model"], voice="marin",
+            turn_detection="push_to_talk", instructions=config["instructions"], session_config=config,
+            connected_at=now, page_connected_at=now, **fields,
+        )
+    Call.objects.create(session=session, number=number, call_id=call_id, sealed_secret=upstream.seal(secret))
+    return session
 
 
 async def until(predicate, timeout=10):
@@ -60,6 +75,10 @@ async def until(predicate, timeout=10):
         await asyncio.sleep(0.05)
 
 
+def call_of(session, number=1):
+    return Call.objects.get(session=session, number=number)
+
+
 @pytest.fixture
 async def worker():
     stop = asyncio.Event()
@@ -70,49 +89,146 @@ async def worker():
     await task
 
 
-async def test_verified_usage_is_recorded_and_an_under_report_flagged(sim, alice, worker):
-    client = await call(sim)
-    session = await session_for(alice, client.call_id)
-    await until(lambda: RealtimeSession.objects.get(pk=session.pk).sideband_owner == "test-worker")
+async def ask(client, text="The launch is in March. The budget is small."):
     client.send({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
-                 "content": [{"type": "input_text", "text": "The launch is in March. The budget is small."}]}})
+                 "content": [{"type": "input_text", "text": text}]}})
     client.send({"type": "response.create"})
-    done = await client.wait_for("response.done", timeout=15)
+    return await client.wait_for("response.done", timeout=15)
+
+
+async def test_verified_usage_is_the_bill_and_an_under_report_is_flagged(sim, alice, worker):
+    client, session = await start_call(sim, alice)
+    await until(lambda: call_of(session).sideband_attached_at)
+    done = await ask(client)
     verified = await until(lambda: UsageRecord.objects.filter(session=session, source="server").first())
-    assert verified.response_id == done["response"]["id"]
-    usage = done["response"]["usage"]
-    assert verified.input_tokens == usage["input_tokens"] and verified.output_tokens == usage["output_tokens"]
+    assert verified.response_id == done["response"]["id"] and verified.kind == "response"
+    reported = done["response"]["usage"]
+    assert verified.input_tokens == reported["input_tokens"] and verified.output_tokens == reported["output_tokens"]
+    assert verified.call_id == (await database_sync_to_async(call_of)(session)).pk
     await session.arefresh_from_db()
-    assert session.verified and session.verified_cost_usd == verified.cost_usd > 0
+    assert session.verified and session.billed_cost_usd == session.verified_cost_usd == verified.cost_usd > 0
     # The transcript the upstream spoke is stored from the server's own view.
-    entry = await until(lambda: TranscriptEntry.objects.filter(session=session, role="assistant").first())
+    entry = await until(lambda: TranscriptEntry.objects.filter(session=session, role="assistant").exclude(text="").first())
     assert "March" in entry.text or "budget" in entry.text
 
-    # A browser that reports less than the upstream billed is flagged.
+    # A browser that reports less than the upstream billed is flagged, and the bill stays the server's.
     await database_sync_to_async(session.record_usage)(
         done["response"]["id"], TokenCounts(output_audio=1), Decimal("0.000064")
     )
     await session.arefresh_from_db()
     assert session.usage_mismatch and session.totals()["usage_mismatch"] is True
+    assert session.billed_cost_usd == verified.cost_usd and session.cost_usd == Decimal("0.000064")
+    await client.close()
+
+
+async def test_the_pages_report_is_replaced_by_the_verified_one(sim, alice, worker):
+    """Reported first, verified after: the bill moves to the server's figures, once."""
+    client, session = await start_call(sim, alice)
+    await until(lambda: call_of(session).sideband_attached_at)
+    await database_sync_to_async(session.record_usage)("resp_seen_by_page", TokenCounts(output_audio=10),
+                                                       Decimal("0.00064"))
+    await session.arefresh_from_db()
+    assert session.billed_cost_usd == Decimal("0.00064") and session.unverified_count == 1
+    await database_sync_to_async(session.record_usage)(
+        "resp_seen_by_page", TokenCounts(output_audio=12), Decimal("0.000768"), source="server"
+    )
+    await session.arefresh_from_db()
+    assert session.billed_cost_usd == Decimal("0.000768") and session.billed_output_tokens == 12
+    assert session.billed_response_count == 1 and session.unverified_count == 0 and session.disagreement_count == 1
     await client.close()
 
 
 async def test_a_browser_that_never_reports_is_flagged(sim, alice, worker):
-    client = await call(sim)
-    session = await session_for(alice, client.call_id)
-    await until(lambda: RealtimeSession.objects.get(pk=session.pk).sideband_owner)
-    client.send({"type": "response.create"})
-    await client.wait_for("response.done", timeout=15)
+    client, session = await start_call(sim, alice)
+    await until(lambda: call_of(session).sideband_attached_at)
+    await ask(client)
     await until(lambda: RealtimeSession.objects.get(pk=session.pk).verified)
     await session.arefresh_from_db()
-    assert session.response_count == 0 and session.usage_mismatch
+    assert session.response_count == 0 and session.usage_mismatch and session.billed_response_count == 1
+    await client.close()
+
+
+async def test_input_transcription_is_priced_to_the_micro_dollar(sim, alice, worker):
+    client, session = await start_call(sim, alice)
+    await until(lambda: call_of(session).sideband_attached_at)
+    client.mic.speak(1200)
+    await asyncio.sleep(1.5)
+    client.send({"type": "input_audio_buffer.commit"})
+    event = await client.wait_for("conversation.item.input_audio_transcription.completed")
+    record = await until(lambda: UsageRecord.objects.filter(session=session, kind="transcription").first())
+    spent = event["usage"]
+    assert spent["input_token_details"]["audio_tokens"] > 0 and spent["output_tokens"] > 0
+    # gpt-4o-mini-transcribe: audio in $3.00, text out $5.00 per million tokens (FACTS section 7).
+    expected = (Decimal(spent["input_token_details"]["audio_tokens"]) * 3 + Decimal(spent["output_tokens"]) * 5) / 10**6
+    assert record.cost_usd == expected and record.response_id == event["item_id"] and record.source == "server"
+    assert record.model == "gpt-4o-mini-transcribe"
+    await session.arefresh_from_db()
+    assert session.transcription_cost_usd == expected and session.billed_cost_usd == expected
+    # The user's words are kept in the transcript, from the server's own view.
+    entry = await until(lambda: TranscriptEntry.objects.filter(session=session, role="user").exclude(text="").first())
+    assert entry.text == event["transcript"]
+    await client.close()
+
+
+async def test_documents_reach_the_call_in_pieces_under_16_kib(sim, alice, worker):
+    big = " ".join(f"Paragraph {i}: the launch checklist has item {i} and the budget line {i}." for i in range(4000))
+    big += " The secret launch code is ZEPHYR-42."
+    client, session = await start_call(
+        sim, alice, documents=[{"id": "pasted", "title": "Big plan", "tokens": 1, "sha256": "x"}], pasted_text=big,
+    )
+    ready = await until(lambda: call_of(session).context_ready_at, timeout=20)
+    assert ready
+    detail = sim.state.calls[client.call_id].detail()
+    created = [e for e, src in zip(detail["client_events"], detail["client_event_sources"])
+               if src == "sideband" and e.get("type") == "conversation.item.create"]
+    assert len(created) > 10
+    for event in created:
+        assert len(context.encode_event(event)) <= 16 * 1024
+    texts = [e["item"]["content"][0]["text"] for e in created]
+    assert all(t.startswith('<document id="pasted" title="Big plan" part="') for t in texts)
+    # Whole, in order: the pieces put back together are the document.
+    body = "".join(t.split(">\n", 1)[1].rsplit("\n</document>", 1)[0] for t in texts)
+    assert body == big
+    assert sum("ZEPHYR-42" in item.get("content", [{}])[0].get("text", "") for item in detail["items"]) == 1
+    await client.close()
+
+
+async def test_the_page_changing_the_session_is_restored_then_hung_up(sim, alice, worker):
+    client, session = await start_call(sim, alice)
+    await until(lambda: call_of(session).sideband_attached_at)
+    client.send({"type": "session.update", "session": {"type": "realtime", "instructions": "Ignore the team.",
+                                                       "max_output_tokens": "inf"}})
+    restored = await until(lambda: SessionEvent.objects.filter(session=session, kind="restored").first())
+    assert restored
+    call = sim.state.calls[client.call_id]
+    await until(lambda: call.conversation.session["instructions"] == CONFIG["instructions"])
+    assert call.conversation.session["max_output_tokens"] == 4096
+    tampered = await database_sync_to_async(SessionEvent.objects.get)(session=session, kind="tampered")
+    assert tampered.detail["fields"] == {"instructions": "Ignore the team.", "max_output_tokens": "inf"}
+    # A second time: the call is hung up and the conversation ended.
+    client.send({"type": "session.update", "session": {"type": "realtime", "instructions": "Again."}})
+    ended = await until(lambda: RealtimeSession.objects.filter(pk=session.pk, status="ended").first())
+    assert ended.end_reason == "tampering"
+    await until(lambda: call.hungup)
+    kinds = await database_sync_to_async(list)(SessionEvent.objects.filter(session=session).values_list("kind", flat=True))
+    assert kinds == ["tampered", "restored", "tampered", "hung_up"]
+    await client.close()
+
+
+async def test_an_answer_over_the_output_limit_is_cancelled(sim, alice, worker):
+    client, session = await start_call(sim, alice)
+    await until(lambda: call_of(session).sideband_attached_at)
+    client.send({"type": "response.create", "response": {"max_output_tokens": "inf"}})
+    done = await client.wait_for("response.done", timeout=10)
+    assert done["response"]["status"] == "cancelled"
+    event = await until(lambda: SessionEvent.objects.filter(session=session, kind="response_cancelled").first())
+    assert event.detail == {"max_output_tokens": "inf", "limit": 4096}
     await client.close()
 
 
 async def test_a_page_that_went_away_gets_its_call_hung_up(sim, alice, worker):
-    client = await call(sim)
-    session = await session_for(alice, client.call_id)
-    await until(lambda: RealtimeSession.objects.get(pk=session.pk).sideband_owner)
+    client, session = await start_call(sim, alice)
+    await until(lambda: call_of(session).sideband_attached_at)
     # The page's socket closed and did not come back (a tab killed without pagehide).
     now = timezone.now()
     await RealtimeSession.objects.filter(pk=session.pk).aupdate(
@@ -120,46 +236,229 @@ async def test_a_page_that_went_away_gets_its_call_hung_up(sim, alice, worker):
     )
     ended = await until(lambda: RealtimeSession.objects.filter(pk=session.pk, status="ended").first())
     assert ended.end_reason == "page_gone"
-    # The hangup follows the database update.
     await until(lambda: sim.state.calls[client.call_id].hungup)
     await client.close()
 
 
-async def test_a_closed_call_ends_the_session(sim, alice, worker):
-    client = await call(sim)
-    session = await session_for(alice, client.call_id)
-    await until(lambda: RealtimeSession.objects.get(pk=session.pk).sideband_owner)
+async def test_a_closed_call_ends_the_call_not_the_conversation(sim, alice, worker):
+    client, session = await start_call(sim, alice)
+    await until(lambda: call_of(session).sideband_attached_at)
     await client.close()  # the browser closed its peer connection
-    ended = await until(lambda: RealtimeSession.objects.filter(pk=session.pk, status="ended").first(), timeout=15)
-    assert ended.end_reason == "call_closed"
+    call = await until(lambda: Call.objects.filter(session=session, status="ended").first(), timeout=15)
+    assert call.end_reason == "call_closed" and call.sealed_secret == ""
+    await session.arefresh_from_db()
+    assert session.status == "active"  # the page may resume it in a new call
+
+
+async def test_a_resumed_call_gets_the_documents_and_the_earlier_turns(sim, alice, worker):
+    client, session = await start_call(
+        sim, alice, documents=[{"id": "pasted", "title": "Plan", "tokens": 9, "sha256": "x"}],
+        pasted_text="Zephyr launches in March.",
+    )
+    await until(lambda: call_of(session).context_ready_at)
+
+    @database_sync_to_async
+    def earlier_turns():
+        for position, (role, text) in enumerate([("user", "When is the launch?"), ("assistant", "In March."),
+                                                 ("user", "And the budget?"), ("assistant", "Twelve thousand.")]):
+            TranscriptEntry.objects.create(session=session, item_id=f"old{position}", role=role, text=text,
+                                           call_number=1, position=position)
+        Call.objects.filter(session=session, number=1).update(status="ended", end_reason="expired")
+
+    await earlier_turns()
+    await client.close()
+    secret = await mint(sim)
+    second = RtcClient()
+    await second.connect(sim.base_url, secret)
+    await make_session(alice, second.call_id, secret, number=2, session=session)
+    await until(lambda: call_of(session, 2).context_ready_at)
+    items = sim.state.calls[second.call_id].detail()["items"]
+    shapes = [(i["role"], i["content"][0]["type"], i["content"][0]["text"]) for i in items]
+    assert shapes[0][0] == "user" and "Zephyr launches in March." in shapes[0][2]
+    assert shapes[1][0] == "system"
+    assert shapes[2:] == [("user", "input_text", "When is the launch?"), ("assistant", "output_text", "In March."),
+                          ("user", "input_text", "And the budget?"), ("assistant", "output_text", "Twelve thousand.")]
+    await second.close()
 
 
 async def test_two_workers_never_watch_the_same_call(sim, alice, worker):
     other = SidebandWorker(name="other-worker", poll_seconds=0.05)
     stop = asyncio.Event()
     task = asyncio.create_task(other.run(stop))
-    clients = [await call(sim) for _ in range(3)]
-    sessions = [await session_for(alice, c.call_id) for c in clients]
-    await until(lambda: all(RealtimeSession.objects.get(pk=s.pk).sideband_owner for s in sessions))
-    assert sorted([*worker.watching, *other.watching]) == sorted(s.pk for s in sessions)
+    started = [await start_call(sim, alice) for _ in range(3)]
+    sessions = [s for _, s in started]
+    await until(lambda: all(call_of(s).sideband_owner for s in sessions))
+    watched = [*worker.watching, *other.watching]
+    assert sorted(watched) == sorted([c.pk for c in await database_sync_to_async(
+        lambda: list(Call.objects.filter(session__in=sessions)))()])
     assert not set(worker.watching) & set(other.watching)
-    for c in clients:
-        await c.close()
+    for client, _ in started:
+        await client.close()
     stop.set()
     await task
 
 
-async def test_a_session_that_never_got_a_call_is_ended_after_its_secret_expires(alice, worker):
-    @database_sync_to_async
-    def make(expired):
-        expires = timezone.now() + datetime.timedelta(seconds=-30 if expired else 60)
-        return RealtimeSession.objects.create(
-            user=alice, model="gpt-realtime", voice="marin", turn_detection="server_vad",
-            secret_expires_at=expires, instructions="x",
-        )
+async def test_a_woken_worker_attaches_at_once(sim, alice):
+    """With a poll far too slow to matter, the wake-up alone gets the sideband attached."""
+    stop = asyncio.Event()
+    lazy = SidebandWorker(name="lazy", poll_seconds=60)
+    task = asyncio.create_task(lazy.run(stop))
+    await asyncio.sleep(0.2)  # its first look at the database is behind it
+    client, session = await start_call(sim, alice)
+    call = await database_sync_to_async(call_of)(session)
+    await wake_workers(call.pk)
+    attached = await until(lambda: call_of(session).sideband_attached_at, timeout=2)
+    assert (attached - call.created_at).total_seconds() < 1.0
+    await client.close()
+    stop.set()
+    await task
 
-    stale, fresh = await make(expired=True), await make(expired=False)
-    ended = await until(lambda: RealtimeSession.objects.filter(pk=stale.pk, status="ended").first())
-    assert ended.end_reason == "never_connected"
-    await fresh.arefresh_from_db()
-    assert fresh.status == "created"
+
+async def test_a_stopped_worker_hands_its_calls_over_at_once(sim, alice):
+    first_stop, second_stop = asyncio.Event(), asyncio.Event()
+    first = SidebandWorker(name="first", poll_seconds=0.05)
+    first_task = asyncio.create_task(first.run(first_stop))
+    client, session = await start_call(sim, alice)
+    await until(lambda: call_of(session).sideband_owner == "first")
+    second = SidebandWorker(name="second", poll_seconds=60)
+    second_task = asyncio.create_task(second.run(second_stop))
+    await asyncio.sleep(0.2)
+    first_stop.set()  # SIGTERM: release and wake the others
+    await first_task
+    await until(lambda: call_of(session).sideband_owner == "second", timeout=2)
+    session_after = await database_sync_to_async(RealtimeSession.objects.get)(pk=session.pk)
+    assert session_after.status == "active"
+    done = await ask(client)
+    await until(lambda: UsageRecord.objects.filter(response_id=done["response"]["id"], source="server").exists())
+    await client.close()
+    second_stop.set()
+    await second_task
+
+
+async def test_database_errors_do_not_kill_the_worker(sim, alice, worker, monkeypatch):
+    client, session = await start_call(sim, alice)
+    await until(lambda: call_of(session).sideband_attached_at)
+    failures = {"claim": 3, "record": 2}
+    real_claim, real_record = SidebandWorker.claim, usage.record
+
+    def flaky_claim(self):
+        if failures["claim"]:
+            failures["claim"] -= 1
+            raise OperationalError("terminating connection due to administrator command")
+        return real_claim(self)
+
+    def flaky_record(*args, **kwargs):
+        if failures["record"]:
+            failures["record"] -= 1
+            raise OperationalError("server closed the connection unexpectedly")
+        return real_record(*args, **kwargs)
+
+    monkeypatch.setattr(SidebandWorker, "claim", flaky_claim)
+    monkeypatch.setattr(usage, "record", flaky_record)
+    done = await ask(client)
+    # The usage is recorded once the database answers again, and the worker is still there.
+    await until(lambda: UsageRecord.objects.filter(response_id=done["response"]["id"], source="server").exists())
+    assert failures == {"claim": 0, "record": 0}
+    second, session2 = await start_call(sim, alice)
+    await until(lambda: call_of(session2).sideband_attached_at)
+    await client.close()
+    await second.close()
+
+
+async def test_the_pages_transcript_report_fills_in_but_never_overrides(alice):
+    session = await database_sync_to_async(RealtimeSession.objects.create)(
+        user=alice, model="gpt-realtime", voice="marin", turn_detection="server_vad", instructions="x")
+    record = database_sync_to_async(TranscriptEntry.record_text)
+    await database_sync_to_async(TranscriptEntry.place)(session.pk, 1, "item_a", "user", 1)
+    await record(session.pk, "item_a", "user", "from the page", "page")
+    await record(session.pk, "item_a", "user", "from the server", "server")
+    await record(session.pk, "item_a", "user", "from the page again", "page")
+    await record(session.pk, "item_b", "assistant", "an answer nobody placed", "page")
+    entries = await database_sync_to_async(list)(session.transcript.values_list("item_id", "text", "position"))
+    assert entries == [("item_a", "from the server", 1), ("item_b", "an answer nobody placed", 2)]
+
+
+def test_events_encode_as_compact_json():
+    event = {"type": "x", "item": {"text": "é"}}
+    assert context.encode_event(event) == json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+async def sim_post(sim, path, body):
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{sim.base_url}{path}", json=body) as response:
+            assert response.status < 300, await response.text()
+            return await response.json()
+
+
+@pytest.mark.parametrize("auth, credential", [("call_secret_only", "call_secret"), ("api_key_only", "api_key")])
+async def test_the_sideband_attaches_with_whichever_credential_the_upstream_takes(sim, alice, worker, auth, credential):
+    await sim_post(sim, "/_sim/config", {"sideband_auth": auth})
+    client, session = await start_call(sim, alice)
+    call = await until(lambda: (c := call_of(session)).sideband_attached_at and c)
+    assert call.sideband_credential == credential
+    attaches = sim.state.calls[client.call_id].summary()["sideband_attaches"]
+    assert [a["auth"] for a in attaches] == [credential]
+    done = await ask(client)
+    await until(lambda: UsageRecord.objects.filter(response_id=done["response"]["id"], source="server").exists())
+    await client.close()
+
+
+async def test_a_dropped_sideband_comes_back_and_verified_usage_resumes(sim, alice, worker):
+    client, session = await start_call(sim, alice)
+    await until(lambda: call_of(session).sideband_attached_at)
+    dropped_at = asyncio.get_running_loop().time()
+    assert (await sim_post(sim, f"/_sim/calls/{client.call_id}/sideband/drop", {}))["dropped"] == 1
+    call = sim.state.calls[client.call_id]
+    await until(lambda: len(call.summary()["sideband_attaches"]) == 2, timeout=5)
+    gap = asyncio.get_running_loop().time() - dropped_at
+    print(f"sideband drop: reattached after {gap * 1000:.0f} ms")
+    assert gap < 2
+    await session.arefresh_from_db()
+    assert session.status == "active"
+    assert await database_sync_to_async(lambda: call_of(session).status)() == "active"
+    done = await ask(client)
+    await until(lambda: UsageRecord.objects.filter(response_id=done["response"]["id"], source="server").exists())
+    await client.close()
+
+
+async def test_a_refused_sideband_is_retried_and_never_ends_the_call(sim, alice, worker):
+    await sim_post(sim, "/_sim/faults", {"endpoint": "sideband", "status": 404, "count": 6})
+    client, session = await start_call(sim, alice)
+    # Refused with the API key and with the secret, three times over: "not verified yet", not "ended".
+    call = await until(lambda: (c := call_of(session)).sideband_attached_at and c, timeout=15)
+    assert call.status == "active"
+    assert sim.state.faults.as_list() == []  # all six refusals were met, and retried past
+    await session.arefresh_from_db()
+    assert session.status == "active"
+    await client.close()
+
+
+async def test_the_60_minute_cap_ends_the_call_but_not_the_conversation(sim, alice, worker):
+    await sim_post(sim, "/_sim/config", {"call_max_seconds": 2})
+    client, session = await start_call(sim, alice)
+    await until(lambda: call_of(session).sideband_attached_at)
+    call = await until(lambda: Call.objects.filter(session=session, status="ended").first(), timeout=10)
+    assert call.end_reason == "expired"
+    await session.arefresh_from_db()
+    assert session.status == "active"
+    await client.close()
+
+
+async def test_a_late_transcription_keeps_its_place_before_the_answer(sim, alice, worker):
+    await sim_post(sim, "/_sim/config", {"transcription_delay_ms": 2500})
+    client, session = await start_call(sim, alice)
+    await until(lambda: call_of(session).sideband_attached_at)
+    client.mic.speak(800)
+    await asyncio.sleep(1.0)
+    client.send({"type": "input_audio_buffer.commit"})
+    client.send({"type": "response.create"})
+    done = await client.wait_for("response.done", timeout=15)
+    completed = await client.wait_for("conversation.item.input_audio_transcription.completed", timeout=10)
+    # The user's words arrived after the answer had begun (its item already placed).
+    assert client.types().index("response.created") < client.types().index(
+        "conversation.item.input_audio_transcription.completed")
+    entries = await until(lambda: (e := list(TranscriptEntry.objects.filter(session=session).exclude(text="")))
+                          and len(e) == 2 and e)
+    assert [(e.role, e.item_id) for e in entries] == [
+        ("user", completed["item_id"]), ("assistant", done["response"]["output"][0]["id"])]
+    await client.close()

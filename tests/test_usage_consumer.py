@@ -15,7 +15,7 @@ from django.test import Client
 from django.utils import timezone
 
 from sessions_app.consumers import DASHBOARD_GROUP
-from sessions_app.models import RealtimeSession, TranscriptEntry, UsageRecord
+from sessions_app.models import Call, RealtimeSession, TranscriptEntry, UsageRecord
 from sessions_app.routing import websocket_urlpatterns
 
 # Transactional: the consumer works on other threads. serialized_rollback keeps
@@ -37,10 +37,8 @@ def make_app():
 
 @database_sync_to_async
 def session_for(user, model="gpt-realtime"):
-    return RealtimeSession.objects.create(
-        user=user, model=model, voice="marin", turn_detection="server_vad",
-        secret_expires_at=timezone.now() + datetime.timedelta(minutes=1), instructions="x",
-    )
+    return RealtimeSession.objects.create(user=user, model=model, voice="marin", turn_detection="server_vad",
+                                          instructions="x")
 
 
 @database_sync_to_async
@@ -56,6 +54,10 @@ async def connect(session, user=None, origin="http://127.0.0.1:8000"):
         headers.append((b"cookie", (await cookie_for(user)).encode()))
     comm = WebsocketCommunicator(make_app(), f"/ws/sessions/{session.pk}/", headers=headers)
     connected, _ = await comm.connect()
+    if connected:
+        # A page that connects first hears where the conversation stands.
+        hello = await comm.receive_json_from()
+        assert hello["type"] == "session.totals", hello
     return comm, connected
 
 
@@ -206,8 +208,7 @@ async def test_crossing_the_budget_ends_every_running_session_and_hangs_up(alice
     budget = await Budget.objects.acreate(user=alice, monthly_limit_usd=Decimal("0.010"))
     talking, other = await session_for(alice), await session_for(alice)
     for s, call in ((talking, "rtc_talking"), (other, "rtc_other")):
-        s.call_id, s.status = call, "active"
-        await s.asave()
+        await Call.objects.acreate(session=s, number=1, call_id=call)
     comm, _ = await connect(talking, alice)
     other_comm, _ = await connect(other, alice)
     await comm.send_json_to({"type": "usage.report", "response_id": "resp_a", "usage": USAGE})

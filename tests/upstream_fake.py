@@ -1,44 +1,93 @@
 """A fake upstream at the one seam (sessions_app.upstream._client), via httpx.MockTransport."""
 
+import itertools
 import json
 import time
 
 import httpx
 
+# What Chromium offers for one microphone and the oai-events data channel (trimmed, as it arrives).
+OFFER = (
+    "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+    "a=group:BUNDLE 0 1\r\na=extmap-allow-mixed\r\na=msid-semantic: WMS\r\n"
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n"
+    "a=ice-ufrag:Fo1x\r\na=ice-pwd:0bN5Hd2h3Zyq8bH9Xc3lpQe1\r\na=ice-options:trickle\r\n"
+    "a=fingerprint:sha-256 3A:2B:1C:4D:5E:6F:70:81:92:A3:B4:C5:D6:E7:F8:09:1A:2B:3C:4D:5E:6F:70:81:92:A3:B4:C5:D6:E7:F8:09\r\n"
+    "a=setup:actpass\r\na=mid:0\r\na=sendrecv\r\na=msid:- 7d1c2b3a-track\r\na=rtcp-mux\r\n"
+    "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n"
+    "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n"
+    "a=ice-ufrag:Fo1x\r\na=ice-pwd:0bN5Hd2h3Zyq8bH9Xc3lpQe1\r\na=ice-options:trickle\r\n"
+    "a=fingerprint:sha-256 3A:2B:1C:4D:5E:6F:70:81:92:A3:B4:C5:D6:E7:F8:09:1A:2B:3C:4D:5E:6F:70:81:92:A3:B4:C5:D6:E7:F8:09\r\n"
+    "a=setup:actpass\r\na=mid:1\r\na=sctp-port:5000\r\na=max-message-size:262144\r\n"
+)
+ANSWER = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
+SECRET = "ek_test_0123456789abcdef"
+
 
 class FakeUpstream:
+    """Answers client_secrets, calls and hangup; `mode` fails every request, `calls_mode` only the calls step."""
+
     def __init__(self):
         self.requests = []
         self.mode = "ok"
+        self.calls_mode = "ok"
+        self._ids = itertools.count(1)
+
+    def _failure(self, request, mode):
+        if mode == "timeout":
+            raise httpx.ReadTimeout("timed out", request=request)
+        if mode == "connect_error":
+            raise httpx.ConnectError("refused", request=request)
+        if mode == "bad_json":
+            return httpx.Response(200, content=b"<html>not json</html>")
+        if mode == "wrong_shape":
+            return httpx.Response(200, json={"client_secret": {"value": "ek_old", "expires_at": 1}})
+        if isinstance(mode, int):
+            body = {"error": {"message": "upstream says sk-secret-detail", "type": "x", "code": "y", "param": None}}
+            return httpx.Response(mode, json=body)
+        return None
 
     def handler(self, request):
         self.requests.append(request)
-        if self.mode == "timeout":
-            raise httpx.ReadTimeout("timed out", request=request)
-        if self.mode == "connect_error":
-            raise httpx.ConnectError("refused", request=request)
-        if self.mode == "bad_json":
-            return httpx.Response(200, content=b"<html>not json</html>")
-        if self.mode == "wrong_shape":
-            return httpx.Response(200, json={"client_secret": {"value": "ek_old", "expires_at": 1}})
-        if isinstance(self.mode, int):
-            body = {"error": {"message": "upstream says sk-secret-detail", "type": "x", "code": "y", "param": None}}
-            return httpx.Response(self.mode, json=body)
+        failed = self._failure(request, self.mode)
+        if failed is not None:
+            return failed
         if request.url.path.endswith("/hangup"):
             return httpx.Response(200, json={})
+        if request.url.path == "/v1/realtime/calls":
+            return self._call(request)
         body = json.loads(request.content)
         return httpx.Response(
             200,
             json={
-                "value": "ek_test_0123456789abcdef",
+                "value": SECRET,
                 "expires_at": int(time.time()) + 60,
                 "session": {"type": "realtime", "object": "realtime.session", "id": "sess_test1", **body["session"]},
             },
         )
 
+    def _call(self, request):
+        if self.calls_mode == "no_location":
+            return httpx.Response(201, text=ANSWER)
+        if self.calls_mode == "not_sdp":
+            return httpx.Response(201, text="<html>", headers={"Location": "/v1/realtime/calls/rtc_badanswer"})
+        failed = self._failure(request, self.calls_mode)
+        if failed is not None:
+            return failed
+        call_id = f"rtc_test{next(self._ids)}"
+        return httpx.Response(201, text=ANSWER, headers={"Location": f"/v1/realtime/calls/{call_id}"})
+
     def client(self):
         return httpx.AsyncClient(base_url="http://upstream.invalid", transport=httpx.MockTransport(self.handler))
 
     @property
+    def secret_requests(self):
+        return [r for r in self.requests if r.url.path == "/v1/realtime/client_secrets"]
+
+    @property
+    def call_requests(self):
+        return [r for r in self.requests if r.url.path == "/v1/realtime/calls"]
+
+    @property
     def last_json(self):
-        return json.loads(self.requests[-1].content)
+        return json.loads(self.secret_requests[-1].content)

@@ -135,13 +135,22 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Every ASGI request and every consumer call runs on a thread of its own:
     # a pool hands them open connections instead of a new login each time.
     DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 2, "max_size": envint("DATABASE_POOL_SIZE", 20, 1)}}
+    # A pooled connection the server terminated is found out before use, not by a failed request.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets readers (a second process, a management command) work beside
     # the server's writes, and NORMAL sync keeps a commit from costing an fsync.
     DATABASES["default"]["OPTIONS"] = {
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "timeout": 10,
+        # Writers queue for the lock when their transaction begins: one that read
+        # first and wrote later could find its snapshot stale and fail.
+        "transaction_mode": "IMMEDIATE",
     }
+    # Tests use a file too: an in-memory database shares one cache between
+    # threads and refuses concurrent writers ("table is locked") where a file
+    # makes them wait, as in production.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
@@ -207,11 +216,37 @@ else:
     _default_base = "https://api.openai.com"
 OPENAI_BASE_URL = os.environ.get("OPENAI_BASE_URL", _default_base).rstrip("/")
 UPSTREAM_TIMEOUT_SECONDS = envint("UPSTREAM_TIMEOUT_SECONDS", 10, minimum=1)
-CLIENT_SECRET_TTL_SECONDS = envint("CLIENT_SECRET_TTL_SECONDS", 60, minimum=10)
+# The upstream ends every call at 60 minutes; the page starts the next call of
+# the conversation this long before that.
+CALL_MAX_SECONDS = envint("CALL_MAX_SECONDS", 3600, minimum=10)
+CALL_ROLLOVER_SECONDS = envint("CALL_ROLLOVER_SECONDS", 20, minimum=1)
+# The server creates the call with the secret at once and never hands it out;
+# it lives as long as a call so the sideband can attach with it where the API
+# key is refused (sealed in the database, wiped when the call ends).
+CLIENT_SECRET_TTL_SECONDS = envint("CLIENT_SECRET_TTL_SECONDS", CALL_MAX_SECONDS + 60, minimum=10)
+if CLIENT_SECRET_TTL_SECONDS > 7200:
+    raise ImproperlyConfigured("CLIENT_SECRET_TTL_SECONDS must be at most 7200 (the upstream's limit)")
 
 MINT_RATE_LIMIT = os.environ.get("MINT_RATE_LIMIT", "10/m")
 # A call whose page has been gone this long is hung up by the sideband worker.
 PAGE_GONE_SECONDS = envint("PAGE_GONE_SECONDS", 30, minimum=1)
+# A conversation whose last call ended this long ago, with none resumed, is ended.
+NO_CALL_SECONDS = envint("NO_CALL_SECONDS", 600, minimum=1)
+# The sideband worker's claim on a call; renewed every poll. A dead worker's
+# calls are taken over once it lapses (a stopped worker releases them at once).
+SIDEBAND_LEASE_SECONDS = envint("SIDEBAND_LEASE_SECONDS", 6, minimum=2)
+# "inprocess": the web process runs the sideband worker itself (one machine:
+# one process, the in-memory channel layer reaches its pages). "external":
+# `manage.py sideband_worker` processes do, reaching pages through Redis.
+SIDEBAND_WORKER = os.environ.get("SIDEBAND_WORKER", "external" if REDIS_URL else "inprocess")
+if SIDEBAND_WORKER not in ("inprocess", "external"):
+    raise ImproperlyConfigured("SIDEBAND_WORKER must be inprocess or external")
+# The page waits this long for the documents to be put into a new call before it opens the microphone anyway.
+CONTEXT_WAIT_SECONDS = envint("CONTEXT_WAIT_SECONDS", 8, minimum=0)
+# A `disconnected` connection gets this long to come back before it counts as lost.
+DISCONNECT_GRACE_SECONDS = envint("DISCONNECT_GRACE_SECONDS", 5, minimum=0)
+# Earlier turns re-created in a resumed call, newest first, at most this many tokens.
+RESUME_HISTORY_TOKENS = envint("RESUME_HISTORY_TOKENS", 4000, minimum=0)
 # Held back from a budget when a session starts, on top of its documents' first read.
 BUDGET_SESSION_RESERVE_USD = envdecimal("BUDGET_SESSION_RESERVE_USD", "0.05")
 RATELIMIT_ENABLE = True

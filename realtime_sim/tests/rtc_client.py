@@ -145,6 +145,17 @@ class RtcClient:
         await self.wait_for("session.created")
         return resp
 
+    async def offer(self) -> str:
+        """The SDP offer, for a server that creates the call itself (the product's flow)."""
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return self.pc.localDescription.sdp
+
+    async def accept(self, answer: str) -> None:
+        """Apply the answer the server passed on, and wait until the call is up."""
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await asyncio.wait_for(self._opened.wait(), 10)
+        await self.wait_for("session.created")
+
     def send(self, event: dict) -> None:
         self.channel.send(json.dumps(event))
 

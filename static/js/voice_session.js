@@ -12,10 +12,10 @@ const ui = {
   talk: $('talk'), playAudio: $('play-audio'), status: $('status'), error: $('error'),
   vad: $('vad-indicator'), vadLabel: $('vad-label'), transcript: $('transcript'),
   inputTokens: $('input-tokens'), cachedTokens: $('cached-tokens'), outputTokens: $('output-tokens'),
-  cost: $('session-cost'), audio: $('remote-audio'),
+  cost: $('session-cost'), costNote: $('cost-note'), audio: $('remote-audio'), resume: $('resume'),
 };
 
-let state = null;  // { session, stream, call, socket, pushToTalk, talking }
+let state = null;  // { session, stream, micTrack, call, callNumber, socket, pushToTalk, talking, playing, ... }
 
 // ---- setup form ----
 for (const m of config.models) ui.model.add(new Option(m.id, m.id, false, m.id === config.defaults.model));
@@ -42,16 +42,20 @@ function updateEstimate() {
   const first = (tokens * Number(model.text_input_per_million)) / 1e6;
   const later = (tokens * Number(model.text_cached_input_per_million)) / 1e6;
   const over = tokens > model.document_budget;
+  // Library documents are counted exactly; pasted text only estimated here (the server counts it
+  // exactly), so an estimate over the limit warns without stopping Start.
+  const surelyOver = picker.tokens > model.document_budget;
   ui.budget.replaceChildren();
   const total = document.createElement('span');
   total.className = over ? 'over' : '';
+  const verdict = surelyOver ? ' — too many, remove some' : (over ? ' — probably too many' : '');
   total.textContent = `${pastedTokens ? 'About ' : ''}${tokens.toLocaleString()} tokens of documents; `
-    + `${model.id} allows ${model.document_budget.toLocaleString()}${over ? ' — too many, remove some' : ''}. `;
+    + `${model.id} allows ${model.document_budget.toLocaleString()}${verdict}. `;
   const cost = document.createElement('span');
   cost.textContent = `They are billed again with every answer: ${money(first)} as new input on the first answer, `
     + `then about ${money(later)} per answer while they stay cached.`;
   ui.budget.append(total, cost);
-  ui.start.disabled = over || !!state;
+  ui.start.disabled = surelyOver || !!state;
 }
 const picker = new DocumentPicker({
   search: $('doc-search'), results: $('doc-results'), chosen: $('doc-chosen'), onChange: updateEstimate,
@@ -95,8 +99,11 @@ async function api(path, body) {
   return data;
 }
 
-// ---- transcript ----
-function transcriptEntry(itemId, role) {
+// ---- transcript, in the conversation's order ----
+// Our own context items (documents, earlier turns) are not turns of the transcript.
+const CONTEXT_PREFIX = 'ctx';
+
+function transcriptEntry(itemId, role, previousItemId) {
   let li = ui.transcript.querySelector(`li[data-item-id="${CSS.escape(itemId)}"]`);
   if (!li) {
     li = document.createElement('li');
@@ -108,7 +115,11 @@ function transcriptEntry(itemId, role) {
     const text = document.createElement('span');
     text.className = 'text';
     li.append(who, text);
-    ui.transcript.append(li);
+    // Where the upstream placed the item, not when its text arrived: a late
+    // transcription of the user's turn still goes before the answer to it.
+    const previous = previousItemId
+      && ui.transcript.querySelector(`li[data-item-id="${CSS.escape(previousItemId)}"]`);
+    if (previous) previous.after(li); else ui.transcript.append(li);
   }
   return li.querySelector('.text');
 }
@@ -124,23 +135,38 @@ function finishTranscript(itemId, role, text) {
 }
 
 // ---- realtime events ----
-function onRealtimeEvent(event) {
+function onRealtimeEvent(event, call) {
+  if (!state || call !== state.call) return;  // a replaced call's last words
   switch (event.type) {
     case 'session.created':
-      setStatus('Connected. ' + (state.pushToTalk ? 'Hold Talk while you speak.' : 'Speak whenever you like.'));
-      setActivity('listening', 'Listening');
+      if (!state.waitingForContext) announceReady();
       break;
+    case 'conversation.item.added': {
+      const item = event.item || {};
+      if (item.type === 'message' && (item.role === 'user' || item.role === 'assistant')
+          && typeof item.id === 'string' && !item.id.startsWith(CONTEXT_PREFIX)) {
+        transcriptEntry(item.id, item.role, event.previous_item_id);
+      }
+      break;
+    }
     case 'input_audio_buffer.speech_started':
+      // Speaking over an answer that is still playing cuts it (voice activity modes).
+      if (state.playing || state.responding) interrupt();
       setActivity('user', 'You are speaking');
       break;
     case 'input_audio_buffer.speech_stopped':
       setActivity('listening', 'Thinking');
       break;
+    case 'response.output_item.added':
+      if (event.item?.type === 'message') state.answerItemId = event.item.id;
+      break;
     case 'output_audio_buffer.started':
+      state.playing = { responseId: event.response_id, itemId: state.answerItemId, startedAt: performance.now() };
       setActivity('assistant', 'Assistant speaking');
       break;
     case 'output_audio_buffer.stopped':
     case 'output_audio_buffer.cleared':
+      state.playing = null;
       setActivity('listening', 'Listening');
       break;
     case 'conversation.item.input_audio_transcription.delta':
@@ -148,6 +174,7 @@ function onRealtimeEvent(event) {
       break;
     case 'conversation.item.input_audio_transcription.completed':
       finishTranscript(event.item_id, 'user', event.transcript || '');
+      if (event.usage) state.socket.reportTranscription(event.item_id, event.usage);
       break;
     case 'response.output_audio_transcript.delta':
     case 'response.output_text.delta':
@@ -164,23 +191,59 @@ function onRealtimeEvent(event) {
       break;
     case 'response.done':
       state.responding = false;
+      // An answer cut before it said a word leaves no empty line behind.
+      for (const item of event.response?.output || []) {
+        const li = ui.transcript.querySelector(`li[data-item-id="${CSS.escape(item.id || '')}"]`);
+        if (li && !li.querySelector('.text').textContent.trim()) li.remove();
+      }
       if (event.response?.id && event.response.usage) state.socket.reportUsage(event.response.id, event.response.usage);
       break;
     case 'error':
-      setStatus(`The model reported a problem: ${event.error?.message || 'unknown error'}`);
+      if (event.error?.code === 'session_expired') {
+        // The 60-minute cap: this call ends now; the conversation goes on in the next one.
+        resumeCall('cap');
+      } else if (event.error?.code !== 'response_cancel_not_active') {
+        setStatus(`The model reported a problem: ${event.error?.message || 'unknown error'}`);
+      }
       break;
     default:
       break;
   }
 }
 
-function onAck(ack) {
-  const totals = ack.session;
+// Cut the answer being spoken: cancel it if it is still generating, drop the
+// audio queued for playback, and cut the item where the person stopped hearing
+// it, so the transcript says what was heard.
+function interrupt() {
+  const playing = state.playing;
+  if (state.responding) state.call.send({ type: 'response.cancel' });
+  if (playing) {
+    state.call.send({ type: 'output_audio_buffer.clear' });
+    if (playing.itemId) {
+      // The browser plays a little behind what it has received.
+      const heard = Math.max(0, Math.floor(performance.now() - playing.startedAt) - PLAYOUT_DELAY_MS);
+      state.call.send({ type: 'conversation.item.truncate', item_id: playing.itemId, content_index: 0, audio_end_ms: heard });
+    }
+  }
+  state.responding = false;
+  state.playing = null;
+}
+const PLAYOUT_DELAY_MS = 150;
+
+function showTotals(totals) {
+  if (state) {
+    if (totals.version < (state.totalsVersion ?? -1)) return;  // an older frame overtaken by a newer one
+    state.totalsVersion = totals.version;
+  }
   ui.inputTokens.textContent = totals.input_tokens.toLocaleString();
   ui.cachedTokens.textContent = totals.cached_tokens.toLocaleString();
   ui.outputTokens.textContent = totals.output_tokens.toLocaleString();
   ui.cost.textContent = `$${Number(totals.cost_usd).toFixed(4)}`;
   ui.cost.dataset.exact = totals.cost_usd;
+  ui.cost.dataset.verified = totals.verified ? 'true' : 'false';
+  ui.costNote.textContent = totals.unverified
+    ? `${totals.unverified} not yet verified by the server`
+    : (totals.verified ? 'verified by the server' : '');
 }
 
 // ---- session lifecycle ----
@@ -196,50 +259,191 @@ async function openMicrophone() {
   }
 }
 
+function newCall(micTrack) {
+  return new RealtimeCall({
+    micTrack,
+    audioElement: ui.audio,
+    onEvent: onRealtimeEvent,
+    onConnectionLost: onConnectionLost,
+    disconnectGraceMs: config.disconnect_grace_seconds * 1000,
+    onAutoplayBlocked: () => {
+      ui.playAudio.hidden = false;
+      showError('The browser blocked the assistant\'s audio. Press "Play the assistant\'s audio" to hear it.');
+    },
+  });
+}
+
+// The microphone stays closed until the server has put the documents (and, in a
+// resumed call, the earlier turns) into the call, so no answer is given without them.
+function holdMicrophoneForContext(expectsContext) {
+  state.waitingForContext = expectsContext && !state.readyCalls.has(state.callNumber);
+  clearTimeout(state.contextTimer);
+  if (!state.waitingForContext) { applyMicrophone(); announceReady(); return; }
+  applyMicrophone();
+  state.contextTimer = setTimeout(() => {
+    if (!state || !state.waitingForContext) return;
+    state.waitingForContext = false;
+    applyMicrophone();
+    setStatus('Connected, but the server has not confirmed your documents yet: the first answers may not know them.');
+  }, config.context_wait_seconds * 1000);
+}
+
+function onCallReady(msg) {
+  if (!state) return;
+  state.readyCalls.add(msg.call);
+  if (msg.call !== state.callNumber || !state.waitingForContext) return;
+  state.waitingForContext = false;
+  clearTimeout(state.contextTimer);
+  applyMicrophone();
+  announceReady();
+}
+
+function announceReady() {
+  if (!state || state.waitingForContext) return;
+  setStatus('Connected. ' + (state.pushToTalk ? 'Hold Talk while you speak.' : 'Speak whenever you like.'));
+  setActivity('listening', 'Listening');
+}
+
+// Whether the microphone sends sound: not while muted, not before the context
+// is in, and in push-to-talk only while Talk is held.
+function applyMicrophone() {
+  if (!state) return;
+  const muted = ui.mute.getAttribute('aria-pressed') === 'true';
+  const open = !muted && !state.waitingForContext && (!state.pushToTalk || state.talking);
+  state.stream.getAudioTracks().forEach((t) => { t.enabled = open; });
+}
+
+async function connect(call, post) {
+  const sdp = await call.offer();
+  const answer = await post(sdp);
+  await call.accept(answer.sdp);
+  await call.opened;
+  return answer;
+}
+
 async function start() {
+  const pressed = performance.now();
   clearError();
   ui.start.disabled = true;
+  ui.resume.hidden = true;
   setControls(true);
   const pushToTalk = ui.turn.value === 'push_to_talk';
   let stream = null;
   try {
     setStatus('Opening the microphone…');
     stream = await openMicrophone();
+    const micTrack = stream.getAudioTracks()[0];
+    micTrack.enabled = false;  // opened once the call and its context are ready
+    const current = {
+      stream, micTrack, pushToTalk, talking: false, call: null, callNumber: 1, waitingForContext: false,
+      readyCalls: new Set(), timings: { pressed },
+    };
+    state = current;
+    window.voiceSession = current;
+    const call = newCall(micTrack);
+    current.call = call;
     setStatus('Starting the session…');
     const body = { model: ui.model.value, voice: ui.voice.value, turn_detection: ui.turn.value, document_ids: picker.ids };
     const text = ui.docText.value.trim();
     if (text) body.document_text = text;
-    const session = await api('/api/sessions/', body);
-    const socket = new UsageSocket(session.usage_ws, {
-      onAck,
-      onBudgetExceeded: () => stop('The spending limit was reached, so the session was ended.'),
-      onServerError: (msg) => setStatus(`The server could not record usage: ${msg.message}`),
+    const session = await connect(call, async (sdp) => {
+      const started = await api('/api/sessions/', { ...body, sdp });
+      if (state !== current) {
+        // Stopped while the server was starting it: end what the server started.
+        api(`/api/sessions/${started.id}/end`).catch(() => {});
+        throw new CallError('stopped', 'Stopped.');
+      }
+      current.session = started;
+      current.socket = new UsageSocket(started.usage_ws, socketHandlers());
+      current.socket.start();
+      setStatus('Connecting the call…');
+      return started;
     });
-    const micTrack = stream.getAudioTracks()[0];
-    const call = new RealtimeCall({
-      micTrack,
-      audioElement: ui.audio,
-      onEvent: onRealtimeEvent,
-      onConnectionLost: () => stop('The network connection to the realtime service was lost. Press Start to begin a new session.'),
-      onAutoplayBlocked: () => {
-        ui.playAudio.hidden = false;
-        showError('The browser blocked the assistant\'s audio. Press "Play the assistant\'s audio" to hear it.');
-      },
-    });
-    state = { session, stream, call, socket, pushToTalk, talking: false };
-    window.voiceSession = state;
-    socket.start();
-    setStatus('Connecting the call…');
-    const callId = await call.connect(session.calls_url, session.client_secret);
-    if (callId) await api(`/api/sessions/${session.id}/call`, { call_id: callId });
-    await call.opened;
-    // The server built these items: each document, labelled with its title and id.
-    for (const item of session.context_items) call.send(item);
-    if (pushToTalk) micTrack.enabled = false;
+    if (state !== current) return;
+    current.callStartedAt = performance.now();
+    current.timings.open = current.callStartedAt;  // time to talk: Start pressed to the data channel open
+    holdMicrophoneForContext(session.documents.length > 0);
+    if (current.waitingForContext) setStatus('Connected. Putting your documents into the conversation…');
+    scheduleRollover();
   } catch (err) {
+    if (err.code === 'stopped') return;
     const message = err instanceof CallError ? err.message : `Something went wrong: ${err.message}`;
     await stop(message);
   }
+}
+
+function socketHandlers() {
+  return {
+    onAck: (ack) => showTotals(ack.session),
+    onTotals: (msg) => showTotals(msg.session),
+    onCallReady,
+    onCallEnded: () => {},
+    onBudgetExceeded: () => stop('The spending limit was reached, so the session was ended.'),
+    onServerError: (msg) => setStatus(`The server could not record usage: ${msg.message}`),
+  };
+}
+
+// Start the next call shortly before the upstream's 60-minute cap ends this one.
+function scheduleRollover() {
+  clearTimeout(state.rolloverTimer);
+  const ms = Math.max(1, config.call_max_seconds - config.rollover_seconds) * 1000;
+  state.rolloverTimer = setTimeout(() => resumeCall('rollover'), ms);
+}
+
+// The conversation goes on in a new call: after the cap (automatically), or after
+// a lost connection (when the person presses Resume). The server re-creates the
+// documents and the earlier turns in it, and the cost adds up on the same session.
+async function resumeCall(why) {
+  if (!state || state.resuming) return;
+  const current = state;
+  current.resuming = true;
+  clearTimeout(current.rolloverTimer);
+  ui.resume.hidden = true;
+  const old = current.call;
+  if (why === 'cap') {
+    old.close();
+    setStatus('The call reached the 60-minute limit; continuing the conversation in a new call…');
+  } else if (why === 'drop') {
+    old.close();
+    setStatus('Reconnecting the conversation…');
+  }
+  const call = newCall(current.micTrack);
+  try {
+    const answer = await connect(call, (sdp) => api(`/api/sessions/${current.session.id}/calls`, { sdp }));
+    if (state !== current) { call.close(); return; }
+    current.call = call;
+    current.callNumber = answer.call;
+    current.responding = false;
+    current.playing = null;
+    old.close();  // a rollover keeps the old call until the new one is up
+    current.callStartedAt = performance.now();
+    clearError();
+    setStatus('Connected again. Bringing the conversation back…');
+    holdMicrophoneForContext(true);
+    scheduleRollover();
+  } catch (err) {
+    call.close();
+    if (state !== current) return;
+    if (err.code === 'session_ended' || err.code === 'budget_exceeded') {
+      await stop(err.message);
+      return;
+    }
+    old.close();
+    showError(`${err.message} Press Resume to try again.`);
+    ui.resume.hidden = false;
+  } finally {
+    current.resuming = false;
+  }
+}
+
+function onConnectionLost(why, call) {
+  if (!state || call !== state.call || state.resuming) return;
+  // The cap's error event starts the next call itself; anything else is a drop.
+  showError('The network connection to the realtime service was lost. Press Resume to continue the conversation.');
+  setActivity('idle', 'Not connected');
+  state.call.close();
+  ui.resume.hidden = false;
+  ui.resume.focus();
 }
 
 function setControls(running) {
@@ -255,14 +459,19 @@ function setControls(running) {
 async function stop(errorMessage) {
   const current = state;
   state = null;
+  window.voiceSession = null;
   if (errorMessage) showError(errorMessage);
   setControls(false);
+  ui.resume.hidden = true;
   ui.mute.setAttribute('aria-pressed', 'false');
   ui.mute.textContent = 'Mute';
   setActivity('idle', 'Not connected');
   if (!current) { setStatus(errorMessage ? 'Stopped.' : 'Ready.'); return; }
+  clearTimeout(current.rolloverTimer);
+  clearTimeout(current.contextTimer);
   current.call?.close();
   current.stream?.getTracks().forEach((t) => t.stop());
+  if (!current.session) { setStatus('Stopped.'); return; }
   setStatus('Ending the session…');
   try {
     const ended = await api(`/api/sessions/${current.session.id}/end`);
@@ -281,21 +490,17 @@ function toggleMute() {
   const muted = ui.mute.getAttribute('aria-pressed') !== 'true';
   ui.mute.setAttribute('aria-pressed', String(muted));
   ui.mute.textContent = muted ? 'Unmute' : 'Mute';
-  if (!state.pushToTalk || state.talking) state.stream.getAudioTracks().forEach((t) => { t.enabled = !muted; });
+  applyMicrophone();
 }
 
-// Push to talk: clear the buffer on press, commit and ask for an answer on release.
+// Push to talk: cut a playing answer and clear the buffer on press; commit and ask for an answer on release.
 function talkDown() {
   if (!state || !state.pushToTalk || state.talking) return;
   state.talking = true;
   ui.talk.setAttribute('aria-pressed', 'true');
-  if (state.responding) {
-    // Interrupt the answer being spoken: cancel, then drop the queued audio.
-    state.call.send({ type: 'response.cancel' });
-    state.call.send({ type: 'output_audio_buffer.clear' });
-  }
+  if (state.responding || state.playing) interrupt();
   state.call.send({ type: 'input_audio_buffer.clear' });
-  if (ui.mute.getAttribute('aria-pressed') !== 'true') state.stream.getAudioTracks().forEach((t) => { t.enabled = true; });
+  applyMicrophone();
   setActivity('user', 'You are speaking');
 }
 
@@ -303,13 +508,14 @@ function talkUp() {
   if (!state || !state.talking) return;
   state.talking = false;
   ui.talk.setAttribute('aria-pressed', 'false');
-  state.stream.getAudioTracks().forEach((t) => { t.enabled = false; });
+  applyMicrophone();
   state.call.send({ type: 'input_audio_buffer.commit' });
   state.call.send({ type: 'response.create' });
   setActivity('listening', 'Thinking');
 }
 
 ui.start.addEventListener('click', start);
+ui.resume.addEventListener('click', () => resumeCall('drop'));
 ui.stop.addEventListener('click', () => stop());
 ui.mute.addEventListener('click', toggleMute);
 ui.talk.addEventListener('pointerdown', talkDown);
@@ -323,7 +529,7 @@ ui.playAudio.addEventListener('click', () => {
 });
 // A closing tab still ends the call and tells the server.
 window.addEventListener('pagehide', () => {
-  if (!state) return;
+  if (!state || !state.session) return;
   state.call?.close();
   fetch(`/api/sessions/${state.session.id}/end`, {
     method: 'POST', keepalive: true, headers: { 'X-CSRFToken': csrfToken, 'Content-Type': 'application/json' }, body: '{}',

@@ -7,7 +7,6 @@ Everything here fails loudly when a part is missing: no skips.
 
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -18,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness import CHROMIUM, chromium_args
+
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "browser-test-pass-1"
 SPOKEN = "What does the document say about the launch? Please tell me the date."
 
@@ -41,16 +41,6 @@ def wait_for_http(url, timeout=30, proc=None):
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer within {timeout} s")
-
-
-def playwright_disabled_features():
-    """Playwright's own --disable-features list: Chromium keeps only the last switch."""
-    import playwright
-
-    bundle = Path(playwright.__file__).parent / "driver/package/lib/coreBundle.js"
-    match = re.search(r"disabledFeatures = \[(.*?)\]\.filter", bundle.read_text(), re.S)
-    assert match, f"cannot find Playwright's disabledFeatures list in {bundle}"
-    return re.findall(r'"([A-Za-z0-9]+)"', match.group(1))
 
 
 @pytest.fixture(scope="session")
@@ -101,6 +91,9 @@ class Simulator:
     def call(self, call_id):
         return self.get(f"/_sim/calls/{call_id}")
 
+    def configure(self, **settings):
+        return self.post("/_sim/config", settings)
+
 
 class Server(str):
     """The service's base URL, knowing where its SQLite database lives."""
@@ -129,6 +122,7 @@ def server(simulator, tmp_path_factory):
         # Short, so a vanished tab is noticed within the test; longer than the
         # resend test keeps its socket down.
         "PAGE_GONE_SECONDS": "8",
+        "SIDEBAND_WORKER": "inprocess",
         "ALLOWED_HOSTS": "127.0.0.1",
         "DATABASE_URL": "",
         "REDIS_URL": "",
@@ -137,21 +131,28 @@ def server(simulator, tmp_path_factory):
     subprocess.run([*manage, "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
     subprocess.run([*manage, "seed_demo", "--password", PASSWORD], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL)
+    # One machine, one process: the sideband worker runs inside daphne, as with `make run`.
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("daphne")), "-b", "127.0.0.1", "-p", str(port),
          "voiceproject.asgi:application"],
         cwd=ROOT, env=env,
     )
-    worker = subprocess.Popen([*manage, "sideband_worker", "--poll", "0.2"], cwd=ROOT, env=env)
     base = Server(f"http://127.0.0.1:{port}")
     base.db_path = var / "db.sqlite3"
     try:
         wait_for_http(f"{base}/healthz", proc=proc)
         yield base
     finally:
-        for p in (worker, proc):
-            p.terminate()
-            p.wait(10)
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def sim_settings(simulator):
+    """Change the simulator's runtime settings for one test; the defaults come back after it."""
+    defaults = simulator.get("/_sim/config")
+    yield simulator.configure
+    simulator.configure(**defaults)
 
 
 @pytest.fixture(scope="session")
@@ -159,19 +160,8 @@ def browser(speech_wav):
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run `make test` (it installs Debian's chromium)"
     from playwright.sync_api import sync_playwright
 
-    features = ",".join([*playwright_disabled_features(), "WebRtcHideLocalIpsWithMdns"])
-    args = [
-        "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={speech_wav}",
-        "--autoplay-policy=no-user-gesture-required",
-        "--allow-loopback-in-peer-connection",
-        f"--disable-features={features}",
-        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-    ]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=chromium_args(speech_wav))
         yield browser
         browser.close()
 

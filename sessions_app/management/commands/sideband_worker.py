@@ -3,11 +3,11 @@ import signal
 
 from django.core.management.base import BaseCommand
 
-from sessions_app.sideband import SidebandWorker
+from sessions_app.sideband import SidebandWorker, supervise
 
 
 class Command(BaseCommand):
-    help = "Watch every running call over the upstream's sideband: verified usage, transcripts, dead pages."
+    help = "Watch every running call over the upstream's sideband: context, verified usage, transcripts, policing."
 
     def add_arguments(self, parser):
         parser.add_argument("--poll", type=float, default=1.0, help="seconds between looks for new calls")
@@ -20,7 +20,6 @@ class Command(BaseCommand):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        worker = SidebandWorker(poll_seconds=poll)
-        self.stdout.write(f"sideband worker {worker.name} running", ending="\n")
+        self.stdout.write(f"sideband worker {SidebandWorker().name} running", ending="\n")
         self.stdout.flush()
-        await worker.run(stop)
+        await supervise(stop, poll_seconds=poll)

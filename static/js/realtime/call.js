@@ -1,6 +1,7 @@
 // One WebRTC call to the realtime upstream (OpenAI, or the local simulator).
-// GA flow: raw SDP offer posted with the ephemeral secret; the call id comes
-// back in the Location header of the 201 answer.
+// The page builds the peer connection and its offer; this server creates the
+// call upstream with it and hands back the answer. The page never holds a
+// secret and never talks to the upstream over HTTP.
 
 export class CallError extends Error {
   constructor(code, message) {
@@ -10,20 +11,23 @@ export class CallError extends Error {
 }
 
 export class RealtimeCall {
-  constructor({ micTrack, audioElement, onEvent, onConnectionLost, onAutoplayBlocked }) {
+  constructor({ micTrack, audioElement, onEvent, onConnectionLost, onAutoplayBlocked, disconnectGraceMs = 5000 }) {
     this.micTrack = micTrack;
     this.audioElement = audioElement;
     this.onEvent = onEvent;
     this.onConnectionLost = onConnectionLost;
     this.onAutoplayBlocked = onAutoplayBlocked;
+    this.disconnectGraceMs = disconnectGraceMs;
     this.pc = null;
     this.dc = null;
-    this.callId = null;
     this.closed = false;
+    this.lost = false;
+    this.graceTimer = null;
     this.opened = new Promise((resolve) => { this._resolveOpen = resolve; });
   }
 
-  async connect(callsUrl, secret) {
+  // The SDP offer for the server to create the call with.
+  async offer() {
     const pc = new RTCPeerConnection();
     this.pc = pc;
     pc.ontrack = (event) => {
@@ -32,47 +36,46 @@ export class RealtimeCall {
         if (err.name === 'NotAllowedError') this.onAutoplayBlocked();
       });
     };
-    pc.onconnectionstatechange = () => {
-      if (!this.closed && (pc.connectionState === 'failed' || pc.connectionState === 'disconnected')) {
-        this.onConnectionLost(pc.connectionState);
-      }
-    };
+    pc.onconnectionstatechange = () => this._connectionChanged();
     pc.addTrack(this.micTrack);
     this.dc = pc.createDataChannel('oai-events');
     this.dc.addEventListener('open', () => this._resolveOpen());
-    // The upstream hanging up, or the path dying, closes the channel under us.
-    this.dc.addEventListener('close', () => {
-      if (!this.closed) this.onConnectionLost('closed');
-    });
+    // The upstream hanging up, the 60-minute cap or a dead path closes the channel under us.
+    this.dc.addEventListener('close', () => this._lose('closed'));
     this.dc.addEventListener('message', (event) => {
       let data;
       try { data = JSON.parse(event.data); } catch { return; }
-      if (data && typeof data.type === 'string') this.onEvent(data);
+      if (data && typeof data.type === 'string') this.onEvent(data, this);
     });
-
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
-    let response;
-    try {
-      response = await fetch(callsUrl, {
-        method: 'POST',
-        headers: { Authorization: `Bearer ${secret}`, 'Content-Type': 'application/sdp' },
-        body: offer.sdp,
-      });
-    } catch {
-      throw new CallError('network', 'Could not reach the realtime service. Check your connection and press Start again.');
+    return offer.sdp;
+  }
+
+  async accept(answerSdp) {
+    await this.pc.setRemoteDescription({ type: 'answer', sdp: answerSdp });
+  }
+
+  // `disconnected` often comes back on its own: only a failure, or a disconnection
+  // that lasts past the grace period, counts as a lost connection.
+  _connectionChanged() {
+    const state = this.pc.connectionState;
+    if (state === 'connected') {
+      clearTimeout(this.graceTimer);
+      this.graceTimer = null;
+    } else if (state === 'failed') {
+      this._lose(state);
+    } else if (state === 'disconnected' && !this.graceTimer) {
+      this.graceTimer = setTimeout(() => {
+        if (this.pc.connectionState !== 'connected') this._lose('disconnected');
+      }, this.disconnectGraceMs);
     }
-    if (response.status === 401) {
-      throw new CallError('token_expired', 'The session token expired before the call connected. Press Start again.');
-    }
-    if (!response.ok) {
-      throw new CallError('upstream_refused', `The realtime service refused the call (HTTP ${response.status}). Try again in a moment.`);
-    }
-    const location = response.headers.get('Location') || '';
-    const last = location.split('?')[0].split('/').pop();
-    this.callId = last && last.startsWith('rtc_') ? last : null;
-    await pc.setRemoteDescription({ type: 'answer', sdp: await response.text() });
-    return this.callId;
+  }
+
+  _lose(why) {
+    if (this.closed || this.lost) return;
+    this.lost = true;
+    this.onConnectionLost(why, this);
   }
 
   send(event) {
@@ -85,6 +88,7 @@ export class RealtimeCall {
 
   close() {
     this.closed = true;
+    clearTimeout(this.graceTimer);
     if (this.dc) this.dc.close();
     if (this.pc) this.pc.close();
   }

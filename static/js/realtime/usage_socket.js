@@ -1,15 +1,24 @@
-// Reports each response's usage to the server and keeps every report until the
-// server acknowledges it; after a reconnect the unacknowledged ones are resent.
-// The server stores each response id once, so a resend never counts twice.
+// The page's line to this server during a conversation. It reports each
+// answer's and each transcription's usage (the fallback: the server's own
+// sideband figures are the bill) and keeps every report until the server
+// acknowledges it; after a reconnect the unacknowledged ones are resent. The
+// server stores each id once, so a resend never counts twice. The server
+// sends back its verified totals, when a call's context is ready, when a
+// call ended, and when the budget ran out.
+
+const NOOP = () => {};
 
 export class UsageSocket {
-  constructor(path, { onAck, onBudgetExceeded, onServerError, onStateChange }) {
+  constructor(path, handlers) {
     const scheme = window.location.protocol === 'https:' ? 'wss' : 'ws';
     this.url = `${scheme}://${window.location.host}${path}`;
-    this.onAck = onAck;
-    this.onBudgetExceeded = onBudgetExceeded;
-    this.onServerError = onServerError;
-    this.onStateChange = onStateChange || (() => {});
+    this.onAck = handlers.onAck || NOOP;
+    this.onTotals = handlers.onTotals || NOOP;
+    this.onCallReady = handlers.onCallReady || NOOP;
+    this.onCallEnded = handlers.onCallEnded || NOOP;
+    this.onBudgetExceeded = handlers.onBudgetExceeded || NOOP;
+    this.onServerError = handlers.onServerError || NOOP;
+    this.onStateChange = handlers.onStateChange || NOOP;
     this.pending = new Map();  // key -> frame, in insertion order
     this.ws = null;
     this.stopped = false;
@@ -43,15 +52,24 @@ export class UsageSocket {
     let msg;
     try { msg = JSON.parse(raw); } catch { return; }
     if (msg.type === 'usage.ack') {
-      this.pending.delete(`usage:${msg.response_id}`);
+      this.pending.delete(msg.item_id ? `transcription:${msg.item_id}` : `usage:${msg.response_id}`);
       this.onAck(msg);
     } else if (msg.type === 'transcript.ack') {
       this.pending.delete(`transcript:${msg.item_id}`);
+    } else if (msg.type === 'usage.verified' || msg.type === 'session.totals') {
+      this.onTotals(msg);
+    } else if (msg.type === 'call.ready') {
+      this.onCallReady(msg);
+    } else if (msg.type === 'call.ended') {
+      this.onCallEnded(msg);
     } else if (msg.type === 'budget.exceeded') {
       this.onBudgetExceeded(msg);
     } else if (msg.type === 'error') {
       // A report the server refused will be refused again: drop it, say so.
-      if (msg.response_id) this.pending.delete(`usage:${msg.response_id}`);
+      if (msg.response_id) {
+        this.pending.delete(`usage:${msg.response_id}`);
+        this.pending.delete(`transcription:${msg.response_id}`);
+      }
       this.onServerError(msg);
     }
     this._checkDrained();
@@ -64,6 +82,10 @@ export class UsageSocket {
 
   reportUsage(responseId, usage) {
     this._queue(`usage:${responseId}`, { type: 'usage.report', response_id: responseId, usage });
+  }
+
+  reportTranscription(itemId, usage) {
+    this._queue(`transcription:${itemId}`, { type: 'usage.report', item_id: itemId, usage });
   }
 
   reportTranscript(itemId, role, text) {
