@@ -74,6 +74,8 @@ class Extracted:
     kind: str  # "text" | "markdown" | "html" | "pdf" | "docx"
     encoding: str | None  # detected text encoding for text/markdown/html, else None
     pages: int | None  # PDF pages, else None
+    # Where a new part begins, for passages: {"pages": [[offset, page]...]} or {"headings": [...]}.
+    outline: dict | None = None
 
 
 def extract_text(data: bytes, filename: str) -> Extracted:
@@ -94,7 +96,9 @@ def extract_text(data: bytes, filename: str) -> Extracted:
         raise too_long()
     if not text.strip():
         raise no_text(kind)
-    return Extracted(text=text, kind=kind, encoding=result.get("encoding"), pages=result.get("pages"))
+    outline = result.get("outline") if isinstance(result.get("outline"), dict) else {}
+    return Extracted(text=text, kind=kind, encoding=result.get("encoding"), pages=result.get("pages"),
+                     outline=outline)
 
 
 # --- file name -------------------------------------------------------------------

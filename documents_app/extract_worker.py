@@ -211,6 +211,7 @@ class _HTMLText(HTMLParser):
         "li", "tr", "dt", "dd", "div", "title", "caption", "figcaption", "summary", "legend", "option",
         "header", "footer", "main", "nav", "section", "article", "aside", "form", "body", "head", "html",
     })
+    HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
     _SPACE = re.compile(r"\s+")
 
     def __init__(self):
@@ -220,6 +221,8 @@ class _HTMLText(HTMLParser):
         self.in_pre = 0
         self.newlines = 2  # line breaks at the end of the output; the start counts as two
         self.first_cell = True
+        self.headings = []  # the text of each h1-h6, in order: where a passage's section begins
+        self.heading = None
 
     def _emit(self, text):
         if self.newlines and not self.in_pre:
@@ -245,6 +248,8 @@ class _HTMLText(HTMLParser):
             self.newlines += 1
         elif tag in self.PARAGRAPH or tag in self.LINE:
             self._break(2 if tag in self.PARAGRAPH else 1)
+            if tag in self.HEADINGS:
+                self.heading = []
             if tag == "li":
                 self._emit("- ")
             elif tag == "tr":
@@ -262,6 +267,11 @@ class _HTMLText(HTMLParser):
         elif self.skipping:
             return
         elif tag in self.PARAGRAPH or tag in self.LINE:
+            if tag in self.HEADINGS and self.heading is not None:
+                text = " ".join("".join(self.heading).split())
+                if text:
+                    self.headings.append(text)
+                self.heading = None
             self._break(2 if tag in self.PARAGRAPH else 1)
             if tag == "pre":
                 self.in_pre = max(0, self.in_pre - 1)
@@ -271,25 +281,33 @@ class _HTMLText(HTMLParser):
             return
         if not self.in_pre:
             data = self._SPACE.sub(" ", data)
+        if self.heading is not None:
+            self.heading.append(data)
         self._emit(data)
 
     def text(self):
         return "".join(self.parts)
 
 
-def html_to_text(markup: str) -> str:
-    """Visible text of an HTML document: no scripts, styles or comments; blocks on their own lines."""
+def html_to_text(markup: str, headings: list | None = None) -> str:
+    """Visible text of an HTML document: no scripts, styles or comments; blocks on their own lines.
+
+    The text of each heading is added to `headings`, when given.
+    """
     parser = _HTMLText()
     parser.feed(markup)
     parser.close()
+    if headings is not None:
+        headings.extend(parser.headings)
     return parser.text()
 
 
 # --- PDF -------------------------------------------------------------------------
 
 
-def pdf_text(data: bytes, max_chars: int, max_pages: int) -> tuple[str, int]:
-    """(normalised text, page count) read with PDFium."""
+def pdf_text(data: bytes, max_chars: int, max_pages: int, page_starts: list | None = None) -> tuple[str, int]:
+    """(normalised text, page count) read with PDFium; [offset, page number] of each page with text
+    is added to `page_starts`, when given."""
     import pypdfium2 as pdfium
 
     damaged = ExtractionError(
@@ -322,6 +340,8 @@ def pdf_text(data: bytes, max_chars: int, max_pages: int) -> tuple[str, int]:
             textpage.close()
             page.close()
             if text:
+                if page_starts is not None:
+                    page_starts.append([total, index + 1])
                 total += len(text) + 2
                 if total - 2 > max_chars:  # stop reading early: it is refused anyway
                     raise too_long(max_chars)
@@ -339,8 +359,10 @@ _FALLBACK = "http://schemas.openxmlformats.org/markup-compatibility/2006 Fallbac
 # What each WordprocessingML element means for the text; expat names them "namespace local".
 _ROLES = {f"{ns} {local}": role for ns in _W for local, role in (
     ("p", "p"), ("r", "r"), ("t", "t"), ("tab", "\t"), ("ptab", "\t"), ("br", "\n"), ("cr", "\n"),
-    ("noBreakHyphen", "-"), ("tbl", "tbl"), ("tr", "tr"), ("tc", "tc"),
+    ("noBreakHyphen", "-"), ("tbl", "tbl"), ("tr", "tr"), ("tc", "tc"), ("pStyle", "style"),
 )}
+# Paragraph styles Word gives headings ("Heading1".."Heading9", "Title"), by their style id.
+_HEADING_STYLE = re.compile(r"(?i)^(heading\s*\d|title)$")
 _ROLES[_FALLBACK] = "fallback"
 
 
@@ -356,6 +378,8 @@ class _DocxText:
         self.in_text = False
         self.runs = 0  # open w:r: a w:tab outside a run is a tab stop's definition, not a tab
         self.skipping = 0  # inside mc:Fallback, which repeats its mc:Choice
+        self.headings = []  # the text of each heading paragraph, in order
+        self.heading_levels = []  # for each open w:p: is it a heading
 
     def start(self, name, attrs):
         role = _ROLES.get(name)
@@ -367,6 +391,11 @@ class _DocxText:
             return
         elif role == "p":
             self.paragraphs.append([])
+            self.heading_levels.append(False)
+        elif role == "style":
+            value = next((v for k, v in attrs.items() if k.endswith(" val")), "")
+            if self.heading_levels and _HEADING_STYLE.match(value):
+                self.heading_levels[-1] = True
         elif role == "r":
             self.runs += 1
         elif role == "t":
@@ -395,7 +424,10 @@ class _DocxText:
         elif role == "r":
             self.runs = max(0, self.runs - 1)
         elif role == "p" and self.paragraphs:
-            self._block("".join(self.paragraphs.pop()))
+            text = "".join(self.paragraphs.pop())
+            if self.heading_levels.pop() and text.strip() and not self.tables:
+                self.headings.append(" ".join(text.split()))
+            self._block(text)
         elif role == "tbl" and self.tables:
             for row in self.tables.pop():
                 cells = (" ".join(p for p in cell if p.strip()) for cell in row)
@@ -422,8 +454,9 @@ def _refuse_dtd(*_args):
                                      "opened. Save it again from Word and upload the new file.")
 
 
-def docx_text(data: bytes, max_chars: int) -> str:
-    """Normalised text of a .docx's body, read with expat (no DTDs, no entities)."""
+def docx_text(data: bytes, max_chars: int, headings: list | None = None) -> str:
+    """Normalised text of a .docx's body, read with expat (no DTDs, no entities); the text of each
+    heading paragraph is added to `headings`, when given."""
     damaged = ExtractionError(
         "damaged", "This Word file is damaged or incomplete and can't be opened. Save it again from Word and retry.")
     try:
@@ -446,6 +479,8 @@ def docx_text(data: bytes, max_chars: int) -> str:
         parser.Parse(xml, True)
     except expat.ExpatError:
         raise damaged from None
+    if headings is not None:
+        headings.extend(collector.headings)
     return normalise("\n".join(collector.blocks))
 
 
@@ -453,25 +488,31 @@ def docx_text(data: bytes, max_chars: int) -> str:
 
 
 def parse(kind: str, data: bytes, max_chars: int, max_pages: int) -> dict:
-    """{"text", "encoding", "pages"} for data of the given kind, or ExtractionError."""
+    """{"text", "encoding", "pages", "outline"} for data of the given kind, or ExtractionError.
+
+    The outline says where passages begin a new part: {"pages": [[offset, page], ...]} for a PDF,
+    {"headings": [text, ...]} for HTML and Word (Markdown's headings are in its text).
+    """
     encoding = pages = None
+    headings, page_starts = [], []
     if kind in ("text", "markdown"):
         raw, encoding = decode_text(data, kind)
         text = normalise(raw)
     elif kind == "html":
         raw, encoding = decode_text(data, kind, declared_html_charset(data))
-        text = normalise(html_to_text(raw))
+        text = normalise(html_to_text(raw, headings))
     elif kind == "pdf":
-        text, pages = pdf_text(data, max_chars, max_pages)
+        text, pages = pdf_text(data, max_chars, max_pages, page_starts)
     elif kind == "docx":
-        text = docx_text(data, max_chars)
+        text = docx_text(data, max_chars, headings)
     else:
         raise ValueError(f"unknown kind {kind!r}")
     if len(text) > max_chars:
         raise too_long(max_chars)
     if not text.strip():
         raise no_text(kind)
-    return {"text": text, "encoding": encoding, "pages": pages}
+    outline = {"pages": page_starts} if page_starts else ({"headings": headings} if headings else {})
+    return {"text": text, "encoding": encoding, "pages": pages, "outline": outline}
 
 
 def limit_resources(memory_bytes: int, cpu_seconds: int) -> None:

@@ -2,6 +2,7 @@ import hashlib
 import uuid
 
 from django.conf import settings
+from django.contrib.postgres.search import SearchVectorField
 from django.db import models
 from django.db.models import Q
 
@@ -16,12 +17,6 @@ class DocumentQuerySet(models.QuerySet):
         teams = Membership.objects.filter(user=user).values("team")
         return self.filter(Q(team__in=teams) & (Q(visibility=Document.TEAM) | Q(owner=user)))
 
-    def search(self, query):
-        """Title or full text containing every word of the query."""
-        qs = self
-        for word in query.split()[:8]:
-            qs = qs.filter(Q(title__icontains=word) | Q(text__icontains=word))
-        return qs
 
 
 class Document(models.Model):
@@ -44,6 +39,8 @@ class Document(models.Model):
     size_bytes = models.PositiveIntegerField(help_text="size of the uploaded file")
     pages = models.PositiveIntegerField(null=True, blank=True)
     encoding = models.CharField(max_length=40, blank=True)
+    # Where new parts begin, for passages: {"pages": [[offset, page], ...]} or {"headings": [...]}.
+    outline = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = DocumentQuerySet.as_manager()
@@ -75,3 +72,65 @@ class Document(models.Model):
             "team": self.team.name,
             "created_at": self.created_at.isoformat(),
         }
+
+    def save(self, *args, **kwargs):
+        adding = self._state.adding
+        super().save(*args, **kwargs)
+        if adding:
+            # Stored means searchable: however a document is made, it gets its passages.
+            self.index_passages()
+
+    def segments(self):
+        """The text as runs [(passage id or None, text)], a new run where each passage begins."""
+        bounds = [(0, None), *sorted(self.passages.values_list("start", "pk"))]
+        runs = []
+        for index, (start, pk) in enumerate(bounds):
+            end = bounds[index + 1][0] if index + 1 < len(bounds) else len(self.text)
+            if end > start:
+                runs.append((pk, self.text[start:end]))
+        return runs
+
+    def index_passages(self):
+        """Cut the text into passages and store them (the search engines index them as they go in)."""
+        from .passages import split
+
+        self.passages.all().delete()
+        Passage.objects.bulk_create(
+            [
+                Passage(document=self, position=i, start=p.start, end=p.end, text=p.text, tokens=p.tokens,
+                        page=p.page, section=p.section, title=self.title)
+                for i, p in enumerate(split(self.text, self.kind, self.outline))
+            ],
+            batch_size=500,
+        )
+
+
+class Passage(models.Model):
+    """A few hundred tokens of a document, where they came from, and their place in its text."""
+
+    document = models.ForeignKey(Document, models.CASCADE, related_name="passages")
+    position = models.PositiveIntegerField()
+    start = models.PositiveIntegerField(help_text="offset of the passage in the document's text")
+    end = models.PositiveIntegerField()
+    text = models.TextField()
+    tokens = models.PositiveIntegerField()
+    page = models.PositiveIntegerField(null=True, blank=True)
+    section = models.CharField(max_length=300, blank=True)
+    # The document's title again: both engines index it with the passage, weighted above the text.
+    title = models.CharField(max_length=200)
+    # PostgreSQL's tsvector, kept by a trigger (documents_app/search.py); unused (NULL) on SQLite,
+    # where an FTS5 table mirrors the passages instead.
+    search = SearchVectorField(null=True, editable=False)
+
+    class Meta:
+        ordering = ["document", "position"]
+        constraints = [models.UniqueConstraint(fields=["document", "position"], name="one_passage_per_position")]
+
+    def __str__(self):
+        return f"{self.title} #{self.position}"
+
+    @property
+    def label(self):
+        from .passages import label
+
+        return label(self.title, self.page, self.section)

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
@@ -9,7 +10,7 @@ from django.views.decorators.http import require_GET, require_POST
 from teams_app.models import Membership
 from voiceproject.views import json_error
 
-from . import extract
+from . import extract, search
 from .forms import UploadForm
 from .models import Document
 from .tokens import count_tokens
@@ -36,14 +37,19 @@ def _writable_membership(user):
     return membership
 
 
-def _library(request, form=None, error=None, duplicate=None, status=200):
-    query = request.GET.get("q", "").strip()[:200]
-    documents = Document.objects.visible_to(request.user).select_related("owner", "team").defer("text")
+def _found(user, query, limit):
+    """(document, snippet runs) pairs: most relevant first for a query, else newest first."""
     if query:
-        documents = documents.search(query)
+        return [(hit.document, search.marked(hit.snippet)) for hit in search.search_documents(user, query, limit)]
+    documents = Document.objects.visible_to(user).select_related("owner", "team").defer("text")[:limit]
+    return [(document, []) for document in documents]
+
+
+def _library(request, form=None, error=None, duplicate=None, status=200):
+    query = search.clean(request.GET.get("q", ""))[:200].strip()
     membership = Membership.primary_for(request.user)
     context = {
-        "documents": documents[:200],
+        "results": _found(request.user, query, 200),
         "query": query,
         "form": form or UploadForm(),
         "error": error,
@@ -94,7 +100,7 @@ def _upload(request):
     visible = Document.objects.visible_to(request.user).filter(team=membership.team, sha256=sha).first()
     if visible:
         return _library(request, form=UploadForm(), duplicate=visible, status=409)
-    with transaction.atomic():
+    with transaction.atomic():  # the document and its passages, or neither
         document = Document.objects.create(
             team=membership.team,
             owner=request.user,
@@ -108,6 +114,7 @@ def _upload(request):
             size_bytes=upload.size,
             pages=result.pages,
             encoding=result.encoding or "",
+            outline=result.outline or {},
         )
     return redirect("documents-detail", document_id=document.pk)
 
@@ -124,6 +131,9 @@ def detail(request, document_id):
     return render(request, "documents/detail.html", {
         "document": document,
         "can_delete": document.can_delete(request.user),
+        # The text, cut where each passage starts, so a source can link to its passage.
+        "segments": document.segments(),
+        "fits": fits_by_model(document.tokens),
     })
 
 
@@ -141,9 +151,26 @@ def delete(request, document_id):
 def api_documents(request):
     if not request.user.is_authenticated:
         return json_error("not_authenticated", "Sign in first.", 401)
-    query = request.GET.get("q", "").strip()[:200]
-    # Listings never need the text itself, which is most of each row.
-    documents = Document.objects.visible_to(request.user).select_related("owner", "team").defer("text")
-    if query:
-        documents = documents.search(query)
-    return JsonResponse({"documents": [d.as_json() for d in documents[:MAX_RESULTS]]})
+    query = search.clean(request.GET.get("q", ""))[:200].strip()
+    found = _found(request.user, query, MAX_RESULTS)
+    return JsonResponse({"documents": [{**d.as_json(), **_snippet_json(runs)} for d, runs in found]})
+
+
+def _snippet_json(runs):
+    """The snippet as plain text, and where in it the matched words are ([start, end] pairs)."""
+    text, highlights = "", []
+    for part, matched in runs:
+        if matched:
+            highlights.append([len(text), len(text) + len(part)])
+        text += part
+    return {"snippet": text, "highlights": highlights}
+
+
+def fits_by_model(tokens):
+    """For each model: does a document of this many tokens go into the conversation whole, or is it searched?"""
+    from sessions_app.models import ModelPrice
+
+    return [
+        {"model": p.model, "budget": p.document_budget, "mode": "inline" if tokens <= p.document_budget else "search"}
+        for p in ModelPrice.objects.filter(model__in=settings.REALTIME_MODELS).order_by("model")
+    ]

@@ -50,7 +50,7 @@ def sentences(text: str) -> list[str]:
     return found
 
 
-def _shorten(sentence: str) -> str:
+def shorten(sentence: str) -> str:
     words = sentence.split()
     if len(words) <= MAX_WORDS:
         return sentence
@@ -74,7 +74,7 @@ def document_answer(document: str, turn: int) -> str | None:
     found = sentences(document)
     if not found:
         return None
-    return "From the document: " + _shorten(found[turn % len(found)])
+    return "From the document: " + shorten(found[turn % len(found)])
 
 
 def function_output_answer(output: str) -> str:
@@ -89,7 +89,7 @@ def function_output_answer(output: str) -> str:
         phrase = ", ".join(str(v) for v in data)
     else:
         phrase = str(data)
-    return "Here is what I found: " + _shorten(" ".join(phrase.split()) or "nothing")
+    return "Here is what I found: " + shorten(" ".join(phrase.split()) or "nothing")
 
 
 def pick_answer(records: list[ItemRecord], document_turn: int) -> tuple[str, bool]:

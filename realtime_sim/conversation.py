@@ -8,9 +8,10 @@ import binascii
 import copy
 import json
 import time
+from dataclasses import dataclass
 from typing import Callable
 
-from . import ids, usage
+from . import ids, tooluse, usage
 from .answers import pick_answer
 from .audio import OutputAudio, rms_s16
 from .config import SimConfig
@@ -52,6 +53,23 @@ def _placeholder_transcript(ms: float) -> str:
     return f"(about {ms / 1000:.1f} seconds of speech)"
 
 
+@dataclass
+class AutoCall:
+    """A function call the simulated model made by itself for a user turn."""
+
+    call_id: str
+    turn_item_id: str
+    turn_text: str
+    query: str
+    run: ResponseRun
+    answer_run: ResponseRun | None = None
+
+    @property
+    def answered(self) -> bool:
+        # A cut-short answer does not count: the next response answers the output again.
+        return self.answer_run is not None and self.answer_run.status != "cancelled"
+
+
 class Conversation:
     """Consumes client events and microphone loudness; produces server events via `emit`."""
 
@@ -74,6 +92,8 @@ class Conversation:
         self.document_turns = 0
         self.script: dict = {}
         self.user_transcript: str | None = None
+        self.auto_calls: dict[str, AutoCall] = {}  # call_id -> the model's own tool call
+        self.called_turns: dict[str, str] = {}  # user turn item id -> call_id (one call per turn)
         self.speech_item_id: str | None = None
         self.audio_started = False
         self.closed = False
@@ -316,7 +336,7 @@ class Conversation:
             "id": item_id, "object": "realtime.item", "type": "message", "status": "completed", "role": "user",
             "content": [{"type": "input_audio", "transcript": None}],
         }
-        record = ItemRecord(item, {0: audio_ms})
+        record = ItemRecord(item, {0: audio_ms}, spoken=self.user_transcript or None)
         self.items.insert(record)
         self.emit(server_event("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id))
         self.emit(server_event("conversation.item.added", previous_item_id=previous, item=record.snapshot()))
@@ -365,6 +385,7 @@ class Conversation:
     def start_response(self, params: dict) -> ResponseRun | None:
         session = self.session
         script, self.script = self.script, {}
+        on_start: Callable[[ResponseRun], None] | None = None
         audio_out = {**session["audio"]["output"], **((params.get("audio") or {}).get("output") or {})}
         plan = ResponsePlan(
             kind="message",
@@ -386,20 +407,93 @@ class Conversation:
             plan.kind = "function_call"
             plan.function_name = name
             plan.arguments = arguments if isinstance(arguments, str) else json.dumps(arguments)
+            plan.call_id = ids.function_call_id()
+            turn = tooluse.latest_turn(self.items.records)
+            if turn is not None:  # the turn has had its tool call: no automatic one after it
+                self.called_turns.setdefault(turn.record.id, plan.call_id)
         elif "text" in script:
             plan.text = str(script["text"])
         else:
-            plan.text, used_document = pick_answer(self.items.records, self.document_turns)
-            if used_document:
-                self.document_turns += 1
+            on_start = self._plan_unscripted(plan, params)
         plan.fit_to_limit()
         run = ResponseRun(self, plan)
         self.active = run
         self.responses.append(run)
+        if on_start is not None:
+            on_start(run)
         if plan.kind == "message" and plan.modality == "audio":
             self.audio_started = True
         run.start()
         return run
+
+    def _plan_unscripted(self, plan: ResponsePlan, params: dict) -> Callable[[ResponseRun], None] | None:
+        """Fill an unscripted plan: the answer to the model's own call, the model's own call, or an answer.
+
+        Returns what to record once the response exists (for an automatic call or its answer).
+        """
+        records = self.items.records
+        turn = tooluse.latest_turn(records)
+        answering = self._auto_output_to_answer(records, turn)
+        if answering is not None:
+            auto, output = answering
+            plan.text = tooluse.tool_output_answer(output, auto.turn_text, auto.query)
+            plan.after_call_id = auto.call_id
+
+            def answered_by(run: ResponseRun) -> None:
+                auto.answer_run = run
+            return answered_by
+        document = None
+        last_is_output = bool(records) and records[-1].item.get("type") == "function_call_output"
+        if turn is not None and turn.text and not last_is_output:
+            if turn.record.id in self.called_turns:
+                called = self.auto_calls.get(self.called_turns[turn.record.id])
+                if called is not None and self._waiting_for_output(called, records):
+                    plan.text = tooluse.WAITING_ANSWER
+                    return None
+            else:
+                document = tooluse.answering_document(turn.text, tooluse.documents(records))
+                tool = tooluse.tool_for_turn(params, self.session)
+                if document is None and tool is not None and tooluse.significant_words(turn.text):
+                    plan.kind = "function_call"
+                    plan.function_name = tool["name"]
+                    plan.arguments, query = tooluse.call_arguments(tool, turn.text)
+                    call_id = plan.call_id = ids.function_call_id()
+
+                    def called_by(run: ResponseRun) -> None:
+                        self.auto_calls[call_id] = AutoCall(call_id, turn.record.id, turn.text, query, run)
+                        self.called_turns[turn.record.id] = call_id
+                    return called_by
+        if document is not None:
+            answer = tooluse.document_sentence_answer(document, turn.text)
+            if answer:
+                plan.text = answer
+                return None
+        plan.text, used_document = pick_answer(records, self.document_turns)
+        if used_document:
+            self.document_turns += 1
+        if last_is_output:
+            plan.after_call_id = records[-1].item.get("call_id")
+        return None
+
+    def _auto_output_to_answer(self, records: list[ItemRecord], turn: tooluse.Turn | None):
+        """(call, output) for the newest unanswered output of the model's own call after the latest turn."""
+        start = next((i + 1 for i, r in enumerate(records) if r is turn.record), 0) if turn is not None else 0
+        for record in reversed(records[start:]):
+            item = record.item
+            if item.get("type") != "function_call_output":
+                continue
+            auto = self.auto_calls.get(item.get("call_id"))
+            if auto is not None and not auto.answered:
+                return auto, str(item.get("output", ""))
+        return None
+
+    @staticmethod
+    def _waiting_for_output(auto: AutoCall, records: list[ItemRecord]) -> bool:
+        """The call went out whole and its output has not come yet."""
+        if auto.run.status != "completed":
+            return False  # cut short: the client will not answer it
+        return not any(r.item.get("type") == "function_call_output" and r.item.get("call_id") == auto.call_id
+                       for r in records)
 
     def responses_summary(self) -> list[dict]:
         return [run.summary() for run in self.responses]

@@ -33,6 +33,7 @@ class ItemRecord:
 
     item: dict
     part_audio_ms: dict[int, float] = field(default_factory=dict)
+    spoken: str | None = None  # what a user audio turn said (a scripted transcript), heard by the model
 
     @property
     def id(self) -> str:

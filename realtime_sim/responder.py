@@ -43,6 +43,8 @@ class ResponsePlan:
     max_output_tokens: Any = "inf"
     metadata: dict | None = None
     usage_override: dict | None = None
+    call_id: str = ""  # a function_call's call_id, chosen up front (a new one if empty)
+    after_call_id: str | None = None  # a message that answers this function call's output
     speech_ms: int = 0
     truncated: bool = False
 
@@ -123,6 +125,9 @@ class ResponseRun:
             "usage": self.usage,
             "transcript": self.produced if self.plan.kind == "message" else None,
             "arguments": self.produced if self.plan.kind == "function_call" else None,
+            "call_id": self.record.item.get("call_id") if self.plan.kind == "function_call" and self.record else None,
+            "name": self.plan.function_name if self.plan.kind == "function_call" else None,
+            "after_call_id": self.plan.after_call_id if self.plan.kind == "message" else None,
             "audio_ms": self.audio_ms,
             "done_at_ms": self.done_at_ms,
             "playback": self.playback.as_dict(loop_time()) if self.playback else None,
@@ -156,7 +161,8 @@ class ResponseRun:
         if self.plan.kind == "function_call":
             item = {
                 "id": ids.item_id(), "object": "realtime.item", "type": "function_call", "status": "in_progress",
-                "call_id": ids.function_call_id(), "name": self.plan.function_name, "arguments": "",
+                "call_id": self.plan.call_id or ids.function_call_id(), "name": self.plan.function_name,
+                "arguments": "",
             }
         else:
             item = {

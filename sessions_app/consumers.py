@@ -194,6 +194,9 @@ class SessionUsageConsumer(AsyncJsonWebsocketConsumer):
     async def call_ended(self, event):
         await self.send_json(event)
 
+    async def answer_sources(self, event):
+        await self.send_json(event)
+
     @database_sync_to_async
     def owns_session(self, user):
         return RealtimeSession.objects.filter(pk=self.session_id, user=user).exists()

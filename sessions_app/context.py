@@ -10,6 +10,8 @@ from django.conf import settings
 
 from documents_app.tokens import count_tokens
 
+from .tools import DEFINITION
+
 INSTRUCTIONS = (
     "You are a helpful voice assistant for the team {team}. Speak naturally and keep answers short. "
     "The conversation may start with documents the user chose, each inside <document id=... title=...> "
@@ -37,8 +39,9 @@ def instructions_for(team):
     return INSTRUCTIONS.format(team=team.name if team else "you")
 
 
-def session_config(req, instructions, max_output_tokens):
-    """The GA `session` object sent to client_secrets (RealtimeSessionCreateRequestGA)."""
+def session_config(req, instructions, max_output_tokens, with_search=False):
+    """The GA `session` object sent to client_secrets (RealtimeSessionCreateRequestGA); with the
+    document-search tool when some documents are searched rather than read whole."""
     return {
         "type": "realtime",
         "model": req.model,
@@ -53,7 +56,7 @@ def session_config(req, instructions, max_output_tokens):
         },
         "max_output_tokens": min(max_output_tokens, 4096),
         # Said outright, so the sideband can tell when a page changed them.
-        "tools": [],
+        "tools": [DEFINITION] if with_search else [],
         "tool_choice": "auto",
         # Drop 20% of the oldest turns at once when the context fills, which
         # keeps the prompt cache useful instead of busting it every turn.

@@ -413,9 +413,9 @@ def _csv_cells(values):
     return ["'" + cell if cell.startswith(FORMULA_START) else cell for cell in cells]
 
 
-def _get_own_session(user, session_id):
+def _get_readable_session(user, session_id):
     try:
-        return RealtimeSession.objects.get(pk=session_id, user=user)
+        return RealtimeSession.objects.readable_by(user).select_related("user", "team").get(pk=session_id)
     except RealtimeSession.DoesNotExist:
         raise Http404 from None
 
@@ -440,13 +440,15 @@ def history(request):
 @login_required
 @require_GET
 def history_detail(request, session_id):
-    session = _get_own_session(request.user, session_id)
+    from .exports import transcript_rows
+
+    session = _get_readable_session(request.user, session_id)
     context = {
         "session": session,
         "duration": _duration_display(_duration(session)),
         "cost": f"{session.billed_cost_usd:.4f}",
         "cost_usd": f"{session.billed_cost_usd:.8f}",
-        "transcript": session.transcript.all(),
+        "transcript": transcript_rows(session),
         "calls": session.calls.all(),
     }
     return render(request, "sessions/history.html", context)

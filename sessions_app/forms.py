@@ -32,6 +32,7 @@ class MintRequest:
     sdp: str
     document_ids: list = field(default_factory=list)
     document_text: str = ""
+    search_only: bool = False
 
 
 def _choice(data, key, allowed, default):
@@ -46,7 +47,9 @@ def _choice(data, key, allowed, default):
 def parse_mint_request(data):
     if not isinstance(data, dict):
         raise RequestError("the body must be a JSON object")
-    unknown = sorted(set(data) - {"model", "voice", "turn_detection", "document_ids", "document_text", "sdp"})
+    unknown = sorted(
+        set(data) - {"model", "voice", "turn_detection", "document_ids", "document_text", "search_only", "sdp"}
+    )
     if unknown:
         raise RequestError(f"unknown field: {', '.join(unknown)}")
     model = _choice(data, "model", settings.REALTIME_MODELS, settings.DEFAULT_MODEL)
@@ -70,7 +73,10 @@ def parse_mint_request(data):
         raise RequestError("document_text must be a string")
     if len(text) > MAX_PASTED_CHARS:
         raise RequestError("document_text is too long")
-    return MintRequest(model, voice, turn, check_offer(data.get("sdp")), parsed_ids, text.strip())
+    search_only = data.get("search_only", False)
+    if not isinstance(search_only, bool):
+        raise RequestError("search_only must be true or false")
+    return MintRequest(model, voice, turn, check_offer(data.get("sdp")), parsed_ids, text.strip(), search_only)
 
 
 def parse_resume_request(data):

@@ -61,6 +61,17 @@ class EndReason(models.TextChoices):
     NEVER_CONNECTED = "never_connected", "Never connected"
 
 
+class SessionQuerySet(models.QuerySet):
+    def readable_by(self, user):
+        """What the user may read: their own conversations; a team admin's team's too; staff all."""
+        if user.is_staff:
+            return self
+        from teams_app.models import Membership
+
+        admin_teams = Membership.objects.filter(user=user, role=Membership.ADMIN).values("team")
+        return self.filter(models.Q(user=user) | models.Q(team__in=admin_teams))
+
+
 class RealtimeSession(models.Model):
     """One conversation: its choices, documents, transcript and totals, over one call or several."""
 
@@ -118,6 +129,8 @@ class RealtimeSession(models.Model):
     # The page's usage socket: when it last connected and last went away.
     page_connected_at = models.DateTimeField(null=True, blank=True)
     page_left_at = models.DateTimeField(null=True, blank=True)
+
+    objects = SessionQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]
@@ -435,6 +448,8 @@ class TranscriptEntry(models.Model):
     text = models.TextField(blank=True)
     call_number = models.PositiveIntegerField(default=1)
     position = models.PositiveIntegerField(default=0)
+    # For an answer: the response that spoke it (its cost is that response's usage).
+    response_id = models.CharField(max_length=128, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -464,6 +479,54 @@ class TranscriptEntry(models.Model):
             session_id=session_id, item_id=item_id,
             defaults={"role": role, "text": text, "call_number": call_number, "position": (last["p"] or 0) + 1},
         )
+
+
+class ToolCall(models.Model):
+    """The model looked something up: its query, what the server answered, and the answer that followed."""
+
+    session = models.ForeignKey(RealtimeSession, models.CASCADE, related_name="tool_calls")
+    call = models.ForeignKey(Call, models.SET_NULL, null=True, blank=True, related_name="tool_calls")
+    function_call_id = models.CharField(max_length=128, help_text="the upstream's call_id of the function call")
+    name = models.CharField(max_length=64)
+    query = models.TextField(blank=True)
+    output = models.TextField(blank=True)
+    response_id = models.CharField(max_length=128, blank=True, help_text="the response that asked")
+    # The answer the passages were for: the next response, and its spoken item.
+    answer_response_id = models.CharField(max_length=128, blank=True)
+    answer_item_id = models.CharField(max_length=128, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["session", "function_call_id"], name="one_tool_call_per_function_call")
+        ]
+
+
+class Source(models.Model):
+    """One passage a tool call returned, as it was returned: kept even if its document goes."""
+
+    tool_call = models.ForeignKey(ToolCall, models.CASCADE, related_name="sources")
+    position = models.PositiveIntegerField()
+    document = models.ForeignKey("documents_app.Document", models.SET_NULL, null=True, blank=True, related_name="+")
+    passage = models.ForeignKey("documents_app.Passage", models.SET_NULL, null=True, blank=True, related_name="+")
+    title = models.CharField(max_length=200)
+    page = models.PositiveIntegerField(null=True, blank=True)
+    section = models.CharField(max_length=300, blank=True)
+    text = models.TextField()
+
+    class Meta:
+        ordering = ["tool_call", "position"]
+
+    def as_json(self):
+        return {
+            "document_id": str(self.document_id) if self.document_id else None,
+            "passage_id": self.passage_id,
+            "title": self.title,
+            "page": self.page,
+            "section": self.section or None,
+            "text": self.text,
+        }
 
 
 class TranscriptionPrice(models.Model):

@@ -35,9 +35,9 @@ from django.utils import timezone
 
 from documents_app.models import Document
 
-from . import context, upstream, usage
+from . import context, tools, upstream, usage
 from .consumers import publish_usage, session_group
-from .models import Call, EndReason, RealtimeSession, SessionEvent, TranscriptEntry, UsageRecord
+from .models import Call, EndReason, RealtimeSession, SessionEvent, Source, ToolCall, TranscriptEntry, UsageRecord
 from .pricing import UsageError
 
 log = logging.getLogger(__name__)
@@ -283,6 +283,13 @@ class CallWatch:
         self.pending_context = set()
         self.position = 0
         self.info = None
+        # Tool calls: the responses running now, the outputs waiting for their response to end,
+        # the response.create owed for each answered batch, and which answer each batch was for.
+        self.active = set()
+        self.outputs = {}  # response id -> [(function call id, output, tool call pk)]
+        self.owed = []  # metadata of the response.create still to send, one per batch
+        self.creating = None  # metadata of a response.create sent, not yet seen created
+        self.answer_for = {}  # response id -> [tool call pk]
 
     # ---- the loop ----
 
@@ -436,11 +443,14 @@ class CallWatch:
         if kind in ("session.created", "session.updated"):
             await self.police_session(event.get("session"))
         elif kind == "response.created":
-            await self.police_response(event.get("response"))
+            await self.response_created(event.get("response") or {})
+        elif kind == "response.function_call_arguments.done":
+            await self.tool_call(event)
         elif kind == "response.done":
             response = event.get("response") or {}
             if isinstance(response.get("usage"), dict) and isinstance(response.get("id"), str):
                 await self.record(response["id"], response["usage"], UsageRecord.RESPONSE)
+            await self.response_done(response)
         elif kind == "conversation.item.added":
             await self.item_added(event.get("item") or {})
         elif kind == "conversation.item.input_audio_transcription.completed":
@@ -471,6 +481,10 @@ class CallWatch:
             # The 60-minute cap: the upstream ends the call now.
             self.expired = True
             return
+        if (error.get("event_id") or "").startswith("answer-") and self.creating is not None:
+            # Our response.create met a response already running: ask again when that one ends.
+            self.owed.insert(0, self.creating)
+            self.creating = None
         event_id = error.get("event_id") or ""
         if event_id.startswith("create-"):
             # One of our items was refused (a duplicate after a reattach is already there).
@@ -507,6 +521,77 @@ class CallWatch:
         if recorded is not None:
             await publish_usage(get_channel_layer(), self.info["session_id"], recorded)
 
+    # ---- the document-search tool ----
+
+    async def response_created(self, response):
+        await self.police_response(response)
+        if isinstance(response.get("id"), str):
+            self.active.add(response["id"])
+            asked = (response.get("metadata") or {}).get("tool_calls")
+            if asked and asked == self.creating:
+                self.creating = None
+                self.answer_for[response["id"]] = [int(pk) for pk in asked.split(",") if pk.isdigit()]
+
+    async def tool_call(self, event):
+        """Answer a function call from the conversation's documents; the output goes in when its response ends."""
+        call_id, name = event.get("call_id"), event.get("name")
+        if not isinstance(call_id, str) or not isinstance(name, str) or len(call_id) > 128:
+            return
+        response_id = event.get("response_id") if isinstance(event.get("response_id"), str) else ""
+        answered = await self.retry_db(
+            tools.answer, self.info["session_id"], call_id, name, event.get("arguments"), response_id,
+            call=self.info["call"],
+        )
+        if answered is None:
+            output, pk = "The documents cannot be searched right now. Tell the user and offer to try again.", None
+        else:
+            output, pk = answered.output, answered.tool_call.pk
+        self.outputs.setdefault(response_id, []).append((call_id, output, pk))
+
+    async def response_done(self, response):
+        response_id = response.get("id")
+        self.active.discard(response_id)
+        batch = self.outputs.pop(response_id, [])
+        for call_id, output, _ in batch:
+            item = {"type": "function_call_output", "call_id": call_id, "output": output}
+            await self.ws.send_str(json.dumps({"type": "conversation.item.create", "item": item}))
+        # One response.create for the whole batch, and none for a response the user cut short.
+        if batch and response.get("status") == "completed":
+            self.owed.append(",".join(str(pk) for _, _, pk in batch if pk is not None))
+        for_tools = self.answer_for.pop(response_id, None)
+        spoken = [i.get("id") for i in response.get("output") or []
+                  if isinstance(i, dict) and i.get("type") == "message" and i.get("role") == "assistant"]
+        if spoken and isinstance(response_id, str):
+            sources = await self.retry_db(self.mark_answer, response_id, spoken[0], for_tools or [])
+            if sources:
+                await get_channel_layer().group_send(
+                    session_group(self.info["session_id"]),
+                    {"type": "answer.sources", "item_id": spoken[0], "sources": sources},
+                )
+        await self.ask_for_answer()
+
+    async def ask_for_answer(self):
+        """Send the next owed response.create, never while a response is running."""
+        if self.active or self.creating is not None or not self.owed or self.ws is None:
+            return
+        self.creating = self.owed.pop(0)
+        await self.ws.send_str(json.dumps({
+            "type": "response.create", "event_id": f"answer-{self.creating}"[:512],
+            "response": {"metadata": {"tool_calls": self.creating}},
+        }))
+
+    def mark_answer(self, response_id, item_id, tool_call_pks):
+        """The spoken item of a response: its cost is the response's; its sources, those of the tool
+        calls it followed (returned, for the page)."""
+        TranscriptEntry.objects.filter(session_id=self.info["session_id"], item_id=item_id).update(
+            response_id=response_id)
+        if not tool_call_pks:
+            return []
+        ToolCall.objects.filter(pk__in=tool_call_pks, session_id=self.info["session_id"]).update(
+            answer_response_id=response_id, answer_item_id=item_id)
+        return [s.as_json() for s in Source.objects.filter(tool_call_id__in=tool_call_pks).order_by(
+            "tool_call__created_at", "position")]
+
     # ---- policing ----
 
     async def police_session(self, session):
@@ -515,7 +600,7 @@ class CallWatch:
         minted = self.info["config"]
         changed = {
             field: session.get(field) for field in context.POLICED_FIELDS
-            if field in minted and field in session and session.get(field) != minted[field]
+            if field in minted and field in session and _policed(field, session.get(field)) != _policed(field, minted[field])
         }
         if not changed:
             return
@@ -602,6 +687,14 @@ class CallWatch:
     def end_call(self, reason):
         """The upstream says the call is gone. The conversation goes on: the page may resume it."""
         Call.objects.get(pk=self.pk).end(reason)
+
+
+def _policed(field, value):
+    """What counts of a policed value: of a tool, what the model sees (the upstream may add defaults)."""
+    if field == "tools" and isinstance(value, list):
+        return [(t.get("type"), t.get("name"), t.get("description"), t.get("parameters"))
+                if isinstance(t, dict) else t for t in value]
+    return value
 
 
 def _shorten(values, limit=500):

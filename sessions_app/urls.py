@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import dashboard, views
+from . import dashboard, exports, views
 
 urlpatterns = [
     path("", views.voice_page, name="sessions-page"),
@@ -10,6 +10,8 @@ urlpatterns = [
     path("api/sessions/<uuid:session_id>/end", views.end_session, name="sessions-end"),
     path("sessions/", dashboard.history, name="sessions-history"),
     path("sessions/<uuid:session_id>/", dashboard.history_detail, name="sessions-history-detail"),
+    path("sessions/<uuid:session_id>/transcript.md", exports.transcript_markdown, name="sessions-transcript-md"),
+    path("sessions/<uuid:session_id>/transcript.csv", exports.transcript_csv, name="sessions-transcript-csv"),
     path("dashboard/", dashboard.dashboard, name="dashboard"),
     path("dashboard/spend.csv", dashboard.spend_csv, name="dashboard-csv"),
     path("dashboard/budgets/", views.budgets, name="sessions-budgets"),

@@ -18,7 +18,7 @@ from documents_app.tokens import count_tokens
 from teams_app.models import Membership, Team
 from voiceproject.views import api_login_required, json_error
 
-from . import context, upstream
+from . import context, tools, upstream
 from .dashboard import teams_whose_spend_user_sees
 from .forms import BudgetForm, RequestError, parse_mint_request, parse_resume_request
 from .models import Budget, Call, EndReason, ModelPrice, RealtimeSession
@@ -31,11 +31,7 @@ log = logging.getLogger(__name__)
 def _get_session_for_user(user, session_id, manage=False):
     """The user's own session; staff and the team's admins may also read it."""
     sessions = RealtimeSession.objects.select_related("user", "team")
-    if manage:
-        sessions = sessions.filter(user=user)
-    elif not user.is_staff:
-        admin_teams = Membership.objects.filter(user=user, role=Membership.ADMIN).values("team")
-        sessions = sessions.filter(Q(user=user) | Q(team__in=admin_teams))
+    sessions = sessions.filter(user=user) if manage else sessions.readable_by(user)
     try:
         return sessions.get(pk=session_id)
     except RealtimeSession.DoesNotExist:
@@ -79,6 +75,18 @@ def _mint_preflight(request, user, req):
     membership = Membership.primary_for(user)
     room = Budget.room_for(user, membership.team if membership else None)
     return usage, ModelPrice.objects.filter(model=req.model).first(), membership, documents, room
+
+
+def place_documents(library, room, search_only=False):
+    """Each chosen document, in the order chosen, read whole while the model's document budget lasts
+    ("inline"), else searched ("search"); every one searched when the person asked for search only."""
+    placed = []
+    for doc in library:
+        inline = not search_only and doc.tokens <= room
+        room -= doc.tokens if inline else 0
+        placed.append({"id": str(doc.pk), "title": doc.title, "tokens": doc.tokens, "sha256": doc.sha256,
+                       "mode": "inline" if inline else "search"})
+    return placed
 
 
 def session_reserve(price, document_tokens):
@@ -129,8 +137,8 @@ def _new_session(user, team, req, config, documents, doc_tokens, call_id, secret
             turn_detection=req.turn_detection,
             instructions=config["instructions"],
             session_config=config,
-            # Which documents, and which version of their text, went into the context.
-            documents=[{k: d[k] for k in ("id", "title", "tokens", "sha256")} for d in documents],
+            # Which documents, which version of their text, and whether each is read whole or searched.
+            documents=[{k: d[k] for k in ("id", "title", "tokens", "sha256", "mode")} for d in documents],
             document_tokens=doc_tokens,
             pasted_text=req.document_text,
             connected_at=timezone.now(),
@@ -197,26 +205,30 @@ async def mint_session(request):
     if None in library:
         return json_error("document_not_found", "One of the chosen documents does not exist or is not yours to use.", 404)
 
-    documents = [
-        {"id": str(d.pk), "title": d.title, "text": d.text, "tokens": d.tokens, "sha256": d.sha256} for d in library
-    ]
+    pasted = []
     if req.document_text:
         tokens = await sync_to_async(count_tokens, thread_sensitive=False)(req.document_text)
-        documents.append({"id": "pasted", "title": "Pasted text", "text": req.document_text, "tokens": tokens,
-                          "sha256": Document.hash_text(req.document_text)})
-    doc_tokens = sum(d["tokens"] for d in documents)
-    if doc_tokens > price.document_budget:
+        pasted = [{"id": "pasted", "title": "Pasted text", "tokens": tokens, "mode": "inline",
+                   "sha256": Document.hash_text(req.document_text)}]
+    documents = pasted + place_documents(library, price.document_budget - sum(d["tokens"] for d in pasted),
+                                         req.search_only)
+    inline_tokens = sum(d["tokens"] for d in documents if d["mode"] == "inline")
+    if pasted and pasted[0]["tokens"] > price.document_budget:
         return json_error(
             "invalid_request",
-            f"The documents take {doc_tokens:,} tokens; {req.model} allows {price.document_budget:,}. "
-            "Choose fewer or shorter documents.",
+            f"The pasted text takes {pasted[0]['tokens']:,} tokens; {req.model} allows {price.document_budget:,} "
+            "in the conversation. Paste less, or upload it to the library, where any size can be searched.",
             400,
         )
-    if refused := _budget_refusal(room, price, doc_tokens):
+    if refused := _budget_refusal(room, price, inline_tokens):
         return refused
 
     team = membership.team if membership else None
-    config = context.session_config(req, context.instructions_for(team), price.max_output_tokens)
+    instructions = context.instructions_for(team)
+    searched = [d["title"] for d in documents if d["mode"] == "search"]
+    if searched:
+        instructions += tools.instructions(searched)
+    config = context.session_config(req, instructions, price.max_output_tokens, with_search=bool(searched))
     try:
         answer, call_id, secret = await _create_call(user, config, req.sdp)
     except upstream.UpstreamError as exc:
@@ -224,7 +236,7 @@ async def mint_session(request):
     # The call exists upstream: it is on the record before the page hears of it, or it is hung up.
     try:
         session, call = await sync_to_async(_new_session)(
-            user, team, req, config, documents, doc_tokens, call_id, secret
+            user, team, req, config, documents, inline_tokens, call_id, secret
         )
     except DatabaseError:
         log.exception("a new session could not be saved; hanging its call up")
@@ -239,7 +251,7 @@ async def mint_session(request):
             "model": session.model,
             "voice": session.voice,
             "turn_detection": session.turn_detection,
-            "documents": [{**d, "mode": "inline"} for d in session.documents],
+            "documents": [{k: d[k] for k in ("id", "title", "tokens", "mode")} for d in session.documents],
             "usage_ws": f"/ws/sessions/{session.pk}/",
         },
         status=201,
@@ -318,10 +330,16 @@ async def end_session(request, session_id):
 def session_detail(request, session_id):
     session = _get_session_for_user(request.user, session_id)
     payload = session_payload(session)
+    sources = tools.sources_by_item(session)
     payload["transcript"] = [
-        {"item_id": t.item_id, "role": t.role, "text": t.text, "call": t.call_number, "sources": [],
-         "at": t.created_at.isoformat()}
-        for t in session.transcript.all()
+        {"item_id": t.item_id, "role": t.role, "text": t.text, "call": t.call_number,
+         "sources": sources.get(t.item_id, []), "at": t.created_at.isoformat()}
+        for t in session.transcript.exclude(text="")
+    ]
+    payload["tool_calls"] = [
+        {"name": c.name, "query": c.query, "call": c.call.number if c.call else None,
+         "answer_item_id": c.answer_item_id or None, "at": c.created_at.isoformat()}
+        for c in session.tool_calls.select_related("call")
     ]
     payload["usage"] = [
         {

@@ -1,7 +1,6 @@
 """The Django admin: the records are there for staff, spend records read-only."""
 
 import pytest
-from django.utils import timezone
 
 from documents_app.models import Document
 from sessions_app.models import RealtimeSession

@@ -377,10 +377,10 @@ def test_history_detail_shows_the_transcript_and_export(client, bob, histories):
     assert f'href="/api/sessions/{mine.pk}"' in body
 
 
-@pytest.mark.parametrize("who", ["alice", "charlie", "staff"])
-def test_others_history_detail_is_404(client, histories, who, request):
+@pytest.mark.parametrize("who, status", [("alice", 200), ("staff", 200), ("charlie", 404)])
+def test_a_session_page_is_for_its_owner_team_admins_and_staff(client, histories, who, status, request):
     mine, _ = histories
-    assert login(client, request.getfixturevalue(who)).get(f"/sessions/{mine.pk}/").status_code == 404
+    assert login(client, request.getfixturevalue(who)).get(f"/sessions/{mine.pk}/").status_code == status
 
 
 def test_history_detail_anonymous_and_bad_ids(client, bob, histories):

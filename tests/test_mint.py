@@ -80,7 +80,7 @@ def test_mint_creates_the_call_and_answers_with_its_sdp(csrf_client, alice, fake
     assert data["sdp"] == ANSWER and data["call"] == 1
     assert data["usage_ws"] == f"/ws/sessions/{data['id']}/"
     assert data["documents"] == [{"id": "pasted", "title": "Pasted text", "tokens": data["documents"][0]["tokens"],
-                                  "sha256": Document.hash_text("The launch is on 3 March."), "mode": "inline"}]
+                                  "mode": "inline"}]
     # The secret never leaves the server: not in the answer, in any form.
     assert SECRET not in response.content.decode() and "ek_" not in response.content.decode()
 
@@ -113,7 +113,7 @@ def test_mint_creates_the_call_and_answers_with_its_sdp(csrf_client, alice, fake
     assert record.user == alice and record.team.name == "Demo" and record.model == "gpt-realtime"
     assert record.status == "active" and record.session_config == session
     assert record.documents == [{"id": "pasted", "title": "Pasted text", "tokens": record.document_tokens,
-                                 "sha256": Document.hash_text("The launch is on 3 March.")}]
+                                 "sha256": Document.hash_text("The launch is on 3 March."), "mode": "inline"}]
     assert record.pasted_text == "The launch is on 3 March." and record.document_tokens > 5
     # The call id from Location is on the record; the secret is kept sealed for the sideband only.
     call = Call.objects.get(session=record)
@@ -196,12 +196,12 @@ def test_unknown_document_id_is_404(csrf_client, alice, fake):
     assert fake.requests == []
 
 
-def test_document_over_the_model_budget_is_400(csrf_client, alice, fake):
+def test_pasted_text_over_the_model_budget_is_400(csrf_client, alice, fake):
     login(csrf_client, alice)
     # gpt-realtime: 32,000 context, so far under 100,000 words fit.
     response = mint(csrf_client, {"model": "gpt-realtime", "document_text": "word " * 100_000})
     assert response.status_code == 400
-    assert "allows" in response.json()["error"]["message"]
+    assert "allows" in response.json()["error"]["message"] and "upload it to the library" in response.json()["error"]["message"]
     assert fake.requests == [] and RealtimeSession.objects.count() == 0
 
 
@@ -388,11 +388,30 @@ def test_documents_the_user_may_not_see_are_404(csrf_client, bob, alice, charlie
     assert fake.requests == [] and RealtimeSession.objects.count() == 0
 
 
-def test_documents_over_the_budget_are_refused(csrf_client, bob, fake):
+def test_documents_over_the_budget_are_searched_instead(csrf_client, bob, fake):
     big = _doc(bob, "Huge", "word " * 10)
-    big.tokens = 20_000  # over gpt-realtime's document budget
+    big.tokens = 20_000  # over gpt-realtime's document budget, within gpt-realtime-2's
     big.save()
+    small = _doc(bob, "Small", "Zephyr launches in March.")
     login(csrf_client, bob)
-    response = mint(csrf_client, {"model": "gpt-realtime", "document_ids": [str(big.pk)]})
-    assert response.status_code == 400 and "allows" in response.json()["error"]["message"]
-    assert mint(csrf_client, {"model": "gpt-realtime-2", "document_ids": [str(big.pk)]}).status_code == 201
+    response = mint(csrf_client, {"model": "gpt-realtime", "document_ids": [str(big.pk), str(small.pk)]})
+    assert response.status_code == 201, response.content
+    assert [(d["title"], d["mode"]) for d in response.json()["documents"]] == [("Huge", "search"), ("Small", "inline")]
+    # The search tool is declared, and the model is told which documents to search.
+    session = fake.last_json["session"]
+    assert [t["name"] for t in session["tools"]] == ["search_documents"]
+    assert "search them with search_documents" in session["instructions"] and "“Huge”" in session["instructions"]
+    record = RealtimeSession.objects.get(pk=response.json()["id"])
+    assert record.document_tokens == small.tokens  # only what is read whole is billed every answer
+    response = mint(csrf_client, {"model": "gpt-realtime-2", "document_ids": [str(big.pk)]})
+    assert [d["mode"] for d in response.json()["documents"]] == ["inline"]
+    assert fake.last_json["session"]["tools"] == []
+
+
+def test_search_only_searches_every_document(csrf_client, bob, fake):
+    small = _doc(bob, "Small", "Zephyr launches in March.")
+    login(csrf_client, bob)
+    response = mint(csrf_client, {"document_ids": [str(small.pk)], "search_only": True})
+    assert [d["mode"] for d in response.json()["documents"]] == ["search"]
+    assert fake.last_json["session"]["tools"][0]["name"] == "search_documents"
+    assert mint(csrf_client, {"search_only": "yes"}).status_code == 400

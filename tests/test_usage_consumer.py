@@ -1,6 +1,5 @@
 """The usage WebSocket: auth, origin, idempotency, bad frames."""
 
-import datetime
 from decimal import Decimal
 
 import pytest
@@ -12,7 +11,6 @@ from channels.security.websocket import AllowedHostsOriginValidator
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import Client
-from django.utils import timezone
 
 from sessions_app.consumers import DASHBOARD_GROUP
 from sessions_app.models import Call, RealtimeSession, TranscriptEntry, UsageRecord

@@ -35,6 +35,7 @@ export class DocumentPicker {
     const li = document.createElement('li');
     const label = document.createElement('span');
     label.textContent = `${doc.title} (${doc.tokens.toLocaleString()} tokens)`;
+    if (doc.snippet) label.append(snippetElement(doc.snippet, doc.highlights || []));
     const add = document.createElement('button');
     add.type = 'button';
     add.className = 'small';
@@ -84,10 +85,36 @@ export class DocumentPicker {
     return this.chosen.reduce((sum, d) => sum + d.tokens, 0);
   }
 
+  // Which chosen documents go into the conversation whole and which are searched: the server's
+  // rule (in the order chosen, whole while the budget lasts; all searched when asked).
+  placement(room, searchOnly) {
+    return this.chosen.map((doc) => {
+      const inline = !searchOnly && doc.tokens <= room;
+      if (inline) room -= doc.tokens;
+      return { ...doc, mode: inline ? 'inline' : 'search' };
+    });
+  }
+
   setDisabled(disabled) {
     this.disabled = disabled;
     this.search.disabled = disabled;
     for (const button of this.results.querySelectorAll('button')) button.disabled = disabled || button.dataset.chosen === 'yes';
     for (const button of this.chosenList.querySelectorAll('button')) button.disabled = disabled;
   }
+}
+
+// The matched words of a search result, marked, everything inserted as text.
+export function snippetElement(snippet, highlights) {
+  const p = document.createElement('span');
+  p.className = 'snippet';
+  let at = 0;
+  for (const [start, end] of highlights) {
+    p.append(snippet.slice(at, start));
+    const mark = document.createElement('mark');
+    mark.textContent = snippet.slice(start, end);
+    p.append(mark);
+    at = end;
+  }
+  p.append(snippet.slice(at));
+  return p;
 }

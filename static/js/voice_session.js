@@ -13,6 +13,7 @@ const ui = {
   vad: $('vad-indicator'), vadLabel: $('vad-label'), transcript: $('transcript'),
   inputTokens: $('input-tokens'), cachedTokens: $('cached-tokens'), outputTokens: $('output-tokens'),
   cost: $('session-cost'), costNote: $('cost-note'), audio: $('remote-audio'), resume: $('resume'),
+  searchOnly: $('search-only'),
 };
 
 let state = null;  // { session, stream, micTrack, call, callNumber, socket, pushToTalk, talking, playing, ... }
@@ -33,34 +34,47 @@ function money(value) {
 
 // What the chosen context costs, truthfully: it is billed again with every
 // answer, in full on the first and mostly at the cached rate after that.
+// Passages one search returns, about: four of a few hundred tokens (sessions_app/tools.py).
+const TOKENS_PER_SEARCH = 1200;
+
 function updateEstimate() {
   const model = config.models.find((m) => m.id === ui.model.value);
   const pasted = ui.docText.value.trim();
   const pastedTokens = pasted ? Math.ceil(pasted.length / 4) : 0;  // an estimate; the server counts exactly
-  const tokens = picker.tokens + pastedTokens;
-  if (!tokens) { ui.budget.textContent = ''; ui.start.disabled = !!state; return; }
-  const first = (tokens * Number(model.text_input_per_million)) / 1e6;
-  const later = (tokens * Number(model.text_cached_input_per_million)) / 1e6;
-  const over = tokens > model.document_budget;
-  // Library documents are counted exactly; pasted text only estimated here (the server counts it
-  // exactly), so an estimate over the limit warns without stopping Start.
-  const surelyOver = picker.tokens > model.document_budget;
+  const placed = picker.placement(model.document_budget - pastedTokens, ui.searchOnly.checked);
+  const inlineTokens = pastedTokens + placed.filter((d) => d.mode === 'inline').reduce((n, d) => n + d.tokens, 0);
+  const searched = placed.filter((d) => d.mode === 'search');
   ui.budget.replaceChildren();
-  const total = document.createElement('span');
-  total.className = over ? 'over' : '';
-  const verdict = surelyOver ? ' — too many, remove some' : (over ? ' — probably too many' : '');
-  total.textContent = `${pastedTokens ? 'About ' : ''}${tokens.toLocaleString()} tokens of documents; `
-    + `${model.id} allows ${model.document_budget.toLocaleString()}${verdict}. `;
-  const cost = document.createElement('span');
-  cost.textContent = `They are billed again with every answer: ${money(first)} as new input on the first answer, `
-    + `then about ${money(later)} per answer while they stay cached.`;
-  ui.budget.append(total, cost);
-  ui.start.disabled = surelyOver || !!state;
+  ui.start.disabled = !!state;
+  if (!inlineTokens && !searched.length) return;
+  const perMillion = (tokens, rate) => (tokens * Number(rate)) / 1e6;
+  // Pasted text is only estimated here and always read whole: over the budget it is refused.
+  const over = pastedTokens > model.document_budget;
+  if (inlineTokens) {
+    const total = document.createElement('span');
+    total.className = over ? 'over' : '';
+    total.textContent = `${pastedTokens ? 'About ' : ''}${inlineTokens.toLocaleString()} tokens read whole; `
+      + `${model.id} allows ${model.document_budget.toLocaleString()}${over ? ' — paste less, or upload it to the library' : ''}. `
+      + `They are billed again with every answer: ${money(perMillion(inlineTokens, model.text_input_per_million))} `
+      + `as new input on the first answer, then about ${money(perMillion(inlineTokens, model.text_cached_input_per_million))} `
+      + 'per answer while they stay cached. ';
+    ui.budget.append(total);
+  }
+  if (searched.length) {
+    const search = document.createElement('span');
+    search.className = 'searched';
+    search.textContent = `Searched, not read whole: ${searched.map((d) => d.title).join(', ')}. `
+      + `Each search adds about ${TOKENS_PER_SEARCH.toLocaleString()} tokens of passages: `
+      + `${money(perMillion(TOKENS_PER_SEARCH, model.text_input_per_million))} as new input, `
+      + `then about ${money(perMillion(TOKENS_PER_SEARCH, model.text_cached_input_per_million))} per later answer.`;
+    ui.budget.append(search);
+  }
 }
 const picker = new DocumentPicker({
   search: $('doc-search'), results: $('doc-results'), chosen: $('doc-chosen'), onChange: updateEstimate,
 });
 ui.docText.addEventListener('input', updateEstimate);
+ui.searchOnly.addEventListener('change', updateEstimate);
 ui.model.addEventListener('change', updateEstimate);
 
 // ---- messages ----
@@ -122,6 +136,37 @@ function transcriptEntry(itemId, role, previousItemId) {
     if (previous) previous.after(li); else ui.transcript.append(li);
   }
   return li.querySelector('.text');
+}
+
+// Under an answer: the passages the search tool gave for it, each linking to its place in the document.
+function showSources(itemId, sources) {
+  const li = ui.transcript.querySelector(`li[data-item-id="${CSS.escape(itemId)}"]`);
+  if (!li || !sources.length) return;
+  li.querySelector('.sources')?.remove();
+  const box = document.createElement('div');
+  box.className = 'sources';
+  const heading = document.createElement('strong');
+  heading.textContent = 'Sources';
+  const list = document.createElement('ol');
+  for (const source of sources) {
+    const item = document.createElement('li');
+    const where = source.page ? `, page ${source.page}` : (source.section ? `, section “${source.section}”` : '');
+    if (source.document_id && source.passage_id) {
+      const link = document.createElement('a');
+      link.href = `/documents/${source.document_id}/#passage-${source.passage_id}`;
+      link.target = '_blank';
+      link.textContent = source.title;
+      item.append(link, where);
+    } else {
+      item.append(source.title + where);
+    }
+    const quote = document.createElement('blockquote');
+    quote.textContent = source.text;
+    item.append(quote);
+    list.append(item);
+  }
+  box.append(heading, list);
+  li.append(box);
 }
 
 function appendTranscript(itemId, role, delta) {
@@ -343,7 +388,10 @@ async function start() {
     const call = newCall(micTrack);
     current.call = call;
     setStatus('Starting the session…');
-    const body = { model: ui.model.value, voice: ui.voice.value, turn_detection: ui.turn.value, document_ids: picker.ids };
+    const body = {
+      model: ui.model.value, voice: ui.voice.value, turn_detection: ui.turn.value, document_ids: picker.ids,
+      search_only: ui.searchOnly.checked,
+    };
     const text = ui.docText.value.trim();
     if (text) body.document_text = text;
     const session = await connect(call, async (sdp) => {
@@ -378,6 +426,7 @@ function socketHandlers() {
     onTotals: (msg) => showTotals(msg.session),
     onCallReady,
     onCallEnded: () => {},
+    onSources: (msg) => showSources(msg.item_id, msg.sources),
     onBudgetExceeded: () => stop('The spending limit was reached, so the session was ended.'),
     onServerError: (msg) => setStatus(`The server could not record usage: ${msg.message}`),
   };
@@ -452,7 +501,7 @@ function setControls(running) {
   ui.mute.disabled = !running;
   ui.talk.hidden = !(running && ui.turn.value === 'push_to_talk');
   ui.talk.disabled = !running;
-  for (const el of [ui.model, ui.voice, ui.turn, ui.docText]) el.disabled = running;
+  for (const el of [ui.model, ui.voice, ui.turn, ui.docText, ui.searchOnly]) el.disabled = running;
   picker.setDisabled(running);
 }
 

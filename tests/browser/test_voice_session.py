@@ -291,7 +291,7 @@ def test_two_library_documents_reach_the_model_labelled_in_order(page, simulator
         page.get_by_role("button", name=f"Add {title}").click()
     chosen = page.locator("#doc-chosen li")
     assert chosen.count() == 2 and "Menu" in chosen.nth(0).text_content()
-    assert "tokens of documents" in page.locator("#context-budget").text_content()
+    assert "tokens read whole" in page.locator("#context-budget").text_content()
 
     page.get_by_role("button", name="Start").click()
     page.get_by_role("status").filter(has_text=READY).wait_for()

@@ -16,6 +16,7 @@ export class UsageSocket {
     this.onTotals = handlers.onTotals || NOOP;
     this.onCallReady = handlers.onCallReady || NOOP;
     this.onCallEnded = handlers.onCallEnded || NOOP;
+    this.onSources = handlers.onSources || NOOP;
     this.onBudgetExceeded = handlers.onBudgetExceeded || NOOP;
     this.onServerError = handlers.onServerError || NOOP;
     this.onStateChange = handlers.onStateChange || NOOP;
@@ -62,6 +63,8 @@ export class UsageSocket {
       this.onCallReady(msg);
     } else if (msg.type === 'call.ended') {
       this.onCallEnded(msg);
+    } else if (msg.type === 'answer.sources') {
+      this.onSources(msg);
     } else if (msg.type === 'budget.exceeded') {
       this.onBudgetExceeded(msg);
     } else if (msg.type === 'error') {

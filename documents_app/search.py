@@ -1,0 +1,190 @@
+"""The one search seam: documents for the library, passages for the conversation's search tool.
+
+Two real engines behind it, chosen by the database: SQLite FTS5 (bm25, snippet())
+in the embedded default, PostgreSQL full-text (websearch_to_tsquery, ts_rank,
+the GIN index, ts_headline) through django.contrib.postgres. Any text a person
+can type is a valid query: it finds something or nothing, never an error.
+
+Matched words in snippets are wrapped in MARK_START / MARK_END (two private-use
+characters); `marked()` splits a snippet into plain and matched runs, which
+the pages render as text, never as HTML.
+"""
+
+import functools
+import operator
+import re
+import uuid
+from dataclasses import dataclass
+
+from django.contrib.postgres.search import SearchHeadline, SearchQuery, SearchRank
+from django.db import connection
+from django.db.models import F
+
+from teams_app.models import Membership
+
+from .models import Document, Passage
+
+MARK_START, MARK_END = "\ue000", "\ue001"
+MAX_QUERY_CHARS = 500
+MAX_TERMS = 16
+SNIPPET_WORDS = 24
+# Words too common to tell passages apart; a model's question is full of them.
+STOPWORDS = frozenset(
+    "a an and are as at be but by can could did do does for from had has have he her his how i if in into is it"
+    " its me my no not of on or our she so than that the their them then there these they this those to us was"
+    " we were what when where which who whom why will with would you your about tell say said please".split()
+)
+_WORD = re.compile(r"\w+")
+
+
+@dataclass
+class DocumentHit:
+    document: Document
+    snippet: str  # with MARK_START/MARK_END around matched words
+
+
+@dataclass
+class PassageHit:
+    passage: Passage
+    score: float
+
+
+def clean(query):
+    """The query as text an engine can take: bounded, without NUL or unpaired surrogates."""
+    query = (query or "")[:MAX_QUERY_CHARS]
+    return query.encode("utf-8", "replace").decode("utf-8").replace("\x00", " ").strip()
+
+
+def terms(query, drop_stopwords=False):
+    words = [w.lower() for w in _WORD.findall(clean(query)) if len(w) <= 64]
+    if drop_stopwords:
+        words = [w for w in words if w not in STOPWORDS] or words
+    return list(dict.fromkeys(words))[:MAX_TERMS]
+
+
+def marked(snippet):
+    """[(text, matched)] runs of a snippet, for rendering as text."""
+    runs, matched = [], False
+    for part in re.split(f"([{MARK_START}{MARK_END}])", snippet):
+        if part == MARK_START:
+            matched = True
+        elif part == MARK_END:
+            matched = False
+        elif part:
+            runs.append((part, matched))
+    return runs
+
+
+def _postgres():
+    return connection.vendor == "postgresql"
+
+
+# ---- documents, for the library ----
+
+def search_documents(user, query, limit=50):
+    """The documents the user may see that match, most relevant first, each with a snippet."""
+    visible = Document.objects.visible_to(user)
+    words = terms(query)
+    if not words:
+        return []
+    if _postgres():
+        hits = _postgres_documents(visible, query, limit)
+    else:
+        hits = _sqlite_documents(user, words, limit)
+    found = {hit.document.pk for hit in hits}
+    if len(hits) < limit:
+        # Titles that contain what was typed so far ("Orbi" for "Orbit plan") come after.
+        for document in visible.filter(title__icontains=clean(query)).exclude(pk__in=found)[: limit - len(hits)]:
+            hits.append(DocumentHit(document, ""))
+    return hits
+
+
+def _sqlite_documents(user, words, limit):
+    # Every word, in any order; the last one may be the start of a word still being typed.
+    match = " ".join(f'"{w}"' for w in words[:-1]) + f' "{words[-1]}"*'
+    # The same rule as Document.objects.visible_to(), written for the raw query.
+    teams = [t.hex for t in Membership.objects.filter(user=user).values_list("team_id", flat=True)]
+    owner = user.pk
+    # bm25() is per row: rank the passages first, then keep each document's best.
+    sql = f"""
+        SELECT document_id, id, MIN(score) AS best FROM (
+            SELECT p.document_id, p.id, bm25(documents_passage_fts, 8.0, 3.0, 1.0) AS score
+            FROM documents_passage_fts
+            JOIN documents_app_passage p ON p.id = documents_passage_fts.rowid
+            JOIN documents_app_document d ON d.id = p.document_id
+            WHERE documents_passage_fts MATCH %s
+              AND d.team_id IN ({",".join(["%s"] * len(teams)) or "NULL"})
+              AND (d.visibility = 'team' OR d.owner_id = %s)
+            LIMIT -1  -- keeps SQLite from folding bm25() into the aggregate, where it cannot run
+        )
+        GROUP BY document_id ORDER BY best LIMIT %s
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [match, *teams, owner, limit])
+        best = cursor.fetchall()
+        if not best:
+            return []
+        passage_ids = [row[1] for row in best]
+        cursor.execute(
+            f"""SELECT rowid, snippet(documents_passage_fts, 2, %s, %s, '…', {SNIPPET_WORDS})
+                FROM documents_passage_fts WHERE documents_passage_fts MATCH %s
+                AND rowid IN ({",".join(["%s"] * len(passage_ids))})""",
+            [MARK_START, MARK_END, match, *passage_ids],
+        )
+        snippets = dict(cursor.fetchall())
+    best = [(uuid.UUID(doc_id), passage_id, score) for doc_id, passage_id, score in best]
+    documents = Document.objects.defer("text").select_related("owner", "team").in_bulk([row[0] for row in best])
+    return [DocumentHit(documents[doc_id], snippets.get(passage_id, "")) for doc_id, passage_id, _ in best]
+
+
+def _postgres_documents(visible, query, limit):
+    tsquery = SearchQuery(clean(query), search_type="websearch", config="english")
+    best = list(
+        Passage.objects.filter(document__in=visible, search=tsquery)
+        .annotate(rank=SearchRank(F("search"), tsquery))
+        .order_by("document_id", "-rank")
+        .distinct("document_id")
+        .values_list("document_id", "pk", "rank")
+    )
+    best = sorted(best, key=lambda row: -row[2])[:limit]
+    if not best:
+        return []
+    snippets = dict(
+        Passage.objects.filter(pk__in=[row[1] for row in best])
+        .annotate(snippet=SearchHeadline("text", tsquery, config="english", start_sel=MARK_START,
+                                         stop_sel=MARK_END, max_words=SNIPPET_WORDS, min_words=12))
+        .values_list("pk", "snippet")
+    )
+    documents = Document.objects.defer("text").select_related("owner", "team").in_bulk([row[0] for row in best])
+    return [DocumentHit(documents[doc_id], snippets.get(passage_id, "")) for doc_id, passage_id, _ in best]
+
+
+# ---- passages, for the conversation's search tool ----
+
+def search_passages(document_ids, query, limit=4):
+    """The passages of these documents best matching any word of the query, best first."""
+    words = terms(query, drop_stopwords=True)
+    if not words or not document_ids:
+        return []
+    if _postgres():
+        tsquery = functools.reduce(operator.or_, [SearchQuery(w, config="english") for w in words])
+        rows = (
+            Passage.objects.filter(document_id__in=document_ids, search=tsquery)
+            .annotate(rank=SearchRank(F("search"), tsquery))
+            .order_by("-rank", "pk")[:limit]
+        )
+        return [PassageHit(p, float(p.rank)) for p in rows]
+    match = " OR ".join(f'"{w}"' for w in words)
+    placeholders = ",".join(["%s"] * len(document_ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""SELECT p.id, bm25(documents_passage_fts, 4.0, 2.0, 1.0) AS score
+                FROM documents_passage_fts JOIN documents_app_passage p ON p.id = documents_passage_fts.rowid
+                WHERE documents_passage_fts MATCH %s AND p.document_id IN ({placeholders})
+                ORDER BY score LIMIT %s""",
+            [match, *[getattr(d, "hex", str(d).replace("-", "")) for d in document_ids], limit],
+        )
+        rows = cursor.fetchall()
+    passages = Passage.objects.in_bulk([row[0] for row in rows])
+    return [PassageHit(passages[pk], -score) for pk, score in rows]
+
