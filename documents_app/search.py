@@ -105,10 +105,11 @@ def _sqlite_documents(user, words, limit):
     # The same rule as Document.objects.visible_to(), written for the raw query.
     teams = [t.hex for t in Membership.objects.filter(user=user).values_list("team_id", flat=True)]
     owner = user.pk
-    # bm25() is per row: rank the passages first, then keep each document's best.
+    # bm25() is per row: rank the passages first, then keep each document's best. The title counts
+    # most (every passage of the document carries it), so documents about the words come first.
     sql = f"""
-        SELECT document_id, id, MIN(score) AS best FROM (
-            SELECT p.document_id, p.id, bm25(documents_passage_fts, 8.0, 3.0, 1.0) AS score
+        SELECT document_id, MIN(score) AS best FROM (
+            SELECT p.document_id, bm25(documents_passage_fts, 8.0, 3.0, 1.0) AS score
             FROM documents_passage_fts
             JOIN documents_app_passage p ON p.id = documents_passage_fts.rowid
             JOIN documents_app_document d ON d.id = p.document_id
@@ -121,10 +122,21 @@ def _sqlite_documents(user, words, limit):
     """
     with connection.cursor() as cursor:
         cursor.execute(sql, [match, *teams, owner, limit])
-        best = cursor.fetchall()
-        if not best:
+        ranked = [row[0] for row in cursor.fetchall()]
+        if not ranked:
             return []
-        passage_ids = [row[1] for row in best]
+        # Each document's snippet comes from its passage whose own text matches best.
+        cursor.execute(
+            f"""SELECT p.document_id, p.id, bm25(documents_passage_fts, 0.0, 0.0, 1.0)
+                FROM documents_passage_fts JOIN documents_app_passage p ON p.id = documents_passage_fts.rowid
+                WHERE documents_passage_fts MATCH %s AND p.document_id IN ({",".join(["%s"] * len(ranked))})""",
+            [match, *ranked],
+        )
+        chosen = {}
+        for doc_id, passage_id, score in cursor.fetchall():
+            if doc_id not in chosen or score < chosen[doc_id][1]:
+                chosen[doc_id] = (passage_id, score)
+        passage_ids = [passage_id for passage_id, _ in chosen.values()]
         cursor.execute(
             f"""SELECT rowid, snippet(documents_passage_fts, 2, %s, %s, '…', {SNIPPET_WORDS})
                 FROM documents_passage_fts WHERE documents_passage_fts MATCH %s
@@ -132,9 +144,8 @@ def _sqlite_documents(user, words, limit):
             [MARK_START, MARK_END, match, *passage_ids],
         )
         snippets = dict(cursor.fetchall())
-    best = [(uuid.UUID(doc_id), passage_id, score) for doc_id, passage_id, score in best]
-    documents = Document.objects.defer("text").select_related("owner", "team").in_bulk([row[0] for row in best])
-    return [DocumentHit(documents[doc_id], snippets.get(passage_id, "")) for doc_id, passage_id, _ in best]
+    documents = Document.objects.defer("text").select_related("owner", "team").in_bulk([uuid.UUID(d) for d in ranked])
+    return [DocumentHit(documents[uuid.UUID(doc_id)], snippets.get(chosen[doc_id][0], "")) for doc_id in ranked]
 
 
 def _postgres_documents(visible, query, limit):
@@ -178,7 +189,7 @@ def search_passages(document_ids, query, limit=4):
     placeholders = ",".join(["%s"] * len(document_ids))
     with connection.cursor() as cursor:
         cursor.execute(
-            f"""SELECT p.id, bm25(documents_passage_fts, 4.0, 2.0, 1.0) AS score
+            f"""SELECT p.id, bm25(documents_passage_fts, 2.0, 1.5, 1.0) AS score
                 FROM documents_passage_fts JOIN documents_app_passage p ON p.id = documents_passage_fts.rowid
                 WHERE documents_passage_fts MATCH %s AND p.document_id IN ({placeholders})
                 ORDER BY score LIMIT %s""",

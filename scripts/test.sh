@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test: unit, view, consumer and simulator tests; then the real-browser
 # tests inside a loopback-only network namespace; then the scale-out tests
-# against the PostgreSQL and Redis on 127.0.0.1 (outside the namespace).
+# against the PostgreSQL and Redis on 127.0.0.1 (outside the namespace); then
+# the search tests once more with PostgreSQL as the database.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTEST=(.venv/bin/python -m pytest)
@@ -23,3 +24,8 @@ fi
 
 echo "== scale-out tests (two server processes on the machine's PostgreSQL and Redis)"
 "${PYTEST[@]}" -m scaleout
+
+echo "== the search engine and the tool again, on the machine's PostgreSQL"
+# pytest-django makes (and drops) a test database beside `postgres`; no server there is a failure.
+DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL= "${PYTEST[@]}" \
+    tests/test_search.py tests/test_tools.py tests/test_passages.py

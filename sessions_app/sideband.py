@@ -404,10 +404,12 @@ class CallWatch:
     def context_events(self):
         session = self.info["call"].session
         prefix = f"{CONTEXT_PREFIX}{self.info['number']}_"
-        chosen = [d["id"] for d in session.documents if d.get("id") != "pasted"]
+        # Documents read whole go in; the searched ones are reached through the search tool.
+        inline = [d for d in session.documents if d.get("mode", "inline") == "inline"]
+        chosen = [d["id"] for d in inline if d.get("id") != "pasted"]
         texts = {str(d.pk): d for d in Document.objects.filter(pk__in=chosen)} if chosen else {}
         documents = []
-        for doc in session.documents:
+        for doc in inline:
             if doc.get("id") == "pasted":
                 documents.append({**doc, "text": session.pasted_text})
             elif doc["id"] in texts and texts[doc["id"]].sha256 == doc.get("sha256"):

@@ -14,7 +14,7 @@ from django.utils import timezone
 from realtime_sim import start_simulator
 from realtime_sim.tests.rtc_client import RtcClient
 from sessions_app import context, upstream, usage
-from sessions_app.models import Call, RealtimeSession, SessionEvent, TranscriptEntry, UsageRecord
+from sessions_app.models import Call, RealtimeSession, SessionEvent, Source, ToolCall, TranscriptEntry, UsageRecord
 from sessions_app.pricing import TokenCounts
 from sessions_app.sideband import SidebandWorker, wake_workers
 
@@ -461,4 +461,41 @@ async def test_a_late_transcription_keeps_its_place_before_the_answer(sim, alice
                           and len(e) == 2 and e)
     assert [(e.role, e.item_id) for e in entries] == [
         ("user", completed["item_id"]), ("assistant", done["response"]["output"][0]["id"])]
+    await client.close()
+
+
+async def test_the_model_searches_and_the_sideband_answers_with_the_passages(sim, alice, worker):
+    from sessions_app import tools
+    from tests.test_tools import REPORT, make
+
+    report = await database_sync_to_async(make)(alice, "Annual report", REPORT)
+    config = {**CONFIG, "tools": [tools.DEFINITION], "instructions": CONFIG["instructions"] + tools.instructions(
+        ["Annual report"])}
+    documents = [{"id": str(report.pk), "title": report.title, "tokens": report.tokens, "sha256": report.sha256,
+                  "mode": "search"}]
+    client, session = await start_call(sim, alice, config=config, documents=documents)
+    await until(lambda: call_of(session).context_ready_at)
+    # A searched document is not put into the call whole.
+    assert not [i for i in sim.state.calls[client.call_id].detail()["items"] if i.get("type") == "message"]
+    await sim_post(sim, f"/_sim/calls/{client.call_id}/script",
+                   {"user_transcript": "What is the rollout code for Tangerine?"})
+    client.mic.speak(1000)
+    await asyncio.sleep(1.3)
+    client.send({"type": "input_audio_buffer.commit"})
+    client.send({"type": "response.create"})
+    call = await until(lambda: ToolCall.objects.filter(session=session).exclude(answer_item_id="").first(), timeout=20)
+    assert call.query == "What is the rollout code for Tangerine" and "TANGERINE-7" in call.output
+    answer = await until(lambda: TranscriptEntry.objects.filter(session=session, item_id=call.answer_item_id)
+                         .exclude(text="").first())
+    assert "TANGERINE-7" in answer.text and answer.response_id == call.answer_response_id
+    sources = await database_sync_to_async(lambda: list(Source.objects.filter(tool_call=call)))()
+    assert "TANGERINE-7" in sources[0].text and sources[0].section == "Chapter 4"
+    # The server answered the call from its sideband, once, then asked for the answer; the page never did.
+    detail = sim.state.calls[client.call_id].detail()
+    sent = [(src, e["type"], e.get("item", {}).get("type")) for e, src in
+            zip(detail["client_events"], detail["client_event_sources"]) if src == "sideband"]
+    assert sent.count(("sideband", "conversation.item.create", "function_call_output")) == 1
+    assert ("sideband", "response.create", None) in sent
+    assert not [e for e, src in zip(detail["client_events"], detail["client_event_sources"])
+                if src == "datachannel" and e.get("item", {}).get("type") == "function_call_output"]
     await client.close()

@@ -132,6 +132,8 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Full-text search (documents_app/search.py) uses its expressions.
+    INSTALLED_APPS.append("django.contrib.postgres")
     # Every ASGI request and every consumer call runs on a thread of its own:
     # a pool hands them open connections instead of a new login each time.
     DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 2, "max_size": envint("DATABASE_POOL_SIZE", 20, 1)}}

@@ -1,0 +1,102 @@
+"""The search seam on whichever engine the database gives: SQLite FTS5 here, PostgreSQL full-text when
+`make test` runs this file again with DATABASE_URL on the machine's PostgreSQL."""
+
+import pytest
+from django.db import connection
+
+from documents_app import search
+from documents_app.models import Document
+from tests.conftest import login
+
+pytestmark = pytest.mark.django_db
+
+FILLER = " ".join(f"Line {i} of the report covers the weather, the office and the canteen menu." for i in range(60))
+
+
+def make(owner, title, text, visibility="team"):
+    return Document.objects.create(
+        team=owner.memberships.get().team, owner=owner, title=title, filename=f"{title}.md", kind="markdown",
+        visibility=visibility, text=text, sha256=Document.hash_text(text), tokens=len(text.split()),
+        size_bytes=len(text),
+    )
+
+
+@pytest.fixture
+def library(alice, bob, charlie):
+    return {
+        "plan": make(alice, "Zephyr launch plan", f"# Launch\n\nZephyr launches in March. Zephyr is ready.\n\n{FILLER}"),
+        "minutes": make(bob, "Board minutes", f"{FILLER}\n\n# Other\n\nSomeone mentioned zephyr once."),
+        "budget": make(alice, "Budget", f"# Money\n\nThe budget is twelve thousand euros.\n\n{FILLER}"),
+        "secret": make(alice, "Alice private zephyr notes", "Zephyr private details.", visibility="private"),
+        "other": make(charlie, "Other team zephyr", "Zephyr belongs to the other team too. Zephyr zephyr."),
+    }
+
+
+def titles(user, query):
+    return [hit.document.title for hit in search.search_documents(user, query)]
+
+
+def test_the_engine_is_the_databases_own():
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("SELECT name FROM sqlite_master WHERE name = 'documents_passage_fts'")
+        else:
+            cursor.execute("SELECT indexname FROM pg_indexes WHERE indexname = 'documents_passage_search_gin'")
+        assert cursor.fetchall(), connection.vendor
+
+
+def test_most_relevant_first_and_only_what_the_user_may_see(library, bob, alice):
+    found = titles(bob, "zephyr")
+    assert found[:2] == ["Zephyr launch plan", "Board minutes"]
+    assert "Other team zephyr" not in found and "Alice private zephyr notes" not in found
+    assert "Alice private zephyr notes" in titles(alice, "zephyr")
+
+
+def test_snippets_mark_the_matched_words(library, bob):
+    hit = search.search_documents(bob, "twelve euros")[0]
+    assert hit.document.title == "Budget"
+    matched = [text.lower() for text, is_match in search.marked(hit.snippet) if is_match]
+    assert "twelve" in matched and "euros" in matched
+
+
+def test_the_api_ranks_and_gives_snippets_with_highlights(csrf_client, library, bob):
+    login(csrf_client, bob)
+    documents = csrf_client.get("/api/documents/", {"q": "zephyr launches"}).json()["documents"]
+    assert documents[0]["title"] == "Zephyr launch plan"
+    snippet, highlights = documents[0]["snippet"], documents[0]["highlights"]
+    assert highlights and all(snippet[a:b].lower().startswith(("zephyr", "launch")) for a, b in highlights)
+    assert "\ue000" not in snippet
+    assert all(d["title"] != "Other team zephyr" for d in csrf_client.get("/api/documents/?q=zephyr").json()["documents"])
+
+
+def test_a_title_still_being_typed_is_found(library, bob):
+    assert "Zephyr launch plan" in titles(bob, "Zeph")
+
+
+@pytest.mark.parametrize("query", [
+    '"unbalanced quote', "zephyr AND OR NOT", "NEAR(zephyr launch, 2)", "title:zephyr", "zephyr*", "-zephyr",
+    "(((", "\x00", "zephyr\x00launch", "😀 zephyr", "\ud800 lone surrogate", "x" * 5000, "'; DROP TABLE x; --",
+    "^$&|!:*", "", "   ", "ZEPHYR", "zéphyr",
+])
+def test_any_query_a_person_can_type_gets_results_or_nothing(library, bob, query, csrf_client):
+    found = search.search_documents(bob, query)
+    assert isinstance(found, list)
+    login(csrf_client, bob)
+    assert csrf_client.get("/api/documents/", {"q": query.replace("\ud800", "?")}).status_code == 200
+    assert search.search_passages([library["plan"].pk], query) is not None
+
+
+def test_passages_of_the_given_documents_best_first(library):
+    plan, budget, other = library["plan"], library["budget"], library["other"]
+    hits = search.search_passages([plan.pk, budget.pk], "What is the budget in euros?")
+    assert hits and hits[0].passage.document_id == budget.pk and "twelve thousand euros" in hits[0].passage.text
+    assert all(h.passage.document_id in (plan.pk, budget.pk) for h in hits)
+    # Another document, however well it matches, is never searched unless asked for.
+    assert all(h.passage.document_id != other.pk for h in search.search_passages([plan.pk], "zephyr team"))
+    assert search.search_passages([], "zephyr") == []
+
+
+def test_a_deleted_document_is_found_no_more(library, bob):
+    library["minutes"].delete()
+    assert "Board minutes" not in titles(bob, "zephyr")
+    assert search.search_passages([library["minutes"].pk], "zephyr") == []
