@@ -110,7 +110,7 @@ class Topology:
 
 
 @contextlib.contextmanager
-def topology(simulator_url, users, processes=1, shared=False, workers=0, extra_env=None, setup=""):
+def topology(simulator_url, users, processes=1, shared=False, workers=0, extra_env=None, setup="", redis_url=None):
     """`processes` daphne servers; with `shared`, on PostgreSQL and Redis and `workers` sideband worker
     processes (else SQLite and the in-memory layer, with the worker inside the one server)."""
     with contextlib.ExitStack() as stack:
@@ -122,10 +122,13 @@ def topology(simulator_url, users, processes=1, shared=False, workers=0, extra_e
         }
         if shared:
             env["DATABASE_URL"] = stack.enter_context(_postgres_database())
-            env["REDIS_URL"] = f"{REDIS_BASE_URL}/{REDIS_DB}"
             env["SIDEBAND_WORKER"] = "external"
-            _flush_redis()
-            stack.callback(_flush_redis)
+            if redis_url:  # a Redis of the caller's own (a test that stops it)
+                env["REDIS_URL"] = redis_url
+            else:
+                env["REDIS_URL"] = f"{REDIS_BASE_URL}/{REDIS_DB}"
+                _flush_redis()
+                stack.callback(_flush_redis)
         top = Topology([], env)
         top.manage("migrate", "--noinput", "-v0")
         create = (
@@ -223,3 +226,17 @@ def playwright_disabled_features():
     match = re.search(r"disabledFeatures = \[(.*?)\]\.filter", bundle.read_text(), re.S)
     assert match, f"cannot find Playwright's disabledFeatures list in {bundle}"
     return re.findall(r'"([A-Za-z0-9]+)"', match.group(1))
+
+
+def wait_js(page, expression, timeout=15_000, interval=0.1):
+    """Wait until a JavaScript expression is truthy in the page. Playwright's wait_for_function
+    evaluates its string with eval(), which the pages' Content Security Policy forbids; this asks
+    through the DevTools protocol instead, which the policy does not govern."""
+    deadline = time.monotonic() + timeout / 1000
+    while True:
+        value = page.evaluate(f"() => {{ try {{ return ({expression}); }} catch {{ return false; }} }}")
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {expression}")
+        time.sleep(interval)

@@ -9,7 +9,7 @@ conversations one after another, each stopped before the next.
 
 from pathlib import Path
 
-from .harness import CHROMIUM, PASSWORD, chromium_args, percentile, service, simulator
+from .harness import CHROMIUM, PASSWORD, chromium_args, percentile, service, simulator, wait_js
 
 STARTS = 10
 WARM_UP = 2
@@ -31,7 +31,7 @@ def measure(base):
         page.wait_for_url("**/")
         for attempt in range(WARM_UP + STARTS):
             page.get_by_role("button", name="Start").click()
-            page.wait_for_function("window.voiceSession?.timings?.open")
+            wait_js(page, "window.voiceSession?.timings?.open")
             timings = page.evaluate("window.voiceSession.timings")
             if attempt >= WARM_UP:
                 times.append(timings["open"] - timings["pressed"])

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 
 from django.contrib.postgres.search import SearchHeadline, SearchQuery, SearchRank
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import F
 
 from teams_app.models import Membership
@@ -28,6 +28,7 @@ MARK_START, MARK_END = "\ue000", "\ue001"
 MAX_QUERY_CHARS = 500
 MAX_TERMS = 16
 SNIPPET_WORDS = 24
+RANK_CANDIDATES = 400
 # Words too common to tell passages apart; a model's question is full of them.
 STOPWORDS = frozenset(
     "a an and are as at be but by can could did do does for from had has have he her his how i if in into is it"
@@ -150,13 +151,20 @@ def _sqlite_documents(user, words, limit):
 
 def _postgres_documents(visible, query, limit):
     tsquery = SearchQuery(clean(query), search_type="websearch", config="english")
-    best = list(
-        Passage.objects.filter(document__in=visible, search=tsquery)
-        .annotate(rank=SearchRank(F("search"), tsquery))
-        .order_by("document_id", "-rank")
-        .distinct("document_id")
-        .values_list("document_id", "pk", "rank")
-    )
+    # Ranking reads every matching passage's vector: a word in 20,000 passages cost a second and
+    # more. The index finds the matches; at most RANK_CANDIDATES of them are ranked.
+    candidates = Passage.objects.filter(document__in=visible, search=tsquery).order_by().values("pk")[:RANK_CANDIDATES]
+    with transaction.atomic(), connection.cursor() as cursor:
+        # With a LIMIT the planner likes to scan the table and test each row's vector (100 ms on
+        # 400,000 passages) rather than ask the GIN index (15 ms): tell it not to, for this query.
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        best = list(
+            Passage.objects.filter(pk__in=candidates)
+            .annotate(rank=SearchRank(F("search"), tsquery))
+            .order_by("document_id", "-rank")
+            .distinct("document_id")
+            .values_list("document_id", "pk", "rank")
+        )
     best = sorted(best, key=lambda row: -row[2])[:limit]
     if not best:
         return []

@@ -11,6 +11,7 @@ from django.utils import timezone
 from . import upstream, usage
 from .models import Call, RealtimeSession, TranscriptEntry, UsageRecord
 from .pricing import UsageError
+from .text import clean_text
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ async def announce_spend(channel_layer, update):
         async def flush():
             await asyncio.sleep(BATCH_SECONDS)
             updates = _batches.pop(loop)
-            await channel_layer.group_send(DASHBOARD_GROUP, {"type": "spend.batch", "updates": updates})
+            await tell(channel_layer, DASHBOARD_GROUP, {"type": "spend.batch", "updates": updates})
 
         # Kept referenced by the loop until done; errors are logged by asyncio.
         loop.create_task(flush())
@@ -56,10 +57,47 @@ def session_group(session_id):
     return f"session-{session_id}"
 
 
+async def tell(channel_layer, group, message):
+    """A live push to a group; with the layer (Redis) away it is skipped, never an error: the
+    database has the truth, and pages and dashboards re-read it when they reconnect."""
+    try:
+        await channel_layer.group_send(group, message)
+        return True
+    except Exception as exc:  # the layer's own errors vary (Redis, full channel); all mean "not now"
+        log.warning("live push to %s skipped: %s", group, type(exc).__name__)
+        return False
+
+
+class GroupMember:
+    """Consumers that join groups: joining may fail (Redis away) without failing the socket."""
+
+    groups_joined = ()
+
+    async def join(self, *groups):
+        self.groups_joined = groups
+        for group in groups:
+            try:
+                await self.channel_layer.group_add(group, self.channel_name)
+            except Exception as exc:  # see tell(): the socket works on without live pushes
+                log.warning("could not join %s (%s); the socket works without live pushes", group,
+                            type(exc).__name__)
+
+    async def leave(self):
+        for group in self.groups_joined:
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception as exc:  # a group entry left behind expires in the layer
+                log.info("could not leave %s (%s)", group, type(exc).__name__)
+
+    async def layer_reconnected(self, event):
+        # Redis came back, perhaps restarted and without our groups: join them again.
+        await self.join(*self.groups_joined)
+
+
 async def stop_for_budget(channel_layer, session_id, call_ids):
     """Tell the session's pages it is over budget and hang its calls up upstream."""
-    await channel_layer.group_send(
-        session_group(session_id),
+    await tell(
+        channel_layer, session_group(session_id),
         {"type": "budget.exceeded", "message": "The spending limit was reached, so this session was ended."},
     )
     for call_id in call_ids:
@@ -80,7 +118,7 @@ async def publish_usage(channel_layer, session_id, recorded):
             "verified": record.source == UsageRecord.SERVER, "session": recorded.totals,
         })
         if record.source == UsageRecord.SERVER:
-            await channel_layer.group_send(session_group(session_id), {
+            await tell(channel_layer, session_group(session_id), {
                 "type": "usage.verified", "response_id": record.response_id, "kind": record.kind,
                 "cost_usd": f"{record.cost_usd:.6f}", "session": recorded.totals,
             })
@@ -88,7 +126,7 @@ async def publish_usage(channel_layer, session_id, recorded):
         await stop_for_budget(channel_layer, stopped_id, call_ids)
 
 
-class SessionUsageConsumer(AsyncJsonWebsocketConsumer):
+class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
     """The page reports each response's usage here; the server prices, stores and acks it."""
 
     async def connect(self):
@@ -97,16 +135,15 @@ class SessionUsageConsumer(AsyncJsonWebsocketConsumer):
         if not user.is_authenticated or not await self.owns_session(user):
             await self.close()
             return
-        self.group = session_group(self.session_id)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.join(session_group(self.session_id))
         await self.accept()
         # A page that (re)connects learns what it may have missed: the totals, and which calls are ready.
         for frame in await self.mark_page(connected=True):
             await self.send_json(frame)
 
     async def disconnect(self, code):
-        if hasattr(self, "group"):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        if self.groups_joined:
+            await self.leave()
             # The sideband worker ends a call whose page stays away too long.
             await self.mark_page(connected=False)
 
@@ -129,8 +166,8 @@ class SessionUsageConsumer(AsyncJsonWebsocketConsumer):
             return await self.error("frame_too_large", "The frame is too large.")
         try:
             content = json.loads(text_data)
-        except ValueError:
-            return await self.error("invalid_json", "The frame is not JSON.")
+        except (ValueError, RecursionError):
+            return await self.error("invalid_json", "The frame is not JSON (or nested too deep).")
         await self.receive_json(content)
 
     async def receive_json(self, content, **kwargs):
@@ -173,7 +210,7 @@ class SessionUsageConsumer(AsyncJsonWebsocketConsumer):
             return await self.error("invalid_role", "role must be user or assistant.")
         if not isinstance(text, str) or len(text) > MAX_TRANSCRIPT_CHARS:
             return await self.error("invalid_text", "text must be a string of at most 20,000 characters.")
-        await self.store_transcript(item_id, role, text)
+        await self.store_transcript(item_id, role, clean_text(text))
         await self.send_json({"type": "transcript.ack", "item_id": item_id})
 
     async def error(self, code, message, response_id=None):
@@ -210,7 +247,7 @@ class SessionUsageConsumer(AsyncJsonWebsocketConsumer):
         TranscriptEntry.record_text(self.session_id, item_id, role, text, source="page")
 
 
-class DashboardConsumer(AsyncJsonWebsocketConsumer):
+class DashboardConsumer(GroupMember, AsyncJsonWebsocketConsumer):
     """Live spend for staff (everything) and team admins (their teams only)."""
 
     async def connect(self):
@@ -222,11 +259,11 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
         if self.teams is not None and not self.teams:
             await self.close()
             return
-        await self.channel_layer.group_add(DASHBOARD_GROUP, self.channel_name)
+        await self.join(DASHBOARD_GROUP)
         await self.accept()
 
     async def disconnect(self, code):
-        await self.channel_layer.group_discard(DASHBOARD_GROUP, self.channel_name)
+        await self.leave()
 
     async def receive_json(self, content, **kwargs):
         await self.send_json({"type": "error", "code": "read_only", "message": "This socket only sends."})
@@ -256,3 +293,10 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
         from teams_app.models import Membership
 
         return {str(t) for t in Membership.objects.filter(user=user, role=Membership.ADMIN).values_list("team_id", flat=True)}
+
+
+class NoSuchSocket(AsyncJsonWebsocketConsumer):
+    """Every socket path no consumer serves: refused at the handshake."""
+
+    async def connect(self):
+        await self.close()

@@ -7,6 +7,8 @@ from decimal import Decimal
 from django import forms
 from django.conf import settings
 
+from .text import clean_text
+
 TURN_MODES = ("server_vad", "semantic_vad", "push_to_talk")
 MAX_PASTED_CHARS = 2_000_000
 MAX_DOCUMENTS = 20
@@ -71,6 +73,7 @@ def parse_mint_request(data):
     text = data.get("document_text", "")
     if not isinstance(text, str):
         raise RequestError("document_text must be a string")
+    text = clean_text(text)
     if len(text) > MAX_PASTED_CHARS:
         raise RequestError("document_text is too long")
     search_only = data.get("search_only", False)

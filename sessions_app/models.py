@@ -529,6 +529,18 @@ class Source(models.Model):
         }
 
 
+class WorkerBeat(models.Model):
+    """A sideband worker's sign of life, for /healthz: when it last looked at the calls."""
+
+    name = models.CharField(max_length=64, primary_key=True)
+    seen_at = models.DateTimeField()
+    watching = models.PositiveIntegerField(default=0)
+
+    @classmethod
+    def alive(cls, within_seconds):
+        return cls.objects.filter(seen_at__gte=timezone.now() - timezone.timedelta(seconds=within_seconds))
+
+
 class TranscriptionPrice(models.Model):
     """USD for input transcription by one model: per million tokens, or per minute; editable in the admin."""
 

@@ -36,8 +36,10 @@ from django.utils import timezone
 from documents_app.models import Document
 
 from . import context, tools, upstream, usage
-from .consumers import publish_usage, session_group
-from .models import Call, EndReason, RealtimeSession, SessionEvent, Source, ToolCall, TranscriptEntry, UsageRecord
+from .consumers import publish_usage, session_group, tell
+from .models import (
+    Call, EndReason, RealtimeSession, SessionEvent, Source, ToolCall, TranscriptEntry, UsageRecord, WorkerBeat,
+)
 from .pricing import UsageError
 
 log = logging.getLogger(__name__)
@@ -81,12 +83,14 @@ def _db(func):
 
 
 async def wake_workers(call_pk):
-    """Tell the sideband workers a call was created, so one attaches at once."""
-    try:
-        await get_channel_layer().group_send(WAKE_GROUP, {"type": "sideband.wake", "call": call_pk})
-    except Exception as exc:  # best effort: the workers' periodic look finds the call anyway
-        log.warning("could not wake the sideband workers (%s); they will find call %s on their own",
-                    type(exc).__name__, call_pk)
+    """Tell the sideband workers a call was created, so one attaches at once (if the layer is away,
+    their look at the database every poll finds it anyway)."""
+    await tell(get_channel_layer(), WAKE_GROUP, {"type": "sideband.wake", "call": call_pk})
+
+
+async def tell_page(session_id, message):
+    """A live notice to the conversation's page (skipped while the layer is away)."""
+    await tell(get_channel_layer(), session_group(session_id), message)
 
 
 def _backoff(delay):
@@ -138,6 +142,7 @@ class SidebandWorker:
             await self.guarded(self.renew)
         if self.ticks % SWEEP_EVERY == 1:
             await self.guarded(self.police)
+            await self.guarded(self.beat)
 
     async def guarded(self, step):
         """A database or upstream fault in one step is logged; the worker goes on."""
@@ -220,6 +225,11 @@ class SidebandWorker:
 
     def release(self):
         Call.objects.filter(sideband_owner=self.name).update(sideband_owner="", sideband_lease_until=None)
+        WorkerBeat.objects.filter(name=self.name).delete()
+
+    def beat(self):
+        WorkerBeat.objects.update_or_create(name=self.name, defaults={"seen_at": timezone.now(),
+                                                                      "watching": len(self.watching)})
 
     def release_all(self):
         Call.objects.filter(status=Call.ACTIVE).update(sideband_owner="", sideband_lease_until=None)
@@ -229,9 +239,7 @@ class SidebandWorker:
     async def police(self):
         for session_id, calls, reason in await _db(self._sweep)():
             await hang_up(calls, reason)
-            await get_channel_layer().group_send(
-                session_group(session_id), {"type": "call.ended", "call": None, "reason": reason}
-            )
+            await tell_page(session_id, {"type": "call.ended", "call": None, "reason": reason})
 
     def _sweep(self):
         """End conversations whose page went away, that no call resumed in time, and calls past the cap."""
@@ -309,9 +317,7 @@ class CallWatch:
                 if outcome == self.GONE:
                     reason = EndReason.EXPIRED if self.expired else EndReason.CALL_CLOSED
                     await self.retry_db(self.end_call, reason)
-                    await get_channel_layer().group_send(
-                        session_group(info["session_id"]), {"type": "call.ended", "call": info["number"], "reason": reason}
-                    )
+                    await tell_page(info["session_id"], {"type": "call.ended", "call": info["number"], "reason": reason})
                     return
                 if outcome == self.CLOSED and not self.expired:
                     delay = BACKOFF_FIRST  # it was up: look again at once, the call is most likely alive
@@ -428,9 +434,7 @@ class CallWatch:
     async def context_ready(self):
         await self.retry_db(self.mark, context_ready_at=timezone.now())
         self.info["context_ready_at"] = True
-        await get_channel_layer().group_send(
-            session_group(self.info["session_id"]), {"type": "call.ready", "call": self.info["number"]}
-        )
+        await tell_page(self.info["session_id"], {"type": "call.ready", "call": self.info["number"]})
 
     async def context_item_done(self, item_id):
         if item_id in self.pending_context:
@@ -566,10 +570,7 @@ class CallWatch:
         if spoken and isinstance(response_id, str):
             sources = await self.retry_db(self.mark_answer, response_id, spoken[0], for_tools or [])
             if sources:
-                await get_channel_layer().group_send(
-                    session_group(self.info["session_id"]),
-                    {"type": "answer.sources", "item_id": spoken[0], "sources": sources},
-                )
+                await tell_page(self.info["session_id"], {"type": "answer.sources", "item_id": spoken[0], "sources": sources})
         await self.ask_for_answer()
 
     async def ask_for_answer(self):
@@ -634,10 +635,7 @@ class CallWatch:
         session = await self.retry_db(RealtimeSession.objects.get, pk=self.info["session_id"])
         calls = await self.retry_db(session.end, EndReason.TAMPERING)
         await hang_up(calls or [self.info["call_id"]], "tampering")
-        await get_channel_layer().group_send(
-            session_group(self.info["session_id"]),
-            {"type": "call.ended", "call": self.info["number"], "reason": EndReason.TAMPERING},
-        )
+        await tell_page(self.info["session_id"], {"type": "call.ended", "call": self.info["number"], "reason": EndReason.TAMPERING})
 
     def log_event(self, kind, detail):
         """Keep what happened for admins; True if the page had already been caught changing the session."""

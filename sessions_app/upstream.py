@@ -21,6 +21,7 @@ import httpx
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 from django.utils.crypto import salted_hmac
+from django.views.decorators.debug import sensitive_variables
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,17 @@ def _client():
     return client
 
 
+class Credential(str):
+    """An Authorization header value that does not show itself where Python shows values: a debug
+    page's frame locals or a logged dict of headers print the mask (repr); HTTP gets the value."""
+
+    def __repr__(self):
+        return "'Bearer ********'"
+
+
+@sensitive_variables()
 def _headers(safety_identifier=None, secret=None):
-    headers = {"Authorization": f"Bearer {secret or settings.OPENAI_API_KEY}"}
+    headers = {"Authorization": Credential(f"Bearer {secret or settings.OPENAI_API_KEY}")}
     if safety_identifier:
         headers[SAFETY_HEADER] = safety_identifier
     return headers
@@ -98,6 +108,7 @@ def sideband_url(call_id):
     return f"{base}/v1/realtime?call_id={call_id}"
 
 
+@sensitive_variables()
 async def _post(path, what, **kwargs):
     try:
         response = await _client().post(path, **kwargs)
@@ -119,6 +130,7 @@ async def _post(path, what, **kwargs):
     return response
 
 
+@sensitive_variables()
 async def create_client_secret(body, safety_id):
     """POST /v1/realtime/client_secrets; returns (value, expires_at, session)."""
     response = await _post("/v1/realtime/client_secrets", "client secret", json=body, headers=_headers(safety_id))
@@ -135,6 +147,7 @@ async def create_client_secret(body, safety_id):
     return value, expires_at, session
 
 
+@sensitive_variables()
 async def create_call(secret, sdp, safety_id):
     """POST /v1/realtime/calls with the browser's raw SDP offer and the ephemeral secret.
 

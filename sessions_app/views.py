@@ -1,17 +1,19 @@
 import json
 import logging
+import time
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
+from django.core.cache import caches
 from django.db import DatabaseError, transaction
 from django.db.models import Max, Q
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
-from django_ratelimit.core import get_usage
+from django_ratelimit.core import _split_rate, get_usage
 
 from documents_app.models import Document
 from documents_app.tokens import count_tokens
@@ -39,13 +41,22 @@ def _get_session_for_user(user, session_id, manage=False):
 
 
 def _mint_rate(request, user):
-    return get_usage(
-        request,
-        group="sessions-mint",
-        key=lambda group, req: str(user.pk),
-        rate=settings.MINT_RATE_LIMIT,
-        increment=True,
-    )
+    """The user's start count this window, in the shared cache (Redis); with that cache away, each
+    process counts on its own. Failing open to a local count keeps people talking through a Redis
+    outage, and still bounds each user (to the rate times the number of processes); the monthly
+    budgets, kept in the database, bound the spend either way."""
+    usage = get_usage(request, group="sessions-mint", key=lambda group, req: str(user.pk),
+                      rate=settings.MINT_RATE_LIMIT, increment=True)
+    if usage is not None:
+        return usage
+    limit, period = _split_rate(settings.MINT_RATE_LIMIT)
+    window = int(time.time()) // period
+    local = caches["local"]
+    key = f"mint-fallback:{user.pk}:{window}"
+    local.add(key, 0, period + 1)
+    count = local.incr(key)
+    return {"count": count, "limit": limit, "should_limit": count > limit,
+            "time_left": period - int(time.time()) % period}
 
 
 def _json_body(request):

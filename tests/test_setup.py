@@ -34,10 +34,20 @@ def test_seed_demo_refuses_a_short_password():
 
 
 @pytest.mark.django_db
-def test_healthz(client):
+def test_healthz_says_which_part_is_missing(client):
+    from django.utils import timezone
+
+    from sessions_app.models import WorkerBeat
+
     data = client.get("/healthz").json()
-    assert data["status"] == "ok" and data["database"] == "ok"
-    assert data["channel_layer"] == "InMemoryChannelLayer" and data["upstream"] == "simulator"
+    # No sideband worker has said it is alive: still answering (200), but degraded.
+    assert data["status"] == "degraded" and data["database"] == "ok" and data["sideband_workers"] == 0
+    assert data["redis"] == "not used" and data["channel_layer"] == "InMemoryChannelLayer"
+    assert data["upstream"] == "simulator"
+    WorkerBeat.objects.create(name="worker-1", seen_at=timezone.now())
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.json()["status"] == "ok"
+    assert response.json()["sideband_workers"] == 1
 
 
 @pytest.mark.parametrize("value", ["maybe", "2"])

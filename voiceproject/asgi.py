@@ -1,24 +1,101 @@
+import asyncio
 import os
 
-from django.core.asgi import get_asgi_application
+import django
+from django.core.handlers.asgi import ASGIHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceproject.settings")
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)
+
+
+class InlineMiddlewareHandler(ASGIHandler):
+    """Django's ASGI handler with the CPU-only middleware swapped for their inline variants."""
+
+    def load_middleware(self, is_async=False):
+        from django.conf import settings
+
+        from voiceproject.middleware import INLINE
+
+        named = settings.MIDDLEWARE
+        settings.MIDDLEWARE = [INLINE.get(path, path) for path in named]
+        try:
+            super().load_middleware(is_async)
+        finally:
+            settings.MIDDLEWARE = named
+
+
+django_asgi_app = InlineMiddlewareHandler()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs the apps loaded)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+from django.core.exceptions import SuspiciousFileOperation  # noqa: E402
+from django.http import Http404  # noqa: E402
+from django.middleware.security import SecurityMiddleware  # noqa: E402
 
 from sessions_app.routing import websocket_urlpatterns  # noqa: E402
 from sessions_app.sideband import InProcessWorker  # noqa: E402
+from voiceproject.middleware import ContentSecurityPolicyMiddleware  # noqa: E402
 
-http_app = ASGIStaticFilesHandler(django_asgi_app) if settings.SERVE_STATIC else django_asgi_app
+
+class StaticFiles(ASGIStaticFilesHandler):
+    """/static/ with the pages' security headers, and a path that climbs out of it a 404, not a 500."""
+
+    def serve(self, request):
+        try:
+            response = super().serve(request)
+        except SuspiciousFileOperation:
+            raise Http404("No such file.") from None
+        # The headers the middleware gives every page; static files skip the middleware.
+        SecurityMiddleware(lambda r: response).process_response(request, response)
+        return ContentSecurityPolicyMiddleware(lambda r: response).process_response(request, response)
+
+
+class BoundedBodyWait:
+    """A request whose body stops arriving (a Content-Length larger than what is sent) is answered 408
+    after BODY_WAIT_SECONDS of silence, instead of holding a worker for as long as the client likes."""
+
+    def __init__(self, app, seconds):
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state = {"body_done": False, "timed_out": False, "started": False}
+
+        async def bounded_receive():
+            if state["body_done"]:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.seconds)
+            except asyncio.TimeoutError:
+                state["timed_out"] = True
+                return {"type": "http.disconnect"}  # Django stops reading and drops the request
+            if message["type"] != "http.request" or not message.get("more_body"):
+                state["body_done"] = True
+            return message
+
+        async def tracked_send(message):
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            await send(message)
+
+        await self.app(scope, bounded_receive, tracked_send)
+        if state["timed_out"] and not state["started"]:
+            body = b'{"error": {"code": "request_timeout", "message": "The request body stopped arriving."}}'
+            await send({"type": "http.response.start", "status": 408,
+                        "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": body})
+
+
+http_app = StaticFiles(django_asgi_app) if settings.SERVE_STATIC else django_asgi_app
 
 application = ProtocolTypeRouter(
     {
-        "http": http_app,
+        "http": BoundedBodyWait(http_app, settings.BODY_WAIT_SECONDS),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

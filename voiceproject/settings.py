@@ -94,16 +94,19 @@ INSTALLED_APPS = [
     "sessions_app",
 ]
 
-# Django's stack; the CPU-only ones run their hooks on the event loop
-# (voiceproject/middleware.py says why).
+# Django's stack. Under ASGI the CPU-only ones run as inline variants
+# (voiceproject/middleware.py says why; voiceproject/asgi.py swaps them in), so
+# Django's own deploy checks see Django's own classes here.
 MIDDLEWARE = [
-    "voiceproject.middleware.SecurityMiddleware",
+    "voiceproject.middleware.ApiErrorsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
-    "voiceproject.middleware.CommonMiddleware",
-    "voiceproject.middleware.CsrfViewMiddleware",
-    "voiceproject.middleware.AuthenticationMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "voiceproject.middleware.XFrameOptionsMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "voiceproject.middleware.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "voiceproject.urls"
@@ -156,20 +159,33 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
+# Redis is a helper, never the truth: with it away, sessions come from the database, the rate
+# limit falls back to each process's own count (sessions_app.views._mint_rate), and sockets
+# work without live pushes. Recovery needs no restart: clients reconnect on their own.
+REDIS_TIMEOUT_SECONDS = envint("REDIS_TIMEOUT_SECONDS", 2, minimum=1)
+CHANNEL_LAYER_POOL_SIZE = envint("CHANNEL_LAYER_POOL_SIZE", 64, minimum=4)
 if REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": REDIS_URL,
-        }
+            "OPTIONS": {
+                "IGNORE_EXCEPTIONS": True,
+                "SOCKET_CONNECT_TIMEOUT": REDIS_TIMEOUT_SECONDS,
+                "SOCKET_TIMEOUT": REDIS_TIMEOUT_SECONDS,
+            },
+        },
+        "local": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "fallback"},
     }
+    DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "voiceproject.channel_layer.BoundedRedisChannelLayer",
             # channels-redis waits up to 5 s in a blocking pop; redis-py's own
             # 5 s socket timeout fired first and closed idle sockets (1011).
             "CONFIG": {
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 5}],
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30,
+                           "socket_connect_timeout": REDIS_TIMEOUT_SECONDS}],
                 # A process's sockets share one Redis list; bursts of spend
                 # updates overflowed the default 100 and were dropped.
                 "capacity": 1000,
@@ -178,7 +194,10 @@ if REDIS_URL:
     }
     SILENCED_SYSTEM_CHECKS = []
 else:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "local": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "fallback"},
+    }
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     # One process holds every rate-limit counter, so a local-memory cache is
     # shared by everything that reads it. REDIS_URL is required past one process.
@@ -230,6 +249,16 @@ if CLIENT_SECRET_TTL_SECONDS > 7200:
     raise ImproperlyConfigured("CLIENT_SECRET_TTL_SECONDS must be at most 7200 (the upstream's limit)")
 
 MINT_RATE_LIMIT = os.environ.get("MINT_RATE_LIMIT", "10/m")
+# A failed cache call returns "no answer" instead of raising; the view then counts locally.
+RATELIMIT_FAIL_OPEN = True
+# Failed sign-ins, per user name and per client address (a window, never a permanent lockout).
+LOGIN_FAILURES_PER_USER = os.environ.get("LOGIN_FAILURES_PER_USER", "5/5m")
+LOGIN_FAILURES_PER_ADDRESS = os.environ.get("LOGIN_FAILURES_PER_ADDRESS", "30/5m")
+# A start request may carry 2,000,000 pasted characters, JSON-escaped at up to 6 bytes each;
+# past this a request gets 413 before anything reads it.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 13 * 1024 * 1024
+# A request body that stops arriving gets 408 after this long without a byte.
+BODY_WAIT_SECONDS = envint("BODY_WAIT_SECONDS", 10, minimum=1)
 # A call whose page has been gone this long is hung up by the sideband worker.
 PAGE_GONE_SECONDS = envint("PAGE_GONE_SECONDS", 30, minimum=1)
 # A conversation whose last call ended this long ago, with none resumed, is ended.
@@ -237,6 +266,8 @@ NO_CALL_SECONDS = envint("NO_CALL_SECONDS", 600, minimum=1)
 # The sideband worker's claim on a call; renewed every poll. A dead worker's
 # calls are taken over once it lapses (a stopped worker releases them at once).
 SIDEBAND_LEASE_SECONDS = envint("SIDEBAND_LEASE_SECONDS", 6, minimum=2)
+# How often a sideband worker says it is alive (/healthz counts those seen in three times this).
+WORKER_BEAT_SECONDS = 5
 # "inprocess": the web process runs the sideband worker itself (one machine:
 # one process, the in-memory channel layer reaches its pages). "external":
 # `manage.py sideband_worker` processes do, reaching pages through Redis.
@@ -277,8 +308,27 @@ LOGGING = {
     "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
 }
 
-if not DEBUG:
-    SESSION_COOKIE_HTTPONLY = True
-    X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+
+# Behind HTTPS (a TLS-terminating proxy in front): set these from the environment.
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
+SESSION_COOKIE_SECURE = envbool("SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
+# The header a proxy sets to say the client used HTTPS, e.g. X-Forwarded-Proto (only set it
+# when that proxy always sets or strips it).
+_proxy_header = os.environ.get("SECURE_PROXY_SSL_HEADER", "")
+SECURE_PROXY_SSL_HEADER = ("HTTP_" + _proxy_header.upper().replace("-", "_"), "https") if _proxy_header else None
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# Every page loads only this origin's scripts, styles, images and sockets; nothing inline.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "media-src 'self' blob:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+PERMISSIONS_POLICY = "microphone=(self), camera=(), geolocation=(), payment=(), usb=()"
 if DEFAULT_TURN_DETECTION not in ("server_vad", "semantic_vad", "push_to_talk"):
     raise ImproperlyConfigured("DEFAULT_TURN_DETECTION must be server_vad, semantic_vad or push_to_talk")

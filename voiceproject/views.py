@@ -5,7 +5,11 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
+from django.contrib.auth.forms import AuthenticationForm
+from django.contrib.auth.views import LoginView
 from django.middleware.csrf import CsrfViewMiddleware
+from django.shortcuts import render
+from django_ratelimit.core import get_usage
 from django.views.decorators.http import require_GET
 
 
@@ -52,19 +56,76 @@ def csrf_failure(request, reason=""):
     return default_failure(request, reason)
 
 
+def _redis_status():
+    """"ok", "not used" (one machine), or the error of a ping with a short timeout."""
+    if not settings.REDIS_URL:
+        return "not used"
+    import redis
+
+    try:
+        redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1).ping()
+    except (redis.RedisError, OSError) as exc:
+        return f"error: {type(exc).__name__}"
+    return "ok"
+
+
 @require_GET
 def healthz(request):
+    """200 while the database answers (the one part nothing works without); "degraded" says which
+    helper is away: Redis (live pushes, the shared rate limit) or every sideband worker."""
+    from sessions_app.models import WorkerBeat
+
     try:
         connection.ensure_connection()
         database = "ok"
+        workers = WorkerBeat.alive(settings.WORKER_BEAT_SECONDS * 3).count()
     except Exception as exc:  # reported, not raised: this is the health probe
-        database = f"error: {type(exc).__name__}"
+        database, workers = f"error: {type(exc).__name__}", None
+    redis_status = _redis_status()
     layer = get_channel_layer()
+    healthy = database == "ok" and redis_status in ("ok", "not used") and workers
     body = {
-        "status": "ok" if database == "ok" else "degraded",
+        "status": "ok" if healthy else "degraded",
         "database": database,
         "database_vendor": connection.vendor,
+        "redis": redis_status,
         "channel_layer": type(layer).__name__ if layer else None,
+        "sideband_workers": workers,
+        "sideband_worker_mode": settings.SIDEBAND_WORKER,
         "upstream": settings.UPSTREAM_MODE,
     }
     return JsonResponse(body, status=200 if database == "ok" else 503)
+
+
+def _failed_logins(request, username, increment):
+    """The counts of failed sign-ins for this user name and this client address; the larger wait wins."""
+    usages = [
+        get_usage(request, group="login-user", key=lambda g, r: username, rate=settings.LOGIN_FAILURES_PER_USER,
+                  increment=increment),
+        get_usage(request, group="login-address", key="ip", rate=settings.LOGIN_FAILURES_PER_ADDRESS,
+                  increment=increment),
+    ]
+    waits = [max(1, u["time_left"]) for u in usages if u and u["count"] >= u["limit"]]
+    return max(waits) if waits else None
+
+
+def login_view(request):
+    """Django's sign-in, with failed attempts throttled per user name and per address (a window:
+    the right person can sign in again once it passes, and one attacker cannot lock everyone out
+    by address alone). Behind a proxy, run daphne with --proxy-headers so the address is the client's."""
+    if request.method != "POST":
+        return LoginView.as_view()(request)
+    username = str(request.POST.get("username", ""))[:150].strip().lower()
+    wait = _failed_logins(request, username, increment=False)
+    if wait is not None:
+        minutes = max(1, -(-wait // 60))
+        message = (f"Too many failed sign-ins. Wait {minutes} minute{'s' if minutes > 1 else ''}, then try again; "
+                   "if you forgot your password, ask an administrator to reset it.")
+        context = {"form": AuthenticationForm(request), "throttled": message, "next": request.POST.get("next", "/")}
+        response = render(request, "registration/login.html", context, status=429)
+        response["Retry-After"] = str(wait)
+        return response
+    response = LoginView.as_view()(request)
+    if response.status_code == 200:  # the form came back: the user name and password did not match
+        _failed_logins(request, username, increment=True)
+    return response

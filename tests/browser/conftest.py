@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import CHROMIUM, chromium_args
+from bench.harness import CHROMIUM, chromium_args, wait_js  # noqa: F401  (the tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "browser-test-pass-1"

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.browser.conftest import sign_in
+from tests.browser.conftest import sign_in, wait_js
 from tests.browser.test_voice_session import READY, api_session, current_call, hold_talk, start_session, wait_until
 
 pytestmark = pytest.mark.browser
@@ -50,7 +50,7 @@ def test_the_page_never_receives_a_secret_and_the_server_creates_the_call(page, 
     page.on("request", lambda r: requests.append(r.url))
     session_id, call_id = start_session(page, turn="push_to_talk", signed_in=True)
     hold_talk(page, 0.4)
-    page.wait_for_function("document.getElementById('session-cost').dataset.exact > 0", timeout=20_000)
+    wait_js(page, "document.getElementById('session-cost').dataset.exact > 0", timeout=20_000)
     page.get_by_role("button", name="Stop").click()
     page.get_by_role("status").filter(has_text="Session ended").wait_for()
 
@@ -105,7 +105,7 @@ def test_the_cap_resumes_the_conversation_with_its_turns_and_cost(page, simulato
     hold_talk(page, 0.6)
     answer = page.locator('#transcript li[data-role="assistant"] .text').first
     wait_until(lambda: "March" in answer.text_content(), timeout=20, what="an answer in the first call")
-    page.wait_for_function("window.voiceSession.socket.unacknowledged === 0", timeout=20_000)
+    wait_js(page, "window.voiceSession.socket.unacknowledged === 0", timeout=20_000)
     turns = wait_until(lambda: len([t for t in api_session(page, session_id)["transcript"] if t["text"]]) >= 2
                        and api_session(page, session_id)["transcript"], what="the first call's turns stored")
     cost_before = float(page.locator("#session-cost").get_attribute("data-exact"))
@@ -131,7 +131,7 @@ def test_the_cap_resumes_the_conversation_with_its_turns_and_cost(page, simulato
     # The cost carries on from where it was.
     assert float(page.locator("#session-cost").get_attribute("data-exact")) >= cost_before
     hold_talk(page, 0.6)
-    page.wait_for_function(f"document.getElementById('session-cost').dataset.exact > {cost_before}", timeout=20_000)
+    wait_js(page, f"document.getElementById('session-cost').dataset.exact > {cost_before}", timeout=20_000)
     recorded = api_session(page, session_id)
     assert {u["response_id"] for u in recorded["usage"] if u["kind"] == "response"} >= {
         r["id"] for r in second["responses"] if r["status"] == "completed"}

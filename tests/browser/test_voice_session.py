@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.browser.conftest import sign_in
+from tests.browser.conftest import sign_in, wait_js
 
 pytestmark = pytest.mark.browser
 
@@ -106,7 +106,7 @@ def test_talk_about_a_pasted_document_then_mute_and_stop(page, simulator):
     answer = page.locator('#transcript li[data-role="assistant"] .text').first
     answer.wait_for(timeout=20_000)
     wait_until(lambda: re.search("Zephyr|budget|Maria", answer.text_content()), what="an answer from the document")
-    page.wait_for_function("document.getElementById('session-cost').dataset.exact > 0", timeout=20_000)
+    wait_js(page, "document.getElementById('session-cost').dataset.exact > 0", timeout=20_000)
     assert page.locator('#transcript li[data-role="user"]').count() >= 1
 
     call = simulator.call(call_id)
@@ -115,7 +115,7 @@ def test_talk_about_a_pasted_document_then_mute_and_stop(page, simulator):
     wait_until(lambda: inbound_audio_energy(page) > 0, what="audio energy received by the browser")
 
     # What the page shows is what the database recorded.
-    page.wait_for_function("window.voiceSession.socket.unacknowledged === 0")
+    wait_js(page, "window.voiceSession.socket.unacknowledged === 0")
     recorded = wait_until(
         lambda: (r := api_session(page, session_id))["totals"]["responses"] >= 1
         and r["totals"]["cost_usd"] == page.locator("#session-cost").get_attribute("data-exact") and r,
@@ -223,7 +223,7 @@ def test_a_lost_connection_is_resumed_with_the_button(page, simulator):
     assert [(c["number"], c["status"]) for c in calls] == [(1, "ended"), (2, "active")]
     assert calls[0]["end_reason"] == "call_closed"
     hold_talk(page, 0.3)
-    page.wait_for_function("document.getElementById('session-cost').dataset.exact > 0", timeout=20_000)
+    wait_js(page, "document.getElementById('session-cost').dataset.exact > 0", timeout=20_000)
     assert simulator.call(calls[1]["call_id"])["responses"]
     page.get_by_role("button", name="Stop").click()
     page.get_by_role("status").filter(has_text="Session ended").wait_for()
@@ -250,14 +250,14 @@ def test_reports_made_while_the_socket_is_down_are_resent(page, simulator):
         """() => { const s = window.voiceSession.socket; s.reopen = s._open; s._open = () => {}; s.ws.close(); }"""
     )
     hold_talk(page, 0.5, keyboard=True)
-    page.wait_for_function(
+    wait_js(page, 
         "[...window.voiceSession.socket.pending.keys()].some((k) => k.startsWith('usage:'))", timeout=20_000
     )
     assert api_session(page, session_id)["totals"]["reported_responses"] == 0
     # The socket comes back: the kept report is sent again and acknowledged.
     page.evaluate("() => { const s = window.voiceSession.socket; s._open = s.reopen; s._open(); }")
-    page.wait_for_function("window.voiceSession.socket.unacknowledged === 0")
-    page.wait_for_function("document.getElementById('session-cost').dataset.exact > 0")
+    wait_js(page, "window.voiceSession.socket.unacknowledged === 0")
+    wait_js(page, "document.getElementById('session-cost').dataset.exact > 0")
     recorded = wait_until(lambda: (r := api_session(page, session_id))["totals"]["verified"] and r,
                           what="the server's own record")
     totals = recorded["totals"]
@@ -342,8 +342,8 @@ def test_verified_usage_matches_and_a_vanished_tab_is_ended(browser, server, sim
     page.set_default_timeout(15_000)
     session_id, call_id = start_session(page, turn="push_to_talk", document="")
     hold_talk(page, 0.3)
-    page.wait_for_function("document.getElementById('session-cost').dataset.exact > 0", timeout=20_000)
-    page.wait_for_function("window.voiceSession.socket.unacknowledged === 0")
+    wait_js(page, "document.getElementById('session-cost').dataset.exact > 0", timeout=20_000)
+    wait_js(page, "window.voiceSession.socket.unacknowledged === 0")
     totals = wait_until(lambda: (t := api_session(page, session_id)["totals"])["verified"] and t, what="verified usage")
     assert totals["verified_cost_usd"] == totals["cost_usd"] and not totals["usage_mismatch"]
 
@@ -378,11 +378,11 @@ def test_the_spend_dashboard_updates_live(browser, server, simulator):
     page.set_default_timeout(15_000)
     session_id, _ = start_session(page, turn="push_to_talk", document="")
     hold_talk(page, 0.3)
-    page.wait_for_function("document.getElementById('session-cost').dataset.exact > 0", timeout=20_000)
+    wait_js(page, "document.getElementById('session-cost').dataset.exact > 0", timeout=20_000)
     spent = float(page.locator("#session-cost").get_attribute("data-exact"))
 
     # No reload: the figure moves by what the session spent, and the session is listed.
-    dashboard.wait_for_function(
+    wait_js(dashboard, 
         f"Math.abs(Number(document.querySelector('dd[data-figure=\"month\"]').dataset.costUsd) - {before + spent}) < 1e-6",
         timeout=15_000,
     )
