@@ -2,7 +2,6 @@ import asyncio
 import json
 import logging
 import re
-import weakref
 
 from channels.db import DatabaseSyncToAsync, database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -18,7 +17,7 @@ log = logging.getLogger(__name__)
 MAX_FRAME_CHARS = 64 * 1024
 MAX_TRANSCRIPT_CHARS = 20_000
 ID_PATTERN = re.compile(r"[A-Za-z0-9_\-.:]{1,128}")
-DASHBOARD_GROUP = "dashboard"
+ALL_TEAMS_GROUP = "dashboard-all"
 
 
 def parallel_db(func):
@@ -28,29 +27,46 @@ def parallel_db(func):
     return DatabaseSyncToAsync(func, thread_sensitive=False)
 
 
-# Spend updates leave a process in batches: one layer message per BATCH_SECONDS
-# instead of one per report. The dashboard socket still sends one
-# spend.update frame per report; the layer (one Redis list per receiving
-# process) no longer overflows when hundreds of reports arrive a second.
-BATCH_SECONDS = 0.05
-_batches = weakref.WeakKeyDictionary()  # event loop -> pending updates
+def dashboard_groups(team_id):
+    """Where a spend update goes: staff hear every team ("dashboard-all"), a team's admins their team."""
+    return [ALL_TEAMS_GROUP] + ([f"dashboard-team-{team_id}"] if team_id else [])
 
 
-async def announce_spend(channel_layer, update):
-    """Queue a spend.update for every dashboard; sent with the others of this moment."""
-    loop = asyncio.get_running_loop()
-    pending = _batches.get(loop)
-    if pending is None:
-        pending = _batches[loop] = []
+class SpendBatcher:
+    """Spend updates leave a process in batches: one layer message per group per BATCH_SECONDS
+    instead of one per report, so the layer (one Redis list per receiving process) keeps up when
+    hundreds of reports arrive a second; each dashboard socket still sends one frame per update.
+    One per channel layer (kept on it), so no state lives in this module."""
 
-        async def flush():
-            await asyncio.sleep(BATCH_SECONDS)
-            updates = _batches.pop(loop)
-            await tell(channel_layer, DASHBOARD_GROUP, {"type": "spend.batch", "updates": updates})
+    BATCH_SECONDS = 0.05
 
-        # Kept referenced by the loop until done; errors are logged by asyncio.
-        loop.create_task(flush())
-    pending.append({"type": "spend.update", **update})
+    def __init__(self, layer):
+        self.layer = layer
+        self.pending = {}  # group -> updates
+        self.flushing = None
+
+    @classmethod
+    def of(cls, layer):
+        batcher = getattr(layer, "spend_batcher", None)
+        if batcher is None:
+            batcher = layer.spend_batcher = cls(layer)
+        return batcher
+
+    def add(self, update):
+        loop = asyncio.get_running_loop()
+        if self.flushing is not None and self.flushing.get_loop() is not loop:
+            # A loop that stopped before its flush ran (tests run one loop each): its updates died with it.
+            self.pending, self.flushing = {}, None
+        for group in dashboard_groups(update.get("team_id")):
+            self.pending.setdefault(group, []).append({"type": "spend.update", **update})
+        if self.flushing is None or self.flushing.done():
+            self.flushing = loop.create_task(self.flush())
+
+    async def flush(self):
+        await asyncio.sleep(self.BATCH_SECONDS)
+        pending, self.pending = self.pending, {}
+        for group, updates in pending.items():
+            await tell(self.layer, group, {"type": "spend.batch", "updates": updates})
 
 
 def session_group(session_id):
@@ -94,8 +110,23 @@ class GroupMember:
         await self.join(*self.groups_joined)
 
 
+async def announce_ended(channel_layer, session_ids):
+    """Dashboards show a conversation's duration once it ends: send them its row."""
+    @parallel_db
+    def updates():
+        sessions = RealtimeSession.objects.select_related("user", "team").filter(pk__in=list(session_ids))
+        return [usage.dashboard_update(session) for session in sessions]
+
+    try:
+        for update in await updates():
+            SpendBatcher.of(channel_layer).add(update)
+    except Exception:  # the figures are right on the next read; the end itself is done
+        log.exception("could not tell the dashboards that a conversation ended")
+
+
 async def stop_for_budget(channel_layer, session_id, call_ids):
     """Tell the session's pages it is over budget and hang its calls up upstream."""
+    await announce_ended(channel_layer, [session_id])
     await tell(
         channel_layer, session_group(session_id),
         {"type": "budget.exceeded", "message": "The spending limit was reached, so this session was ended."},
@@ -111,12 +142,9 @@ async def publish_usage(channel_layer, session_id, recorded):
     """After a usage record: the dashboards hear of new spend, the page of the server's own figures,
     and a crossed budget ends what it must."""
     record = recorded.record
+    if recorded.update:
+        SpendBatcher.of(channel_layer).add(recorded.update)
     if recorded.created:
-        await announce_spend(channel_layer, {
-            "session_id": str(session_id), "team_id": recorded.team_id, "response_id": record.response_id,
-            "kind": record.kind, "cost_usd": f"{record.cost_usd:.6f}",
-            "verified": record.source == UsageRecord.SERVER, "session": recorded.totals,
-        })
         if record.source == UsageRecord.SERVER:
             await tell(channel_layer, session_group(session_id), {
                 "type": "usage.verified", "response_id": record.response_id, "kind": record.kind,
@@ -248,18 +276,16 @@ class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
 
 
 class DashboardConsumer(GroupMember, AsyncJsonWebsocketConsumer):
-    """Live spend for staff (everything) and team admins (their teams only)."""
+    """Live spend for staff (every team) and team admins (their teams): each joins only the groups
+    it may hear, so no message is filtered here."""
 
     async def connect(self):
         user = self.scope["user"]
-        if not user.is_authenticated:
+        groups = await self.groups_for(user) if user.is_authenticated else []
+        if not groups:
             await self.close()
             return
-        self.teams = await self.visible_teams(user)
-        if self.teams is not None and not self.teams:
-            await self.close()
-            return
-        await self.join(DASHBOARD_GROUP)
+        await self.join(*groups)
         await self.accept()
 
     async def disconnect(self, code):
@@ -282,17 +308,15 @@ class DashboardConsumer(GroupMember, AsyncJsonWebsocketConsumer):
 
     async def spend_batch(self, event):
         for update in event["updates"]:
-            if self.teams is None or update.get("team_id") in self.teams:
-                await self.send_json({k: v for k, v in update.items() if k != "team_id"})
+            await self.send_json(update)
 
     @database_sync_to_async
-    def visible_teams(self, user):
-        """None for staff (all teams); else the ids of the teams the user administers."""
+    def groups_for(self, user):
         if user.is_staff:
-            return None
-        from teams_app.models import Membership
+            return [ALL_TEAMS_GROUP]
+        from teams_app.models import Team
 
-        return {str(t) for t in Membership.objects.filter(user=user, role=Membership.ADMIN).values_list("team_id", flat=True)}
+        return [f"dashboard-team-{pk}" for pk in Team.objects.spend_visible_to(user).values_list("pk", flat=True)]
 
 
 class NoSuchSocket(AsyncJsonWebsocketConsumer):

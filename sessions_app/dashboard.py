@@ -1,31 +1,33 @@
-"""The spend dashboard (staff and team admins), its CSV export, and members' session history.
+"""The spend dashboard (staff and team admins): the query, the figures, the page and its JSON.
 
-Every spend figure comes from spend_queryset() and is summed in the database,
-so the page, its JSON mode and the CSV agree to the last digit.
+Every figure is summed from the day rollups (SpendDay), never from the usage
+records, so a dashboard read costs the same with a million records in the month
+as with none; the sessions behind the figures come a page at a time through an
+index. Live updates arrive as deltas the page applies (static/js/spend_dashboard.js).
 """
 
-import csv
 import datetime
 from dataclasses import dataclass, field
 from decimal import Decimal
 from urllib.parse import urlencode
 
 from django import forms
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Count, DecimalField, Exists, F, OuterRef, Q, Sum
-from django.db.models.functions import TruncDate
-from django.http import Http404, HttpResponse, JsonResponse
+from django.db.models import Max
+from django.http import JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from teams_app.models import Membership, Team
+from teams_app.models import Team
 
-from .models import RealtimeSession, UsageRecord
+from . import chart
+from .models import RealtimeSession, SpendDay, UsageRecord
 
 UTC = datetime.timezone.utc
 ONE_DAY = datetime.timedelta(days=1)
@@ -33,59 +35,19 @@ DEFAULT_DAYS = 30
 MAX_DAYS = 366
 # Far enough apart for any real range, and end + one day never overflows.
 EARLIEST, LATEST = datetime.date(2000, 1, 1), datetime.date(2999, 12, 31)
-SESSIONS_ON_PAGE = 200
-HISTORY_PAGE_SIZE = 50
-# A sum outgrows one record's 14 digits long before a session does.
-MONEY = DecimalField(max_digits=24, decimal_places=8)
-TOKEN_KINDS = ("input_text", "input_audio", "input_image", "cached", "output_text", "output_audio")
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-CSV_HEADER = [
-    "session_id", "started_at", "user", "team", "model", "duration_seconds", *(f"{k}_tokens" for k in TOKEN_KINDS),
-    "cost_usd", "documents", "verified", "verified_cost_usd", "reported_session_cost_usd", "mismatch",
-]
+SESSIONS_PER_PAGE = 50
+TOKEN_KINDS = SpendDay.TOKEN_FIELDS
 
 
-# ---- who sees what ----
-
-def teams_whose_spend_user_sees(user):
-    """Teams whose spend the user may see: None means every team (staff)."""
-    if user.is_staff:
-        return None
-    teams = Team.objects.filter(memberships__user=user, memberships__role=Membership.ADMIN)
-    if not teams.exists():
+def viewable_teams(user):
+    """The teams whose spend the user may see; PermissionDenied for a member who administers none."""
+    teams = Team.objects.spend_visible_to(user)
+    if not user.is_staff and not teams.exists():
         raise PermissionDenied("Only staff and team admins see spend.")
     return teams
 
 
-def spend_queryset(viewer, start, end, filters=None):
-    """The usage records that count as the viewer's spend from start to end (UTC days, inclusive).
-
-    The one place deciding what counts, the same rule budgets use: per
-    response, what the server verified itself where it did, else what the
-    browser reported.
-    """
-    records = UsageRecord.objects.billable().filter(
-        created_at__gte=_midnight(start),
-        created_at__lt=_midnight(end + ONE_DAY),
-    )
-    teams = teams_whose_spend_user_sees(viewer)
-    if teams is not None:
-        records = records.filter(session__team__in=teams)
-    filters = filters or {}
-    if filters.get("team"):
-        records = records.filter(session__team_id=filters["team"])
-    if filters.get("user"):
-        records = records.filter(session__user__username=filters["user"])
-    if filters.get("model"):
-        records = records.filter(session__model=filters["model"])
-    return records
-
-
-def _midnight(day):
-    return datetime.datetime.combine(day, datetime.time(), tzinfo=UTC)
-
-
-def _today():
+def today():
     return timezone.now().astimezone(UTC).date()
 
 
@@ -102,20 +64,17 @@ class SpendFilterForm(forms.Form):
     )
     team = forms.ChoiceField(required=False, error_messages={"invalid_choice": "That team is not one you may see."})
     user = forms.ChoiceField(required=False, error_messages={"invalid_choice": "That user is not one you may see."})
-    model = forms.ChoiceField(
-        required=False, error_messages={"invalid_choice": "No session you may see used that model."}
-    )
+    model = forms.ChoiceField(required=False, error_messages={"invalid_choice": "That model is not offered."})
 
     def __init__(self, data, viewer):
         super().__init__(data)
-        teams = teams_whose_spend_user_sees(viewer)
-        sessions = RealtimeSession.objects.all() if teams is None else RealtimeSession.objects.filter(team__in=teams)
-        teams = Team.objects.all() if teams is None else teams
-        users = get_user_model().objects.filter(realtime_sessions__in=sessions).distinct().order_by("username")
-        models = sessions.order_by("model").values_list("model", flat=True).distinct()
+        teams = viewable_teams(viewer).order_by("name")
+        users = get_user_model().objects.filter(memberships__team__in=teams).distinct().order_by("username")
+        if viewer.is_staff:
+            users = get_user_model().objects.order_by("username")
         self.fields["team"].choices = [("", "All teams")] + [(str(t.pk), t.name) for t in teams]
         self.fields["user"].choices = [("", "All users")] + [(u.get_username(), u.get_username()) for u in users]
-        self.fields["model"].choices = [("", "All models")] + [(m, m) for m in models]
+        self.fields["model"].choices = [("", "All models")] + [(m, m) for m in settings.REALTIME_MODELS]
 
     def _check_bounds(self, name):
         day = self.cleaned_data.get(name)
@@ -133,7 +92,7 @@ class SpendFilterForm(forms.Form):
         data = super().clean()
         if self.has_error("start") or self.has_error("end"):
             return data
-        end = data.get("end") or _today()
+        end = data.get("end") or today()
         start = data.get("start") or end - (DEFAULT_DAYS - 1) * ONE_DAY
         if end < start:
             raise forms.ValidationError(f"The end ({end}) is before the start ({start}).")
@@ -151,15 +110,18 @@ class SpendQuery:
     filters: dict
     errors: list = field(default_factory=list)
 
-    def params(self, **changes):
-        """The effective query (never the refused values) as a query string."""
+    def as_dict(self):
+        """The effective query (never the refused values)."""
         params = {"start": self.start.isoformat(), "end": self.end.isoformat()}
         params.update((k, v) for k, v in self.filters.items() if v)
-        params.update(changes)
-        return urlencode(params)
+        return params
+
+    def params(self, **changes):
+        """The effective query as a query string."""
+        return urlencode(self.as_dict() | changes)
 
 
-def _read_query(request):
+def read_query(request):
     """The validated range and filters; whatever was refused falls back to its default and is said."""
     form = SpendFilterForm(request.GET, request.user)
     form.is_valid()
@@ -168,7 +130,7 @@ def _read_query(request):
     if dates_ok:
         start, end = data["start"], data["end"]
     else:
-        end = _today()
+        end = today()
         start = end - (DEFAULT_DAYS - 1) * ONE_DAY
     filters = {name: data.get(name) or None for name in ("team", "user", "model")}
     errors = [str(message) for messages in form.errors.values() for message in messages]
@@ -177,64 +139,131 @@ def _read_query(request):
 
 # ---- the figures ----
 
-def _sums():
-    # Token columns are the realtime model's; input transcription adds to the cost only.
-    answers = Q(kind=UsageRecord.RESPONSE)
-    return {
-        "sessions": Count("session", distinct=True),
-        "input_text": Sum("input_text_tokens", default=0, filter=answers),
-        "input_audio": Sum("input_audio_tokens", default=0, filter=answers),
-        "input_image": Sum("input_image_tokens", default=0, filter=answers),
-        "cached": Sum(F("cached_text_tokens") + F("cached_audio_tokens") + F("cached_image_tokens"), default=0,
-                      filter=answers),
-        "output_text": Sum("output_text_tokens", default=0, filter=answers),
-        "output_audio": Sum("output_audio_tokens", default=0, filter=answers),
-        "cost": Sum("cost_usd", default=Decimal(0), output_field=MONEY),
-    }
-
-
-def _figure(sums, **extra):
+def figure(sums, **extra):
     """One row of figures, JSON-ready: exact cost (8 decimals) and the 4-decimal display."""
-    row = {kind: sums[kind] for kind in ("sessions", *TOKEN_KINDS)}
+    row = {kind: sums[kind] for kind in ("sessions", "responses", *TOKEN_KINDS)}
     row["cost_usd"] = f"{sums['cost']:.8f}"
     row["cost_display"] = f"{sums['cost']:.4f}"
+    row["transcription_cost_usd"] = f"{sums['transcription']:.8f}"
     row.update(extra)
     return row
 
 
-def _breakdown(spend, query, param, key, label=None):
-    """Figures grouped by one field; each label links to the page filtered by it."""
-    label = label or key
-    rows = spend.values(*dict.fromkeys((key, label))).annotate(**_sums()).order_by("-cost", label)
+def _breakdown(days, query, param, key, label):
+    """Figures grouped by one dimension, most spent first; each label links to the page filtered by it."""
     figures = []
-    for sums in rows:
+    for sums in sorted(days.by(*dict.fromkeys((key, label))), key=lambda s: (-s["cost"], str(s[label]))):
         value = str(sums[key]) if sums[key] is not None else ""
         href = "?" + query.params(**{param: value}) if value else ""
-        figures.append(_figure(sums, key=value, label=sums[label] or "(none)", href=href))
+        figures.append(figure(sums, key=value, label=sums[label] or "(none)", href=href))
     return figures
 
 
-def _by_day(spend, query):
-    days = spend.annotate(day=TruncDate("created_at", tzinfo=UTC)).values("day").annotate(**_sums()).order_by("day")
-    found = {row["day"]: row for row in days}
-    empty = dict.fromkeys(("sessions", *TOKEN_KINDS), 0) | {"cost": Decimal(0)}
+def _by_day(days, query):
+    found = {row["day"]: row for row in days.by("day")}
+    empty = dict.fromkeys(("sessions", "responses", *TOKEN_KINDS), 0) | {"cost": Decimal(0),
+                                                                         "transcription": Decimal(0)}
     figures, day = [], query.start
     # Every day of the range, so the chart shows quiet days as zero.
     while day <= query.end:
         iso = day.isoformat()
-        figures.append(_figure(found.get(day, empty), key=iso, label=iso, href="?" + query.params(start=iso, end=iso)))
+        figures.append(figure(found.get(day, empty), key=iso, label=iso, href="?" + query.params(start=iso, end=iso)))
         day += ONE_DAY
     return figures
 
 
-def _duration(session):
-    if not session.ended_at:
-        return None
-    began = session.connected_at or session.created_at
-    return max(0, int((session.ended_at - began).total_seconds()))
+def session_row(session):
+    """A conversation as the sessions table shows it: its whole bill, verified or not."""
+    seconds = session.duration_seconds
+    verified = session.verified
+    return {
+        "id": str(session.pk),
+        "started_at": session.created_at.astimezone(UTC).isoformat(),
+        "started_display": f"{session.created_at.astimezone(UTC):%Y-%m-%d %H:%M}",
+        "user": session.user.get_username(),
+        "team": session.team.name if session.team else "",
+        "model": session.model,
+        "duration_seconds": seconds,
+        "duration_display": duration_display(seconds),
+        "input_tokens": session.billed_input_tokens,
+        "cached": session.billed_cached_tokens,
+        "output_tokens": session.billed_output_tokens,
+        "responses": session.billed_response_count,
+        "cost_usd": f"{session.billed_cost_usd:.8f}",
+        "cost_display": f"{session.billed_cost_usd:.4f}",
+        "transcription_cost_usd": f"{session.transcription_cost_usd:.8f}",
+        "documents": [str(d.get("title", "")) for d in session.documents if isinstance(d, dict)],
+        "verified": verified,
+        "verified_cost_usd": f"{session.verified_cost_usd:.8f}" if verified else None,
+        "verified_cost_display": f"{session.verified_cost_usd:.4f}" if verified else None,
+        "reported_session_cost_usd": f"{session.cost_usd:.8f}",
+        "reported_session_cost_display": f"{session.cost_usd:.4f}",
+        "mismatch": session.usage_mismatch,
+        "unverified": session.unverified_count,
+        "url": reverse("sessions-history-detail", args=[session.pk]),
+    }
 
 
-def _duration_display(seconds):
+def sessions_in(viewer, query):
+    """The conversations whose first billed usage falls in the range, newest first (an index, not a scan)."""
+    sessions = RealtimeSession.objects.readable_by(viewer).filter(
+        first_billed_at__gte=_midnight(query.start), first_billed_at__lt=_midnight(query.end + ONE_DAY),
+    )
+    if not viewer.is_staff:
+        sessions = sessions.filter(team__in=viewable_teams(viewer))
+    if query.filters.get("team"):
+        sessions = sessions.filter(team_id=query.filters["team"])
+    if query.filters.get("user"):
+        sessions = sessions.filter(user__username=query.filters["user"])
+    if query.filters.get("model"):
+        sessions = sessions.filter(model=query.filters["model"])
+    return sessions.select_related("user", "team").order_by("-first_billed_at", "-pk")
+
+
+def figures(viewer, query, page=1):
+    """Everything the dashboard shows, JSON-ready; the page and its JSON mode share it."""
+    # Updates to records after this one are not in these figures: the page applies them on top.
+    last_record = UsageRecord.objects.aggregate(last=Max("pk"))["last"] or 0
+    visible = SpendDay.objects.visible_to(viewer).matching(query.filters)
+    days = visible.between(query.start, query.end)
+    now = today()
+    by_day = _by_day(days, query)
+    range_sums = days.totals()
+    paginator = Paginator(sessions_in(viewer, query), SESSIONS_PER_PAGE)
+    # The rollups count the conversations first billed in the range: no COUNT over them.
+    paginator.count = range_sums["sessions"]
+    sessions = paginator.get_page(page)
+    result = {
+        "start": query.start.isoformat(),
+        "end": query.end.isoformat(),
+        "today_date": now.isoformat(),
+        "month_start": now.replace(day=1).isoformat(),
+        "filters": query.filters,
+        "params": query.as_dict(),
+        "last_record": last_record,
+        "today": figure(visible.between(now, now).totals()),
+        "month": figure(visible.between(now.replace(day=1), now).totals()),
+        "range": figure(range_sums),
+        "by_user": _breakdown(days, query, "user", "user__username", "user__username"),
+        "by_team": _breakdown(days, query, "team", "team", "team__name"),
+        "by_model": _breakdown(days, query, "model", "model", "model"),
+        "by_day": by_day,
+        "sessions": [session_row(s) for s in sessions],
+        "sessions_page": sessions.number,
+        "sessions_pages": sessions.paginator.num_pages,
+        "sessions_per_page": SESSIONS_PER_PAGE,
+        "chart": chart.bars(by_day, query.start, query.end),
+        "csv_url": reverse("dashboard-csv") + "?" + query.params(),
+    }
+    result["sessions_shown"] = len(result["sessions"])
+    return result
+
+
+def _midnight(day):
+    return datetime.datetime.combine(day, datetime.time(), tzinfo=UTC)
+
+
+def duration_display(seconds):
     if seconds is None:
         return "not ended"
     minutes, seconds = divmod(seconds, 60)
@@ -242,213 +271,21 @@ def _duration_display(seconds):
     return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
-def _verification(session_ids):
-    """Per session, over all its records: the browser-reported against the server-verified cost."""
-    reported_too = UsageRecord.objects.filter(
-        session=OuterRef("session"), response_id=OuterRef("response_id"), source=UsageRecord.CLIENT
-    )
-    server = Q(source=UsageRecord.SERVER)
-    rows = (
-        UsageRecord.objects.filter(session__in=session_ids)
-        .values("session")
-        .annotate(
-            reported=Sum("cost_usd", filter=Q(source=UsageRecord.CLIENT), default=Decimal(0), output_field=MONEY),
-            verified=Sum("cost_usd", filter=server, default=Decimal(0), output_field=MONEY),
-            server_records=Count("pk", filter=server),
-            unreported=Count("pk", filter=server & ~Exists(reported_too)),
-        )
-        .order_by()
-    )
-    return {row["session"]: row for row in rows}
-
-
-def _session_rows(spend, limit=None):
-    """The sessions behind the figures, newest first, with their in-range spend."""
-    per_session = spend.values("session").annotate(**_sums()).order_by("-session__created_at", "session")
-    if limit is not None:
-        per_session = per_session[:limit]
-    per_session = list(per_session)
-    ids = [row["session"] for row in per_session]
-    sessions = RealtimeSession.objects.select_related("user", "team").in_bulk(ids)
-    # A bounded page asks about its own ids; the full export about the whole range.
-    checks = _verification(ids if limit is not None else spend.values("session"))
-    return [_session_row(sessions[row["session"]], row, checks[row["session"]]) for row in per_session]
-
-
-def _session_row(session, sums, check):
-    seconds = _duration(session)
-    verified = check["server_records"] > 0
-    # Verified but different, or responses the server saw and the browser never reported.
-    mismatch = verified and (check["verified"] != check["reported"] or check["unreported"] > 0)
-    row = _figure(
-        sums,
-        id=str(session.pk),
-        started_at=session.created_at.astimezone(UTC).isoformat(),
-        started_display=f"{session.created_at.astimezone(UTC):%Y-%m-%d %H:%M}",
-        user=session.user.get_username(),
-        team=session.team.name if session.team else "",
-        model=session.model,
-        duration_seconds=seconds,
-        duration_display=_duration_display(seconds),
-        documents=[str(d.get("title", "")) for d in session.documents if isinstance(d, dict)],
-        verified=verified,
-        verified_cost_usd=f"{check['verified']:.8f}" if verified else None,
-        verified_cost_display=f"{check['verified']:.4f}" if verified else None,
-        reported_session_cost_usd=f"{check['reported']:.8f}",
-        reported_session_cost_display=f"{check['reported']:.4f}",
-        mismatch=mismatch,
-        api_url=reverse("sessions-detail", args=[session.pk]),
-    )
-    del row["sessions"]
-    return row
-
-
-CHART_WIDTH, CHART_HEIGHT = 720, 220
-CHART_LEFT, CHART_RIGHT, CHART_TOP, CHART_BOTTOM = 70, 10, 14, 30
-
-
-def _chart(by_day, query):
-    """Bar geometry for the spend-per-day SVG; the page and the live script both draw from it."""
-    costs = [Decimal(row["cost_usd"]) for row in by_day]
-    peak = max(costs, default=Decimal(0))
-    plot_width = CHART_WIDTH - CHART_LEFT - CHART_RIGHT
-    plot_height = CHART_HEIGHT - CHART_TOP - CHART_BOTTOM
-    step = plot_width / max(len(by_day), 1)
-    bars = []
-    for i, (row, cost) in enumerate(zip(by_day, costs)):
-        height = float(cost / peak) * plot_height if peak else 0.0
-        bars.append({
-            "x": round(CHART_LEFT + i * step + step * 0.1, 2),
-            "y": round(CHART_TOP + plot_height - height, 2),
-            "width": round(max(step * 0.8, 1), 2),
-            "height": round(height, 2),
-            "label": f"{row['label']}: ${row['cost_display']}",
-        })
-    busiest = by_day[costs.index(peak)]["label"] if peak else None
-    return {
-        "width": CHART_WIDTH, "height": CHART_HEIGHT,
-        "left": CHART_LEFT, "right": CHART_WIDTH - CHART_RIGHT,
-        "top": CHART_TOP, "baseline": CHART_TOP + plot_height,
-        "label_x": CHART_LEFT - 6, "label_y": CHART_HEIGHT - 8,
-        "peak_display": f"{peak:.4f}",
-        "first_day": query.start.isoformat(), "last_day": query.end.isoformat(),
-        "title": f"Spend per day (USD), {query.start} to {query.end}, UTC",
-        "description": (f"Highest: ${peak:.4f} on {busiest}." if busiest else "No spend in this range.")
-        + " The table “By day” has every value.",
-        "bars": bars,
-    }
-
-
-def _figures(viewer, query):
-    """Everything the dashboard shows, JSON-ready; the page and its JSON mode share it."""
-    spend = spend_queryset(viewer, query.start, query.end, query.filters)
-    today = _today()
-    by_day = _by_day(spend, query)
-    figures = {
-        "start": query.start.isoformat(),
-        "end": query.end.isoformat(),
-        "today_date": today.isoformat(),
-        "filters": query.filters,
-        "today": _figure(spend_queryset(viewer, today, today, query.filters).aggregate(**_sums())),
-        "month": _figure(spend_queryset(viewer, today.replace(day=1), today, query.filters).aggregate(**_sums())),
-        "range": _figure(spend.aggregate(**_sums())),
-        "by_user": _breakdown(spend, query, "user", "session__user__username"),
-        "by_team": _breakdown(spend, query, "team", "session__team", "session__team__name"),
-        "by_model": _breakdown(spend, query, "model", "session__model"),
-        "by_day": by_day,
-        "sessions": _session_rows(spend, limit=SESSIONS_ON_PAGE),
-        "chart": _chart(by_day, query),
-        "csv_url": reverse("dashboard-csv") + "?" + query.params(),
-    }
-    figures["sessions_shown"] = len(figures["sessions"])
-    return figures
-
-
 # ---- views ----
 
 @login_required
 @require_GET
 def dashboard(request):
-    query = _read_query(request)
+    query = read_query(request)
+    page = request.GET.get("page", 1)
     if request.GET.get("format") == "json":
         if query.errors:
             message = " ".join(query.errors)
             return JsonResponse({"error": {"code": "invalid_request", "message": message}}, status=400)
-        return JsonResponse(_figures(request.user, query))
-    figures = _figures(request.user, query)
-    live = {"json_url": reverse("dashboard") + "?" + query.params(format="json"), "ws_path": "/ws/dashboard/"}
-    context = {"query": query, "form": query.form, "figures": figures, "live": live, "errors": query.errors}
+        return JsonResponse(figures(request.user, query, page))
+    result = figures(request.user, query, page)
+    live = {"json_url": reverse("dashboard") + "?" + query.params(format="json", page=result["sessions_page"]),
+            "ws_path": "/ws/dashboard/"}
+    context = {"query": query, "form": query.form, "figures": result, "live": live, "errors": query.errors}
     # Refused values still get a page, with the defaults used instead, but not a 200.
     return render(request, "dashboard/dashboard.html", context, status=400 if query.errors else 200)
-
-
-@login_required
-@require_GET
-def spend_csv(request):
-    query = _read_query(request)
-    if query.errors:
-        return HttpResponse(" ".join(query.errors), status=400, content_type="text/plain; charset=utf-8")
-    spend = spend_queryset(request.user, query.start, query.end, query.filters)
-    filename = f"spend-{query.start}-{query.end}.csv"
-    response = HttpResponse(
-        content_type="text/csv; charset=utf-8", headers={"Content-Disposition": f'attachment; filename="{filename}"'}
-    )
-    writer = csv.writer(response)
-    writer.writerow(CSV_HEADER)
-    for row in _session_rows(spend):
-        writer.writerow(_csv_cells([
-            row["id"], row["started_at"], row["user"], row["team"], row["model"], row["duration_seconds"],
-            *(row[k] for k in TOKEN_KINDS), row["cost_usd"], "; ".join(row["documents"]),
-            "yes" if row["verified"] else "no", row["verified_cost_usd"], row["reported_session_cost_usd"],
-            "yes" if row["mismatch"] else "no",
-        ]))
-    total = _figure(spend.aggregate(**_sums()))
-    writer.writerow(_csv_cells(["TOTAL", "", "", "", "", "", *(total[k] for k in TOKEN_KINDS), total["cost_usd"]]))
-    return response
-
-
-def _csv_cells(values):
-    """Text a spreadsheet would run as a formula gets a leading apostrophe."""
-    cells = ["" if value is None else str(value) for value in values]
-    return ["'" + cell if cell.startswith(FORMULA_START) else cell for cell in cells]
-
-
-def _get_readable_session(user, session_id):
-    try:
-        return RealtimeSession.objects.readable_by(user).select_related("user", "team").get(pk=session_id)
-    except RealtimeSession.DoesNotExist:
-        raise Http404 from None
-
-
-@login_required
-@require_GET
-def history(request):
-    sessions = RealtimeSession.objects.filter(user=request.user).order_by("-created_at", "-pk")
-    page = Paginator(sessions, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
-    rows = [
-        {
-            "session": s,
-            "duration": _duration_display(_duration(s)),
-            "cost": f"{s.billed_cost_usd:.4f}",
-            "cost_usd": f"{s.billed_cost_usd:.8f}",
-        }
-        for s in page
-    ]
-    return render(request, "sessions/history.html", {"page": page, "rows": rows})
-
-
-@login_required
-@require_GET
-def history_detail(request, session_id):
-    from .exports import transcript_rows
-
-    session = _get_readable_session(request.user, session_id)
-    context = {
-        "session": session,
-        "duration": _duration_display(_duration(session)),
-        "cost": f"{session.billed_cost_usd:.4f}",
-        "cost_usd": f"{session.billed_cost_usd:.8f}",
-        "transcript": transcript_rows(session),
-        "calls": session.calls.all(),
-    }
-    return render(request, "sessions/history.html", context)

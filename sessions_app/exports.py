@@ -1,4 +1,5 @@
-"""A conversation's transcript as a download: Markdown and CSV, with each answer's cost and sources."""
+"""Downloads: a conversation's transcript (Markdown and CSV, with each answer's cost and sources), and the
+spend dashboard's sessions as CSV."""
 
 import csv
 import datetime
@@ -97,3 +98,43 @@ def _one_line(text):
 def _cells(values):
     """Text a spreadsheet would run as a formula gets a leading apostrophe."""
     return ["'" + v if v.startswith(FORMULA_START) else v for v in values]
+
+
+SPEND_CSV_HEADER = [
+    "session_id", "first_billed_at", "started_at", "user", "team", "model", "duration_seconds", "responses",
+    "input_tokens", "cached_tokens", "output_tokens", "cost_usd", "transcription_cost_usd", "documents", "verified",
+    "verified_cost_usd", "reported_session_cost_usd", "mismatch",
+]
+
+
+@login_required
+@require_GET
+def spend_csv(request):
+    """The conversations behind the dashboard's figures for the same range and filters, and the total."""
+    from .dashboard import figure, read_query, session_row, sessions_in
+    from .models import SpendDay
+
+    query = read_query(request)
+    if query.errors:
+        return HttpResponse(" ".join(query.errors), status=400, content_type="text/plain; charset=utf-8")
+    response = HttpResponse(content_type="text/csv; charset=utf-8", headers={
+        "Content-Disposition": f'attachment; filename="spend-{query.start}-{query.end}.csv"'})
+    writer = csv.writer(response)
+    writer.writerow(SPEND_CSV_HEADER)
+    for session in sessions_in(request.user, query).iterator(chunk_size=1000):
+        row = session_row(session)
+        writer.writerow(_cells([
+            row["id"], session.first_billed_at.astimezone(UTC).isoformat(), row["started_at"], row["user"],
+            row["team"], row["model"], "" if row["duration_seconds"] is None else str(row["duration_seconds"]),
+            str(row["responses"]), str(row["input_tokens"]), str(row["cached"]), str(row["output_tokens"]),
+            row["cost_usd"], row["transcription_cost_usd"], "; ".join(row["documents"]),
+            "yes" if row["verified"] else "no", row["verified_cost_usd"] or "", row["reported_session_cost_usd"],
+            "yes" if row["mismatch"] else "no",
+        ]))
+    total = figure(SpendDay.objects.visible_to(request.user).matching(query.filters)
+                   .between(query.start, query.end).totals())
+    input_tokens = total["input_text"] + total["input_audio"] + total["input_image"]
+    writer.writerow(_cells(["TOTAL", "", "", "", "", "", "", str(total["responses"]), str(input_tokens),
+                            str(total["cached"]), str(total["output_text"] + total["output_audio"]),
+                            total["cost_usd"], total["transcription_cost_usd"]]))
+    return response

@@ -1,3 +1,4 @@
+import datetime
 import uuid
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -66,10 +67,7 @@ class SessionQuerySet(models.QuerySet):
         """What the user may read: their own conversations; a team admin's team's too; staff all."""
         if user.is_staff:
             return self
-        from teams_app.models import Membership
-
-        admin_teams = Membership.objects.filter(user=user, role=Membership.ADMIN).values("team")
-        return self.filter(models.Q(user=user) | models.Q(team__in=admin_teams))
+        return self.filter(models.Q(user=user) | models.Q(team__in=Team.objects.spend_visible_to(user)))
 
 
 class RealtimeSession(models.Model):
@@ -123,6 +121,8 @@ class RealtimeSession(models.Model):
     billed_cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
     billed_response_count = models.PositiveIntegerField(default=0)
     transcription_cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
+    # When the conversation's first usage went on the bill: it counts once as a session, on that day.
+    first_billed_at = models.DateTimeField(null=True, blank=True)
     # Usage seen by both the page and the server, and how often the two disagreed.
     paired_count = models.PositiveIntegerField(default=0)
     disagreement_count = models.PositiveIntegerField(default=0)
@@ -134,7 +134,8 @@ class RealtimeSession(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["user", "-created_at"]), models.Index(fields=["status"])]
+        indexes = [models.Index(fields=["user", "-created_at"]), models.Index(fields=["status"]),
+                   models.Index(fields=["first_billed_at"]), models.Index(fields=["team", "first_billed_at"])]
 
     def __str__(self):
         return f"{self.user} {self.model} {self.created_at:%Y-%m-%d %H:%M}"
@@ -155,6 +156,13 @@ class RealtimeSession(models.Model):
             calls = Call.end_all(self.calls.all(), reason) if changed else None
         self.refresh_from_db()
         return calls
+
+    @property
+    def duration_seconds(self):
+        """From the first call to the end; None while the conversation goes on."""
+        if not self.ended_at:
+            return None
+        return max(0, int((self.ended_at - (self.connected_at or self.created_at)).total_seconds()))
 
     @property
     def current_call(self):
@@ -183,11 +191,20 @@ class RealtimeSession(models.Model):
                 )
                 # One recorder per conversation at a time (PostgreSQL), so the other
                 # source's record is either seen here or sees this one.
-                list(RealtimeSession.objects.select_for_update().filter(pk=self.pk).values_list("pk"))
+                first_billed = (RealtimeSession.objects.select_for_update().filter(pk=self.pk)
+                                .values_list("first_billed_at", flat=True).get())
                 other = (
                     UsageRecord.objects.filter(session=self, kind=kind, response_id=key).exclude(source=source).first()
                 )
-                RealtimeSession.objects.filter(pk=self.pk).update(**_totals_update(record, other))
+                changes = billing_changes(record, other)
+                update = _totals_update(record, other, changes)
+                # A conversation counts once, on the day of its earliest record.
+                moved = None
+                if first_billed is None or record.created_at < first_billed:
+                    update["first_billed_at"] = record.created_at
+                    moved = (first_billed, record.created_at)
+                RealtimeSession.objects.filter(pk=self.pk).update(**update)
+                record.billed_changes = SpendDay.add(self, changes, moved)
         except IntegrityError:
             record = UsageRecord.objects.get(session=self, kind=kind, response_id=key, source=source)
             created = False
@@ -245,7 +262,17 @@ class RealtimeSession(models.Model):
         }
 
 
-def _totals_update(record, other):
+def billing_changes(record, other):
+    """What the bill gains (+1) and loses (-1) with a new record, given the other source's record of
+    the same usage (or None): per answer, the server's record where there is one, else the page's."""
+    if other is None:
+        return [(record, 1)]
+    if record.source == UsageRecord.SERVER:
+        return [(other, -1), (record, 1)]  # the server's figures replace the page's
+    return []  # the server's figures stay on the bill
+
+
+def _totals_update(record, other, changes):
     """F() updates for one new usage record, given the other source's record of the same usage (or None)."""
     response = record.kind == UsageRecord.RESPONSE
     server = record.source == UsageRecord.SERVER
@@ -253,7 +280,7 @@ def _totals_update(record, other):
 
     def add(field, amount):
         if amount:
-            update[field] = F(field) + amount
+            update[field] = (update.get(field) or F(field)) + amount
 
     if server:
         add("verified_count", 1)
@@ -271,27 +298,19 @@ def _totals_update(record, other):
             add("cached_tokens", record.cached_tokens)
             add("output_tokens", record.output_tokens)
 
-    if other is None:
-        billed, minus = record, None
-    elif server:
-        billed, minus = record, other  # the server's figures replace the page's
-    else:
-        billed, minus = None, None  # the server's figures stay on the bill
     if other is not None:
         add("paired_count", 1)
         if other.cost_usd != record.cost_usd:
             add("disagreement_count", 1)
-    if billed is not None:
-        cost = billed.cost_usd - (minus.cost_usd if minus else 0)
-        add("billed_cost_usd", cost)
-        if response:
-            if minus is None:
-                add("billed_response_count", 1)
-            add("billed_input_tokens", billed.input_tokens - (minus.input_tokens if minus else 0))
-            add("billed_cached_tokens", billed.cached_tokens - (minus.cached_tokens if minus else 0))
-            add("billed_output_tokens", billed.output_tokens - (minus.output_tokens if minus else 0))
+    for billed, sign in changes:
+        add("billed_cost_usd", sign * billed.cost_usd)
+        if billed.kind == UsageRecord.RESPONSE:
+            add("billed_response_count", sign)
+            add("billed_input_tokens", sign * billed.input_tokens)
+            add("billed_cached_tokens", sign * billed.cached_tokens)
+            add("billed_output_tokens", sign * billed.output_tokens)
         else:
-            add("transcription_cost_usd", cost)
+            add("transcription_cost_usd", sign * billed.cost_usd)
     return update
 
 
@@ -559,6 +578,133 @@ class TranscriptionPrice(models.Model):
         return self.model
 
 
+class SpendDayQuerySet(models.QuerySet):
+    def visible_to(self, viewer):
+        """The rows of the teams whose spend the viewer may see (every team for staff)."""
+        return self if viewer.is_staff else self.filter(team__in=Team.objects.spend_visible_to(viewer))
+
+    def between(self, start, end):
+        return self.filter(day__gte=start, day__lte=end)
+
+    def matching(self, filters):
+        """Only the team (id), user (name) and model asked for, where asked."""
+        rows = self
+        if filters.get("team"):
+            rows = rows.filter(team_id=filters["team"])
+        if filters.get("user"):
+            rows = rows.filter(user__username=filters["user"])
+        if filters.get("model"):
+            rows = rows.filter(model=filters["model"])
+        return rows
+
+    @staticmethod
+    def sums():
+        sums = {name: models.Sum(name, default=0) for name in (*SpendDay.TOKEN_FIELDS, "responses", "sessions")}
+        money = models.DecimalField(max_digits=24, decimal_places=8)
+        sums["cost"] = models.Sum("cost_usd", default=Decimal(0), output_field=money)
+        sums["transcription"] = models.Sum("transcription_cost_usd", default=Decimal(0), output_field=money)
+        return sums
+
+    def totals(self):
+        return self.aggregate(**self.sums())
+
+    def by(self, *fields):
+        """The sums grouped by these fields."""
+        return self.values(*fields).annotate(**self.sums()).order_by()
+
+
+class SpendDay(models.Model):
+    """What went on the bill on one UTC day, for one user in one team, on one model.
+
+    Kept as records arrive, in their transaction: budgets, the dashboard and the
+    day rollups read these rows, never the records, so their cost does not grow
+    with history. `manage.py rebuild_spend` recomputes them from the records.
+    """
+
+    TOKEN_FIELDS = ("input_text", "input_audio", "input_image", "cached", "output_text", "output_audio")
+
+    day = models.DateField()
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="+")
+    team = models.ForeignKey(Team, models.CASCADE, null=True, blank=True, related_name="+")
+    # The team's id, or "" for none: a unique key that NULL would not make.
+    team_key = models.CharField(max_length=32, blank=True)
+    model = models.CharField(max_length=100)
+    cost_usd = models.DecimalField(max_digits=20, decimal_places=8, default=Decimal(0))
+    transcription_cost_usd = models.DecimalField(max_digits=20, decimal_places=8, default=Decimal(0))
+    input_text = models.BigIntegerField(default=0)
+    input_audio = models.BigIntegerField(default=0)
+    input_image = models.BigIntegerField(default=0)
+    cached = models.BigIntegerField(default=0)
+    output_text = models.BigIntegerField(default=0)
+    output_audio = models.BigIntegerField(default=0)
+    responses = models.IntegerField(default=0)
+    # Conversations whose first billed usage fell here.
+    sessions = models.IntegerField(default=0)
+
+    objects = SpendDayQuerySet.as_manager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["day", "user", "team_key", "model"], name="one_spend_row_per_day")]
+        indexes = [models.Index(fields=["team", "day"]), models.Index(fields=["user", "day"]),
+                   models.Index(fields=["day"])]
+
+    @staticmethod
+    def amounts(record, sign):
+        """One record's part of a day's figures, signed (all zero without a record)."""
+        day = {"cost_usd": sign * record.cost_usd if record else Decimal(0), "transcription_cost_usd": Decimal(0),
+               "responses": 0}
+        for name in SpendDay.TOKEN_FIELDS:
+            day[name] = 0
+        if record is None:
+            return day
+        if record.kind == UsageRecord.RESPONSE:
+            day.update(
+                responses=sign, input_text=sign * record.input_text_tokens,
+                input_audio=sign * record.input_audio_tokens, input_image=sign * record.input_image_tokens,
+                cached=sign * record.cached_tokens, output_text=sign * record.output_text_tokens,
+                output_audio=sign * record.output_audio_tokens,
+            )
+        else:
+            day["transcription_cost_usd"] = sign * record.cost_usd
+        return day
+
+    @classmethod
+    def add(cls, session, changes, first_billed=None):
+        """Put a record's billing changes on their days, and move the conversation's count when its
+        first billed moment changes (`first_billed`: (before or None, after)); returns the changes per
+        day, JSON-ready, for the dashboards."""
+        days = {}
+
+        def on(day):
+            return days.setdefault(day, cls.amounts(None, 0) | {"sessions": 0})
+
+        for record, sign in changes:
+            row = on(record.created_at.astimezone(datetime.timezone.utc).date())
+            for name, value in cls.amounts(record, sign).items():
+                row[name] += value
+        if first_billed:
+            before, after = first_billed
+            if before is not None:
+                on(before.astimezone(datetime.timezone.utc).date())["sessions"] -= 1
+            on(after.astimezone(datetime.timezone.utc).date())["sessions"] += 1
+        deltas = []
+        for day, amounts in sorted(days.items()):
+            updates = {name: F(name) + value for name, value in amounts.items() if value}
+            if not updates:
+                continue  # the conversation's count moved within one day
+            key = {"day": day, "user_id": session.user_id, "team_key": session.team_id.hex if session.team_id else "",
+                   "model": session.model}
+            if not cls.objects.filter(**key).update(**updates):
+                try:
+                    with transaction.atomic():
+                        cls.objects.create(team_id=session.team_id, **key, **amounts)
+                except IntegrityError:  # another recorder made the row first
+                    cls.objects.filter(**key).update(**updates)
+            deltas.append({"day": day.isoformat(), **{k: (f"{v:.8f}" if isinstance(v, Decimal) else v)
+                                                      for k, v in amounts.items()}})
+        return deltas
+
+
 def month_start(now=None):
     now = now or timezone.now()
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
@@ -586,13 +732,10 @@ class Budget(models.Model):
         return f"{self.user or self.team}: ${self.monthly_limit_usd}/month"
 
     def spent(self, since=None):
-        """Spend this month under this budget, from the recorded usage."""
-        records = UsageRecord.objects.billable().filter(created_at__gte=since or month_start())
-        if self.user_id:
-            records = records.filter(session__user_id=self.user_id)
-        else:
-            records = records.filter(session__team_id=self.team_id)
-        return records.aggregate(total=models.Sum("cost_usd"))["total"] or Decimal(0)
+        """Spend this month under this budget, from the day rollups (a month's rows, not its records)."""
+        days = SpendDay.objects.filter(day__gte=(since or month_start()).date())
+        days = days.filter(user_id=self.user_id) if self.user_id else days.filter(team_id=self.team_id)
+        return days.aggregate(total=models.Sum("cost_usd"))["total"] or Decimal(0)
 
     def remaining(self):
         return self.monthly_limit_usd - self.spent()

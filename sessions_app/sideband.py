@@ -36,7 +36,7 @@ from django.utils import timezone
 from documents_app.models import Document
 
 from . import context, tools, upstream, usage
-from .consumers import publish_usage, session_group, tell
+from .consumers import announce_ended, publish_usage, session_group, tell
 from .models import (
     Call, EndReason, RealtimeSession, SessionEvent, Source, ToolCall, TranscriptEntry, UsageRecord, WorkerBeat,
 )
@@ -237,9 +237,12 @@ class SidebandWorker:
     # ---- policing across calls ----
 
     async def police(self):
-        for session_id, calls, reason in await _db(self._sweep)():
+        ended = await _db(self._sweep)()
+        for session_id, calls, reason in ended:
             await hang_up(calls, reason)
             await tell_page(session_id, {"type": "call.ended", "call": None, "reason": reason})
+        if ended:
+            await announce_ended(get_channel_layer(), [session_id for session_id, _, _ in ended])
 
     def _sweep(self):
         """End conversations whose page went away, that no call resumed in time, and calls past the cap."""

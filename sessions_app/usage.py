@@ -21,6 +21,8 @@ class Recorded:
     team_id: str | None
     # Conversations a crossed budget ended: [(session id, [upstream call ids])].
     stopped: list = field(default_factory=list)
+    # For the dashboards: what this record changed on the bill, as a delta they apply (None: nothing).
+    update: dict | None = None
 
 
 class NoPrice(UsageError):
@@ -55,4 +57,24 @@ def record(session_id, key, usage, *, source, kind=UsageRecord.RESPONSE, call=No
     )
     stopped = session.stop_if_over_budget() if created else []
     team_id = str(session.team_id) if session.team_id else None
-    return Recorded(stored, created, session.totals(), team_id, stopped)
+    update = None
+    if created and getattr(stored, "billed_changes", None):
+        update = dashboard_update(session, stored)
+    return Recorded(stored, created, session.totals(), team_id, stopped, update)
+
+
+def dashboard_update(session, record=None):
+    """What the spend dashboards apply: the conversation's row as it now stands and, after a record,
+    what that record changed on the bill per day (none when only the conversation changed, as when
+    it ends)."""
+    from .dashboard import session_row
+
+    return {
+        "record_id": record.pk if record else None, "response_id": record.response_id if record else None,
+        "kind": record.kind if record else None, "verified": bool(record and record.source == UsageRecord.SERVER),
+        "session_id": str(session.pk), "user": session.user.get_username(),
+        "team_id": str(session.team_id) if session.team_id else None, "team": session.team.name if session.team else "",
+        "model": session.model, "changes": record.billed_changes if record else [],
+        "session_row": session_row(session),
+    }
+

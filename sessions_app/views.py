@@ -3,10 +3,12 @@ import logging
 import time
 
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.cache import caches
+from django.core.paginator import Paginator
 from django.db import DatabaseError, transaction
 from django.db.models import Max, Q
 from django.http import Http404, HttpResponse, JsonResponse
@@ -17,11 +19,13 @@ from django_ratelimit.core import _split_rate, get_usage
 
 from documents_app.models import Document
 from documents_app.tokens import count_tokens
-from teams_app.models import Membership, Team
+from teams_app.models import Membership
 from voiceproject.views import api_login_required, json_error
 
 from . import context, tools, upstream
-from .dashboard import teams_whose_spend_user_sees
+from .consumers import announce_ended
+from .dashboard import duration_display, viewable_teams
+from .exports import transcript_rows
 from .forms import BudgetForm, RequestError, parse_mint_request, parse_resume_request
 from .models import Budget, Call, EndReason, ModelPrice, RealtimeSession
 from .pricing import text_input_cost
@@ -333,6 +337,8 @@ async def end_session(request, session_id):
     # The page closes its peer connection; hanging up too makes sure a client
     # that ignores the stop cannot keep spending on the call.
     await _hang_up_quietly(calls or [], "user stop")
+    if calls is not None:
+        await announce_ended(get_channel_layer(), [session.pk])
     return JsonResponse(await sync_to_async(session_payload)(session))
 
 
@@ -404,8 +410,7 @@ def session_payload(session):
 
 def _budget_targets(viewer):
     """The teams and users whose budgets the viewer may set: staff all, team admins their teams."""
-    teams = teams_whose_spend_user_sees(viewer)
-    teams = Team.objects.all() if teams is None else teams
+    teams = viewable_teams(viewer)
     users = get_user_model().objects.filter(memberships__team__in=teams).distinct().order_by("username")
     return teams.order_by("name"), users
 
@@ -444,3 +449,40 @@ def budgets(request):
         for scope, target, name, budget in rows
     ]
     return render(request, "dashboard/budgets.html", {"rows": rows, "form": form}, status=status)
+
+
+# ---- history: a member's own conversations, and one conversation's page ----
+
+HISTORY_PAGE_SIZE = 50
+
+
+@login_required
+@require_GET
+def history(request):
+    sessions = RealtimeSession.objects.filter(user=request.user).order_by("-created_at", "-pk")
+    page = Paginator(sessions, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+    rows = [
+        {
+            "session": s,
+            "duration": duration_display(s.duration_seconds),
+            "cost": f"{s.billed_cost_usd:.4f}",
+            "cost_usd": f"{s.billed_cost_usd:.8f}",
+        }
+        for s in page
+    ]
+    return render(request, "sessions/history.html", {"page": page, "rows": rows})
+
+
+@login_required
+@require_GET
+def history_detail(request, session_id):
+    session = _get_session_for_user(request.user, session_id)
+    context = {
+        "session": session,
+        "duration": duration_display(session.duration_seconds),
+        "cost": f"{session.billed_cost_usd:.4f}",
+        "cost_usd": f"{session.billed_cost_usd:.8f}",
+        "transcript": transcript_rows(session),
+        "calls": session.calls.all(),
+    }
+    return render(request, "sessions/history.html", context)

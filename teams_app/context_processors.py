@@ -1,4 +1,4 @@
-from .models import Membership
+from .models import Team
 
 
 def roles(request):
@@ -6,4 +6,4 @@ def roles(request):
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {"sees_spend": False}
-    return {"sees_spend": user.is_staff or Membership.objects.filter(user=user, role=Membership.ADMIN).exists()}
+    return {"sees_spend": user.is_staff or Team.objects.spend_visible_to(user).exists()}

@@ -4,10 +4,21 @@ from django.conf import settings
 from django.db import models
 
 
+class TeamQuerySet(models.QuerySet):
+    def spend_visible_to(self, user):
+        """The teams whose spend the user may see: every team for staff, the teams they administer
+        otherwise (none for a member). The one answer to that question, for every view and socket."""
+        if user.is_staff:
+            return self
+        return self.filter(memberships__user=user, memberships__role=Membership.ADMIN)
+
+
 class Team(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=100, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = TeamQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]

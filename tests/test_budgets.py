@@ -3,13 +3,14 @@
 import datetime
 import json
 from decimal import Decimal
+from unittest import mock
 
 import pytest
 from django.db import IntegrityError
 from django.utils import timezone
 
 from sessions_app import upstream
-from sessions_app.models import Budget, RealtimeSession, UsageRecord
+from sessions_app.models import Budget, RealtimeSession
 from sessions_app.pricing import TokenCounts
 from tests.conftest import login
 from tests.upstream_fake import OFFER, FakeUpstream
@@ -27,9 +28,9 @@ def spend(user, cost, when=None):
         user=user, team=user.memberships.get().team, model="gpt-realtime", voice="marin",
         turn_detection="server_vad", instructions="x",
     )
-    record, _ = session.record_usage(f"resp_{session.pk.hex[:8]}", TokenCounts(output_audio=1), Decimal(cost))
-    if when:
-        UsageRecord.objects.filter(pk=record.pk).update(created_at=when)
+    # Recorded at `when` (the clock the record and the running totals read), or now.
+    with mock.patch("django.utils.timezone.now", return_value=when or timezone.now()):
+        session.record_usage(f"resp_{session.pk.hex[:8]}", TokenCounts(output_audio=1), Decimal(cost))
     return session
 
 

@@ -14,6 +14,7 @@ from html.parser import HTMLParser
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 from django.utils import timezone
 
 from sessions_app.models import RealtimeSession, TranscriptEntry, UsageRecord
@@ -45,12 +46,18 @@ def make_session(user, team, model="gpt-realtime", created=None, documents=(), *
 
 
 def add_record(session, response_id, at, cost, source="client", **tokens):
+    """A usage record written directly, as history imported from elsewhere: `on_the_bill()` then puts
+    it on the running totals the dashboard reads, the way `manage.py rebuild_spend --fix` would."""
     record = UsageRecord.objects.create(
         session=session, response_id=response_id, source=source, model=session.model,
         cost_usd=Decimal(cost), **{f"{k}_tokens": v for k, v in tokens.items()},
     )
     UsageRecord.objects.filter(pk=record.pk).update(created_at=at)
     return record
+
+
+def on_the_bill():
+    call_command("rebuild_spend", "--fix", stdout=io.StringIO())
 
 
 def at(day, seconds=3600):
@@ -117,6 +124,7 @@ def spend(alice, bob, charlie, team_a, team_b):
     add_record(sessions[0], "resp_0_0", at(TODAY, 130), "5", source="server", input_text=99999)
     verified = next(r for r in rows if r["response"] == "resp_0_0")
     verified.update({k: 0 for k in KINDS}, input_text=99999, cost=Decimal(5), day=TODAY)
+    on_the_bill()
     return {"rows": rows, "sessions": sessions, "dave": dave}
 
 
@@ -143,6 +151,13 @@ def figure_of(row):
     return {k: row[k] for k in ("sessions", "cost_usd", *KINDS) if k in row}
 
 
+def session_figure(want):
+    """A conversation's expected row: its whole bill, tokens summed by direction."""
+    return {"cost_usd": want["cost_usd"], "cached": want["cached"],
+            "input_tokens": want["input_text"] + want["input_audio"] + want["input_image"],
+            "output_tokens": want["output_text"] + want["output_audio"]}
+
+
 def test_staff_sees_every_team_and_the_figures_match(client, staff, spend):
     want = expected(spend["rows"])
     data = login(client, staff).get("/dashboard/?format=json").json()
@@ -153,7 +168,9 @@ def test_staff_sees_every_team_and_the_figures_match(client, staff, spend):
     days = {r["key"]: figure_of(r) for r in data["by_day"] if r["sessions"]}
     assert days == want["by_day"]
     assert len(data["by_day"]) == 30 and data["by_day"][0]["key"] == DEFAULT_START.isoformat()
-    assert {r["id"]: figure_of(r) | {"sessions": 1} for r in data["sessions"]} == want["by_session"]
+    sessions = {r["id"]: {k: r[k] for k in ("cost_usd", "cached", "input_tokens", "output_tokens")}
+                for r in data["sessions"]}
+    assert sessions == {pk: session_figure(w) for pk, w in want["by_session"].items()}
     assert figure_of(data["today"]) == expected(spend["rows"], TODAY, TODAY)["range"]
     assert figure_of(data["month"]) == expected(spend["rows"], TODAY.replace(day=1), TODAY)["range"]
     assert data["range"]["cost_display"] == f"{Decimal(want['range']['cost_usd']):.4f}"
@@ -176,7 +193,8 @@ def test_html_data_attributes_equal_the_json(client, staff, spend):
             assert tr["data-input-audio"] == str(row["input_audio"]) and tr["data-cached"] == str(row["cached"])
     for row in data["sessions"]:
         (tr,) = tags.find(table="sessions-table", data_session=row["id"])
-        assert tr["data-cost-usd"] == row["cost_usd"] and tr["data-output-text"] == str(row["output_text"])
+        assert tr["data-cost-usd"] == row["cost_usd"] and tr["data-output-tokens"] == str(row["output_tokens"])
+        assert tr["data-input-tokens"] == str(row["input_tokens"]) and tr["data-cached"] == str(row["cached"])
     # The chart is inline SVG with an accessible name, and nothing is fetched from elsewhere.
     (svg,) = tags.find(id="spend-chart")
     assert svg["role"] == "img" and "chart-title" in svg["aria-labelledby"]
@@ -193,16 +211,20 @@ def test_csv_rows_and_totals_equal_the_page(client, staff, spend):
     assert response.status_code == 200
     assert response["Content-Disposition"] == f'attachment; filename="spend-{start}-{TODAY}.csv"'
     header, *rows, total = list(csv.reader(io.StringIO(response.content.decode())))
-    assert header[:3] == ["session_id", "started_at", "user"]
+    assert header[:4] == ["session_id", "first_billed_at", "started_at", "user"]
     by_id = {r["id"]: r for r in data["sessions"]}
     assert [r[0] for r in rows] == [r["id"] for r in data["sessions"]] and len(rows) == 30
     for row in rows:
         cells = dict(zip(header, row))
         assert cells["cost_usd"] == by_id[row[0]]["cost_usd"]
-        assert all(cells[f"{k}_tokens"] == str(by_id[row[0]][k]) for k in KINDS)
+        assert [cells["input_tokens"], cells["cached_tokens"], cells["output_tokens"]] == [
+            str(by_id[row[0]][k]) for k in ("input_tokens", "cached", "output_tokens")]
     cells = dict(zip(header, total))
     assert cells["session_id"] == "TOTAL" and cells["cost_usd"] == data["range"]["cost_usd"]
-    assert all(cells[f"{k}_tokens"] == str(data["range"][k]) for k in KINDS)
+    figures = data["range"]
+    assert cells["input_tokens"] == str(figures["input_text"] + figures["input_audio"] + figures["input_image"])
+    assert cells["output_tokens"] == str(figures["output_text"] + figures["output_audio"])
+    assert cells["cached_tokens"] == str(figures["cached"])
     assert sum(Decimal(dict(zip(header, r))["cost_usd"]) for r in rows) == Decimal(data["range"]["cost_usd"])
     assert data["range"]["sessions"] == len(rows)
 
@@ -275,7 +297,7 @@ def test_wrong_method_is_405(csrf_client, staff, path):
     ("start=9999-12-31&end=9999-12-31", "The start must be between 2000-01-01 and 2999-12-31."),
     ("team=not-a-uuid", "That team is not one you may see."),
     ("team=00000000-0000-0000-0000-000000000000", "That team is not one you may see."),
-    ("model=<b>gpt</b>", "No session you may see used that model."),
+    ("model=<b>gpt</b>", "That model is not offered."),
     ("user=nobody", "That user is not one you may see."),
 ])
 def test_bad_queries_get_a_message_and_the_defaults(client, staff, spend, query, message):
@@ -312,6 +334,7 @@ def test_mismatches_are_flagged(client, staff, alice, team_a):
     add_record(unreported, "r2", at(day), "0.01000000", source="server")
     browser_only = make_session(alice, team_a, created=at(day))
     add_record(browser_only, "r1", at(day), "0.01000000")
+    on_the_bill()
 
     login(client, staff)
     rows = {r["id"]: r for r in client.get("/dashboard/?format=json").json()["sessions"]}
@@ -338,6 +361,7 @@ def test_user_strings_are_escaped_and_csv_formulas_defused(client, staff, alice,
             {"id": "2", "title": "<img src=x onerror=alert(1)>", "tokens": 1, "sha256": "0"}]
     session = make_session(alice, team_a, model="@model", created=at(TODAY), documents=evil)
     add_record(session, "r1", at(TODAY), "0.5")
+    on_the_bill()
     login(client, staff)
     body = client.get("/dashboard/").content.decode()
     assert "<img src=x" not in body and "&lt;img src=x onerror=alert(1)&gt;" in body

@@ -4,7 +4,7 @@ import pytest
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
-from sessions_app.consumers import DASHBOARD_GROUP
+from sessions_app.consumers import SpendBatcher, dashboard_groups
 from tests.test_usage_consumer import cookie_for, make_app
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
@@ -19,30 +19,42 @@ async def listen(user, origin="http://127.0.0.1:8000"):
     return comm, connected
 
 
-def update(team):
-    return {"type": "spend.batch", "updates": [
-        {"type": "spend.update", "session_id": "s1", "team_id": str(team.pk), "response_id": "r1",
-         "cost_usd": "0.001000", "session": {}}]}
+def update(team, response_id="r1"):
+    return {"session_id": "s1", "team_id": str(team.pk), "response_id": response_id, "changes": []}
+
+
+async def announce(team, response_id="r1"):
+    """The way usage.record's updates leave a process: batched into the team's groups."""
+    batcher = SpendBatcher.of(get_channel_layer())
+    batcher.add(update(team, response_id))
+    await batcher.flushing
 
 
 async def test_staff_hears_every_team(staff, team_a, team_b):
     comm, connected = await listen(staff)
     assert connected
     for team in (team_a, team_b):
-        await get_channel_layer().group_send(DASHBOARD_GROUP, update(team))
+        await announce(team)
         message = await comm.receive_json_from()
-        assert message["type"] == "spend.update" and "team_id" not in message
+        assert message["type"] == "spend.update" and message["team_id"] == str(team.pk)
+    assert await comm.receive_nothing(timeout=0.2)  # once each, though each went to two groups
     await comm.disconnect()
 
 
 async def test_team_admin_hears_only_their_team(alice, team_a, team_b):
     comm, connected = await listen(alice)
     assert connected
-    await get_channel_layer().group_send(DASHBOARD_GROUP, update(team_b))
+    await announce(team_b, "rb")
     assert await comm.receive_nothing(timeout=0.2)
-    await get_channel_layer().group_send(DASHBOARD_GROUP, update(team_a))
-    assert (await comm.receive_json_from())["cost_usd"] == "0.001000"
+    await announce(team_a, "ra")
+    assert (await comm.receive_json_from())["response_id"] == "ra"
+    assert await comm.receive_nothing(timeout=0.2)
     await comm.disconnect()
+
+
+def test_groups_follow_the_team():
+    assert dashboard_groups(None) == ["dashboard-all"]
+    assert dashboard_groups("t1") == ["dashboard-all", "dashboard-team-t1"]
 
 
 async def test_members_and_anonymous_are_refused(bob, erin):

@@ -12,7 +12,7 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import Client
 
-from sessions_app.consumers import DASHBOARD_GROUP
+from sessions_app.consumers import ALL_TEAMS_GROUP
 from sessions_app.models import Call, RealtimeSession, TranscriptEntry, UsageRecord
 from sessions_app.routing import websocket_urlpatterns
 
@@ -176,7 +176,7 @@ async def test_recorded_usage_reaches_the_dashboard_group(alice):
     session = await session_for(alice)
     layer = get_channel_layer()
     channel = await layer.new_channel()
-    await layer.group_add(DASHBOARD_GROUP, channel)
+    await layer.group_add(ALL_TEAMS_GROUP, channel)
     comm, _ = await connect(session, alice)
     await comm.send_json_to({"type": "usage.report", "response_id": "resp_d", "usage": USAGE})
     await comm.receive_json_from()
@@ -184,7 +184,9 @@ async def test_recorded_usage_reaches_the_dashboard_group(alice):
     assert event["type"] == "spend.batch"
     (update,) = event["updates"]
     assert update["type"] == "spend.update" and update["session_id"] == str(session.pk)
-    assert update["cost_usd"] == "0.006966"
+    (change,) = update["changes"]
+    assert change["cost_usd"] == "0.00696560" and change["responses"] == 1 and change["sessions"] == 1
+    assert update["session_row"]["cost_usd"] == "0.00696560" and update["user"] == "alice"
     await comm.disconnect()
 
 

@@ -99,6 +99,13 @@ class Server(str):
     """The service's base URL, knowing where its SQLite database lives."""
 
     db_path = None
+    env = None
+
+    def manage(self, *args):
+        """A management command against the service's database; returns what it printed."""
+        done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True,
+                              capture_output=True, text=True)
+        return done.stdout
 
     def sql(self, query, params=()):
         import sqlite3
@@ -139,6 +146,7 @@ def server(simulator, tmp_path_factory):
     )
     base = Server(f"http://127.0.0.1:{port}")
     base.db_path = var / "db.sqlite3"
+    base.env = env
     try:
         wait_for_http(f"{base}/healthz", proc=proc)
         yield base

@@ -2,7 +2,8 @@
 // templates/dashboard/: same cells, same data attributes. Every string from a
 // user or a model goes in as text, never as HTML.
 
-const TOKEN_KINDS = ['input_text', 'input_audio', 'input_image', 'cached', 'output_text', 'output_audio'];
+import { TOKEN_KINDS } from './figures.js';
+
 const SVG = 'http://www.w3.org/2000/svg';
 
 function el(tag, text, attrs = {}) {
@@ -38,6 +39,8 @@ function renderTotals(data) {
     node.title = data[name].cost_usd;
     node.textContent = `$${data[name].cost_display}`;
   }
+  const today = document.querySelector('[data-figure-label="today"]');
+  if (today) today.textContent = `Today (${data.today_date})`;
   const sessions = document.querySelector('[data-figure-sessions="range"]');
   if (sessions) sessions.textContent = String(data.range.sessions);
 }
@@ -75,13 +78,20 @@ function sessionRow(s) {
     'data-mismatch': String(s.mismatch),
     'data-verified-cost-usd': s.verified_cost_usd ?? '',
     'data-reported-session-cost-usd': s.reported_session_cost_usd,
+    'data-cost-usd': s.cost_usd,
+    'data-input-tokens': String(s.input_tokens),
+    'data-cached': String(s.cached),
+    'data-output-tokens': String(s.output_tokens),
+    'data-responses': String(s.responses),
   });
   if (s.mismatch) row.className = 'mismatch';
-  setData(row, s);
   const started = el('td');
-  started.append(el('a', s.started_display, { href: s.api_url }));
+  started.append(el('a', s.started_display, { href: s.url }));
   row.append(started, el('td', s.user), el('td', s.team), el('td', s.model), el('td', s.duration_display));
-  figureCells(row, s);
+  for (const name of ['responses', 'input_tokens', 'cached', 'output_tokens']) {
+    row.append(el('td', s[name], { class: 'num' }));
+  }
+  row.append(el('td', s.cost_display, { class: 'num', title: s.cost_usd }));
   const verified = el('td', undefined, { class: 'wrap' });
   verified.append(verifiedText(s));
   row.append(el('td', s.documents.join(', '), { class: 'wrap' }), verified);
@@ -91,13 +101,13 @@ function sessionRow(s) {
 function renderSessions(data) {
   const table = document.getElementById('sessions-table');
   const rows = data.sessions.map(sessionRow);
-  table.tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(14, 'No sessions in this range.')]));
-  const note = document.getElementById('sessions-note');
+  table.tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(12, 'No sessions in this range.')]));
   const total = data.range.sessions;
-  const count = data.sessions_shown < total
-    ? `The ${data.sessions_shown} most recent of ${total} sessions; the CSV has every one.`
-    : `${total} session${total === 1 ? '' : 's'}.`;
-  note.textContent = count;
+  let text = `${total} session${total === 1 ? '' : 's'} first billed in the range`;
+  if (data.sessions_pages > 1) {
+    text += `, page ${data.sessions_page} of ${data.sessions_pages}; the CSV has every one`;
+  }
+  document.getElementById('sessions-note').textContent = `${text}.`;
 }
 
 function renderChart(chart) {
