@@ -106,7 +106,8 @@ class Topology:
         import psycopg
 
         with psycopg.connect(self.env["DATABASE_URL"], autocommit=True, connect_timeout=5) as db:
-            return db.execute(query, params).fetchall()
+            cursor = db.execute(query, params)
+            return cursor.fetchall() if cursor.description else []
 
 
 @contextlib.contextmanager

@@ -191,27 +191,29 @@ class RealtimeSession(models.Model):
                 )
                 # One recorder per conversation at a time (PostgreSQL), so the other
                 # source's record is either seen here or sees this one.
-                first_billed = (RealtimeSession.objects.select_for_update().filter(pk=self.pk)
-                                .values_list("first_billed_at", flat=True).get())
+                locked = RealtimeSession.objects.select_for_update().get(pk=self.pk)
                 other = (
                     UsageRecord.objects.filter(session=self, kind=kind, response_id=key).exclude(source=source).first()
                 )
                 changes = billing_changes(record, other)
-                update = _totals_update(record, other, changes)
+                values = _totals_update(locked, record, other, changes)
                 # A conversation counts once, on the day of its earliest record.
                 moved = None
-                if first_billed is None or record.created_at < first_billed:
-                    update["first_billed_at"] = record.created_at
-                    moved = (first_billed, record.created_at)
-                RealtimeSession.objects.filter(pk=self.pk).update(**update)
+                if locked.first_billed_at is None or record.created_at < locked.first_billed_at:
+                    values["first_billed_at"] = record.created_at
+                    moved = (locked.first_billed_at, record.created_at)
+                # Plain values, not F(): the row is locked (PostgreSQL) or the database is (SQLite).
+                RealtimeSession.objects.filter(pk=self.pk).update(**values)
                 record.billed_changes = SpendDay.add(self, changes, moved)
         except IntegrityError:
             record = UsageRecord.objects.get(session=self, kind=kind, response_id=key, source=source)
-            created = False
-        else:
-            created = True
-        self.refresh_from_db()
-        return record, created
+            self.refresh_from_db(fields=TOTAL_FIELDS)
+            return record, False
+        # The totals as stored, without reading them again (nor the user and team already loaded).
+        for name in TOTAL_FIELDS:
+            setattr(self, name, values.get(name, getattr(locked, name)))
+        return record, True
+
 
     def stop_if_over_budget(self):
         """End every running conversation under a budget this one has crossed.
@@ -272,15 +274,16 @@ def billing_changes(record, other):
     return []  # the server's figures stay on the bill
 
 
-def _totals_update(record, other, changes):
-    """F() updates for one new usage record, given the other source's record of the same usage (or None)."""
+def _totals_update(current, record, other, changes):
+    """The conversation's totals after one new usage record, given the other source's record of the same
+    usage (or None) and what goes on the bill: {field: new value} for the fields that change."""
     response = record.kind == UsageRecord.RESPONSE
     server = record.source == UsageRecord.SERVER
     update = {}
 
     def add(field, amount):
         if amount:
-            update[field] = (update.get(field) or F(field)) + amount
+            update[field] = update.get(field, getattr(current, field)) + amount
 
     if server:
         add("verified_count", 1)
@@ -312,6 +315,16 @@ def _totals_update(record, other, changes):
         else:
             add("transcription_cost_usd", sign * billed.cost_usd)
     return update
+
+
+# What a usage record changes on its conversation.
+TOTAL_FIELDS = (
+    "reported_count", "cost_usd", "response_count", "input_tokens", "cached_tokens", "output_tokens",
+    "verified_count", "verified_cost_usd", "verified_response_count", "verified_input_tokens",
+    "verified_output_tokens", "paired_count", "disagreement_count", "billed_cost_usd", "billed_response_count",
+    "billed_input_tokens", "billed_cached_tokens", "billed_output_tokens", "transcription_cost_usd",
+    "first_billed_at",
+)
 
 
 class Call(models.Model):
@@ -733,6 +746,8 @@ class Budget(models.Model):
 
     def spent(self, since=None):
         """Spend this month under this budget, from the day rollups (a month's rows, not its records)."""
+        if since is None and hasattr(self, "month_spent"):  # read with the budget by for_session()
+            return self.month_spent or Decimal(0)
         days = SpendDay.objects.filter(day__gte=(since or month_start()).date())
         days = days.filter(user_id=self.user_id) if self.user_id else days.filter(team_id=self.team_id)
         return days.aggregate(total=models.Sum("cost_usd"))["total"] or Decimal(0)
@@ -759,4 +774,16 @@ class Budget(models.Model):
         query = models.Q(user=user)
         if team is not None:
             query |= models.Q(team=team)
-        return list(cls.objects.filter(query).select_related("user", "team"))
+        # Each budget with this month's spend under it, in the one query.
+        month = SpendDay.objects.filter(day__gte=month_start().date()).order_by()
+        money = models.DecimalField(max_digits=24, decimal_places=8)
+
+        def spend(**where):
+            rows = month.filter(**where).values(*where).annotate(total=models.Sum("cost_usd")).values("total")
+            return models.Subquery(rows, output_field=money)
+
+        budgets = cls.objects.filter(query).select_related("user", "team").annotate(
+            user_spent=spend(user_id=models.OuterRef("user_id")), team_spent=spend(team_id=models.OuterRef("team_id")))
+        for budget in budgets:
+            budget.month_spent = budget.user_spent if budget.user_id else budget.team_spent
+        return list(budgets)

@@ -12,16 +12,12 @@ from collections import defaultdict
 from decimal import Decimal
 from itertools import groupby
 
+from sessions_app.models import TOTAL_FIELDS
+
 DAY_FIELDS = ("cost_usd", "transcription_cost_usd", "input_text", "input_audio", "input_image", "cached",
               "output_text", "output_audio", "responses", "sessions")
 # A conversation's running totals, as RealtimeSession keeps them.
-SESSION_FIELDS = (
-    "reported_count", "cost_usd", "response_count", "input_tokens", "cached_tokens", "output_tokens",
-    "verified_count", "verified_cost_usd", "verified_response_count", "verified_input_tokens",
-    "verified_output_tokens", "paired_count", "disagreement_count", "billed_cost_usd", "billed_response_count",
-    "billed_input_tokens", "billed_cached_tokens", "billed_output_tokens", "transcription_cost_usd",
-    "first_billed_at",
-)
+SESSION_FIELDS = TOTAL_FIELDS
 RECORD_FIELDS = ("session_id", "kind", "response_id", "source", "cost_usd", "created_at", "input_text_tokens",
                  "input_audio_tokens", "input_image_tokens", "cached_text_tokens", "cached_audio_tokens",
                  "cached_image_tokens", "output_text_tokens", "output_audio_tokens")

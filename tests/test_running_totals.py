@@ -223,7 +223,7 @@ def test_a_report_a_mint_and_a_dashboard_read_cost_the_same_queries_with_history
     assert history == empty, f"queries for mint, report, dashboard read: {empty} empty, {history} with history"
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_concurrent_recorders_keep_the_totals_exact(alice, bob):
     """The page and the sideband record the same answers at the same moment, from several threads."""
     import threading
