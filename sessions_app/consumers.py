@@ -69,6 +69,52 @@ class SpendBatcher:
             await tell(self.layer, group, {"type": "spend.batch", "updates": updates})
 
 
+class UsageRecorder:
+    """The page reports of every socket in a process are stored together: while one batch is in the
+    database, the next gathers (at most IN_FLIGHT batches at once, each at most MAX_BATCH reports). A
+    lone report goes at once; under load a transaction, its locks and its round trips serve many.
+    One per channel layer (kept on it, like SpendBatcher), so no state lives in this module."""
+
+    MAX_BATCH = 200
+    IN_FLIGHT = 2
+
+    def __init__(self):
+        self.waiting = []  # (usage.Report, future)
+        self.workers = set()
+
+    @classmethod
+    def of(cls, layer):
+        recorder = getattr(layer, "usage_recorder", None)
+        if recorder is None:
+            recorder = layer.usage_recorder = cls()
+        return recorder
+
+    async def record(self, report):
+        loop = asyncio.get_running_loop()
+        self.workers = {task for task in self.workers if not task.done() and task.get_loop() is loop}
+        future = loop.create_future()
+        self.waiting.append((report, future))
+        if len(self.workers) < self.IN_FLIGHT:
+            task = loop.create_task(self.drain())
+            self.workers.add(task)
+        return await future
+
+    async def drain(self):
+        while self.waiting:
+            batch, self.waiting = self.waiting[:self.MAX_BATCH], self.waiting[self.MAX_BATCH:]
+            try:
+                results = await parallel_db(usage.record_many)([report for report, _ in batch])
+            except Exception as exc:  # the database itself failed: every report in the batch hears it
+                results = [exc] * len(batch)
+            for (_, future), result in zip(batch, results):
+                if future.done():
+                    continue  # its socket went away
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+
 def session_group(session_id):
     return f"session-{session_id}"
 
@@ -266,9 +312,9 @@ class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
     def owns_session(self, user):
         return RealtimeSession.objects.filter(pk=self.session_id, user=user).exists()
 
-    @parallel_db
-    def record_usage(self, key, report, kind):
-        return usage.record(self.session_id, key, report, source=UsageRecord.CLIENT, kind=kind)
+    async def record_usage(self, key, report, kind):
+        return await UsageRecorder.of(self.channel_layer).record(
+            usage.Report(self.session_id, key, report, source=UsageRecord.CLIENT, kind=kind))
 
     @parallel_db
     def store_transcript(self, item_id, role, text):

@@ -171,49 +171,34 @@ class RealtimeSession(models.Model):
     # ---- usage ----
 
     def record_usage(self, key, counts, cost, *, source="client", kind=None, model=None, call=None, audio_seconds=None):
-        """Store one answer's (or one transcription's) usage once per source and keep the totals.
-
-        A repeated report changes nothing, so a page may resend whatever it has not
-        seen acknowledged. The session's running totals change in the same
-        transaction: the bill counts, per answer, the server's record where there
-        is one, else the page's.
-        """
-        kind = kind or UsageRecord.RESPONSE
-        # Stored with 8 decimals; the running totals must add exactly what is stored.
-        cost = Decimal(cost).quantize(COST_PLACES, ROUND_HALF_UP)
-        try:
-            with transaction.atomic():
-                # The insert comes first: it takes SQLite's write lock before any read.
-                record = UsageRecord.objects.create(
-                    session=self, call=call, response_id=key, kind=kind, source=source,
-                    model=model or self.model, cost_usd=cost, audio_seconds=audio_seconds,
-                    **counts.as_record_fields(),
-                )
-                # One recorder per conversation at a time (PostgreSQL), so the other
-                # source's record is either seen here or sees this one.
-                locked = RealtimeSession.objects.select_for_update().get(pk=self.pk)
-                other = (
-                    UsageRecord.objects.filter(session=self, kind=kind, response_id=key).exclude(source=source).first()
-                )
-                changes = billing_changes(record, other)
-                values = _totals_update(locked, record, other, changes)
-                # A conversation counts once, on the day of its earliest record.
-                moved = None
-                if locked.first_billed_at is None or record.created_at < locked.first_billed_at:
-                    values["first_billed_at"] = record.created_at
-                    moved = (locked.first_billed_at, record.created_at)
-                # Plain values, not F(): the row is locked (PostgreSQL) or the database is (SQLite).
-                RealtimeSession.objects.filter(pk=self.pk).update(**values)
-                record.billed_changes = SpendDay.add(self, changes, moved)
-        except IntegrityError:
-            record = UsageRecord.objects.get(session=self, kind=kind, response_id=key, source=source)
-            self.refresh_from_db(fields=TOTAL_FIELDS)
-            return record, False
-        # The totals as stored, without reading them again (nor the user and team already loaded).
+        """Store one priced usage (see store_usages); returns (record, created) and leaves this
+        object's totals as stored."""
+        entry = UsageEntry(self.pk, key, counts, cost, source, kind or UsageRecord.RESPONSE, model or self.model,
+                           call, audio_seconds)
+        (stored,) = RealtimeSession.store_usages([entry])
         for name in TOTAL_FIELDS:
-            setattr(self, name, values.get(name, getattr(locked, name)))
-        return record, True
+            setattr(self, name, getattr(stored.session, name))
+        return stored.record, stored.created
 
+    @staticmethod
+    def store_usages(entries):
+        """Store priced usages, once per source each, and keep every running total, in one transaction.
+
+        A repeated usage changes nothing, so a page may resend whatever it has not
+        seen acknowledged. Per answer the bill counts the server's record where
+        there is one, else the page's. The conversations are locked first (in id
+        order, then the day rollups in key order, so batches never deadlock): the
+        other source's record is either seen here or sees this one. Returns one
+        Stored per entry, in order.
+        """
+        for attempt in (1, 2):
+            try:
+                with transaction.atomic():
+                    return _store_usages(entries)
+            except IntegrityError:
+                # A rollup row made by another batch between our look and our insert: look again.
+                if attempt == 2:
+                    raise
 
     def stop_if_over_budget(self):
         """End every running conversation under a budget this one has crossed.
@@ -315,6 +300,105 @@ def _totals_update(current, record, other, changes):
         else:
             add("transcription_cost_usd", sign * billed.cost_usd)
     return update
+
+
+class UsageEntry:
+    """One priced usage to store: for an answer, `key` is its response id; for a transcription, its item id."""
+
+    __slots__ = ("session_id", "key", "counts", "cost", "source", "kind", "model", "call", "audio_seconds")
+
+    def __init__(self, session_id, key, counts, cost, source, kind, model, call=None, audio_seconds=None):
+        self.session_id, self.key, self.counts, self.source, self.kind = session_id, key, counts, source, kind
+        # Stored with 8 decimals; the running totals must add exactly what is stored.
+        self.cost = Decimal(cost).quantize(COST_PLACES, ROUND_HALF_UP)
+        self.model, self.call, self.audio_seconds = model, call, audio_seconds
+
+
+class Stored:
+    """What storing one entry did: the record (new, or the one stored before), and the conversation as
+    it stood just after (a snapshot, with its user and team)."""
+
+    __slots__ = ("record", "created", "session")
+
+    def __init__(self, record, created, session):
+        self.record, self.created, self.session = record, created, session
+
+
+def _store_usages(entries):
+    import copy
+
+    ids = sorted({entry.session_id for entry in entries})
+    sessions = {session.pk: session for session in RealtimeSession.objects.select_for_update(of=("self",))
+                .select_related("user", "team").filter(pk__in=ids).order_by("pk")}
+    current_calls = {}
+    if any(entry.call is None for entry in entries):
+        for call in Call.objects.filter(session_id__in=ids, status=Call.ACTIVE).order_by("session_id", "-number"):
+            current_calls.setdefault(call.session_id, call)
+    known = {(r.session_id, r.kind, r.response_id, r.source): r for r in UsageRecord.objects.filter(
+        session_id__in=ids, response_id__in={entry.key for entry in entries})}
+    new, plan = [], []
+    for entry in entries:
+        session = sessions[entry.session_id]  # a missing conversation is the caller's error, found before
+        slot = (entry.session_id, entry.kind, entry.key, entry.source)
+        if slot in known:
+            plan.append((entry, known[slot], None, False))
+            continue
+        record = UsageRecord(
+            session=session, call=entry.call or current_calls.get(entry.session_id), response_id=entry.key,
+            kind=entry.kind, source=entry.source, model=entry.model, cost_usd=entry.cost,
+            audio_seconds=entry.audio_seconds, **entry.counts.as_record_fields(),
+        )
+        other_source = UsageRecord.SERVER if entry.source == UsageRecord.CLIENT else UsageRecord.CLIENT
+        other = known.get((entry.session_id, entry.kind, entry.key, other_source))
+        known[slot] = record
+        new.append(record)
+        plan.append((entry, record, other, True))
+    if new:
+        UsageRecord.objects.bulk_create(new)
+    days = {}  # rollup key -> {day: amounts}
+    results = []
+    for entry, record, other, created in plan:
+        session = sessions[entry.session_id]
+        if not created:
+            results.append(Stored(record, False, copy.copy(session)))
+            continue
+        changes = billing_changes(record, other)
+        for name, value in _totals_update(session, record, other, changes).items():
+            setattr(session, name, value)
+        # A conversation counts once, on the day of its earliest record.
+        moved = None
+        if session.first_billed_at is None or record.created_at < session.first_billed_at:
+            moved = (session.first_billed_at, record.created_at)
+            session.first_billed_at = record.created_at
+        record.billed_changes = SpendDay.changes_by_day(changes, moved)
+        key = (session.user_id, session.team_id, session.model)
+        for day, amounts in record.billed_changes.items():
+            into = days.setdefault(key, {}).setdefault(day, dict.fromkeys(amounts, 0))
+            for name, value in amounts.items():
+                into[name] += value
+        results.append(Stored(record, True, copy.copy(session)))
+    touched = {record.session_id for record in new}
+    changed = [sessions[pk] for pk in ids if pk in touched]
+    if changed:
+        _save_totals(changed)
+    for key in sorted(days, key=lambda k: (k[0], str(k[1]), k[2])):
+        SpendDay.apply(*key, days[key])
+    return results
+
+
+def _save_totals(sessions):
+    """Write the conversations' totals: plain values, not F(), as the rows are locked (PostgreSQL) or the
+    database is (SQLite); one statement sent for all of them (bulk_update's CASE costs more to build)."""
+    from django.db import connection
+
+    meta, quote = RealtimeSession._meta, connection.ops.quote_name
+    fields = [meta.get_field(name) for name in TOTAL_FIELDS]
+    sql = (f"UPDATE {quote(meta.db_table)} SET " + ", ".join(f"{quote(f.column)} = %s" for f in fields)
+           + f" WHERE {quote(meta.pk.column)} = %s")
+    rows = [[f.get_db_prep_save(getattr(session, f.attname), connection) for f in fields]
+            + [meta.pk.get_db_prep_save(session.pk, connection)] for session in sessions]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
 
 
 # What a usage record changes on its conversation.
@@ -682,10 +766,9 @@ class SpendDay(models.Model):
         return day
 
     @classmethod
-    def add(cls, session, changes, first_billed=None):
-        """Put a record's billing changes on their days, and move the conversation's count when its
-        first billed moment changes (`first_billed`: (before or None, after)); returns the changes per
-        day, JSON-ready, for the dashboards."""
+    def changes_by_day(cls, changes, first_billed=None):
+        """A record's billing changes on their days, with the conversation's count moved when its first
+        billed moment changes (`first_billed`: (before or None, after)): {day: amounts}, no empty day."""
         days = {}
 
         def on(day):
@@ -700,22 +783,29 @@ class SpendDay(models.Model):
             if before is not None:
                 on(before.astimezone(datetime.timezone.utc).date())["sessions"] -= 1
             on(after.astimezone(datetime.timezone.utc).date())["sessions"] += 1
-        deltas = []
+        # A conversation's count that moved within one day changes nothing.
+        return {day: amounts for day, amounts in sorted(days.items()) if any(amounts.values())}
+
+    @classmethod
+    def apply(cls, user_id, team_id, model, days):
+        """Add {day: amounts} to one user's rows in one team on one model (made when missing)."""
         for day, amounts in sorted(days.items()):
             updates = {name: F(name) + value for name, value in amounts.items() if value}
             if not updates:
-                continue  # the conversation's count moved within one day
-            key = {"day": day, "user_id": session.user_id, "team_key": session.team_id.hex if session.team_id else "",
-                   "model": session.model}
+                continue
+            key = {"day": day, "user_id": user_id, "team_key": team_id.hex if team_id else "", "model": model}
             if not cls.objects.filter(**key).update(**updates):
                 try:
                     with transaction.atomic():
-                        cls.objects.create(team_id=session.team_id, **key, **amounts)
-                except IntegrityError:  # another recorder made the row first
+                        cls.objects.create(team_id=team_id, **key, **amounts)
+                except IntegrityError:  # another batch made the row first; ours waits for its lock
                     cls.objects.filter(**key).update(**updates)
-            deltas.append({"day": day.isoformat(), **{k: (f"{v:.8f}" if isinstance(v, Decimal) else v)
-                                                      for k, v in amounts.items()}})
-        return deltas
+
+    @staticmethod
+    def as_json(days):
+        """{day: amounts} as the dashboards receive it: [{"day": ISO date, field: number or decimal string}]."""
+        return [{"day": day.isoformat(), **{k: (f"{v:.8f}" if isinstance(v, Decimal) else v) for k, v in amounts.items()}}
+                for day, amounts in days.items()]
 
 
 def month_start(now=None):

@@ -5,11 +5,12 @@ the transcription model's), store it once per source, keep the conversation's
 totals, and end whatever a crossed budget ends.
 """
 
+import uuid
 from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from .models import ModelPrice, RealtimeSession, TranscriptionPrice, UsageRecord
+from .models import ModelPrice, RealtimeSession, SpendDay, TranscriptionPrice, UsageEntry, UsageRecord
 from .pricing import UsageError, cost_of, parse_transcription_usage, parse_usage, transcription_cost
 
 
@@ -34,33 +35,87 @@ def transcription_model(session):
     return transcription.get("model") or settings.TRANSCRIPTION_MODEL
 
 
+class Report:
+    """One usage as received: from the page (source client) or the sideband (source server)."""
+
+    __slots__ = ("session_id", "key", "usage", "source", "kind", "call")
+
+    def __init__(self, session_id, key, usage, *, source, kind=UsageRecord.RESPONSE, call=None):
+        self.session_id, self.key, self.usage, self.source, self.kind, self.call = (
+            session_id, key, usage, source, kind, call)
+
+
 def record(session_id, key, usage, *, source, kind=UsageRecord.RESPONSE, call=None):
     """Store one answer's or one transcription's usage; raises UsageError when it is malformed."""
-    session = RealtimeSession.objects.select_related("user", "team").get(pk=session_id)
-    if kind == UsageRecord.RESPONSE:
-        price = ModelPrice.objects.filter(model=session.model).first()
+    (result,) = record_many([Report(session_id, key, usage, source=source, kind=kind, call=call)])
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def record_many(reports):
+    """Store usages together (one transaction for all that are well formed): one Recorded per report, in
+    order, or the exception that report alone raised (UsageError, RealtimeSession.DoesNotExist)."""
+    for report in reports:
+        report.session_id = as_id(report.session_id)
+    sessions = RealtimeSession.objects.select_related("user", "team").in_bulk(
+        {r.session_id for r in reports if r.session_id})
+    realtime_models = {s.model for s in sessions.values()}
+    prices = {p.model: p for p in ModelPrice.objects.filter(model__in=realtime_models)}
+    transcription_prices = {}
+    if any(r.kind != UsageRecord.RESPONSE for r in reports):
+        wanted = {transcription_model(s) for s in sessions.values()}
+        transcription_prices = {p.model: p for p in TranscriptionPrice.objects.filter(model__in=wanted)}
+    results, entries, owners = [None] * len(reports), [], []
+    for index, report in enumerate(reports):
+        try:
+            entries.append(priced(report, sessions, prices, transcription_prices))
+            owners.append(index)
+        except (UsageError, RealtimeSession.DoesNotExist) as exc:
+            results[index] = exc
+    if not entries:
+        return results
+    stored = RealtimeSession.store_usages(entries)
+    # Budgets are checked once per owner (a user in a team) that spent something new.
+    checked = set()
+    for index, one in zip(owners, stored):
+        session = one.session
+        stopped = []
+        if one.created and (session.user_id, session.team_id) not in checked:
+            checked.add((session.user_id, session.team_id))
+            stopped = session.stop_if_over_budget()
+        update = dashboard_update(session, one.record) if one.created and one.record.billed_changes else None
+        team_id = str(session.team_id) if session.team_id else None
+        results[index] = Recorded(one.record, one.created, session.totals(), team_id, stopped, update)
+    return results
+
+
+def as_id(value):
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+def priced(report, sessions, prices, transcription_prices):
+    """The report as an entry to store, at its model's price."""
+    session = sessions.get(report.session_id)
+    if session is None:
+        raise RealtimeSession.DoesNotExist(f"no conversation {report.session_id}")
+    if report.kind == UsageRecord.RESPONSE:
+        price = prices.get(session.model)
         if price is None:
             raise NoPrice(f"{session.model} has no price; an admin must add one.")
-        counts = parse_usage(usage, price)
-        cost, model, seconds = cost_of(counts, price), session.model, None
-    else:
-        model = transcription_model(session)
-        price = TranscriptionPrice.objects.filter(model=model).first()
-        if price is None:
-            raise NoPrice(f"{model} has no transcription price; an admin must add one.")
-        counts = parse_transcription_usage(usage)
-        cost, seconds = transcription_cost(counts, price), counts.seconds
-    if call is None:
-        call = session.current_call
-    stored, created = session.record_usage(
-        key, counts, cost, source=source, kind=kind, model=model, call=call, audio_seconds=seconds
-    )
-    stopped = session.stop_if_over_budget() if created else []
-    team_id = str(session.team_id) if session.team_id else None
-    update = None
-    if created and getattr(stored, "billed_changes", None):
-        update = dashboard_update(session, stored)
-    return Recorded(stored, created, session.totals(), team_id, stopped, update)
+        counts = parse_usage(report.usage, price)
+        return UsageEntry(session.pk, report.key, counts, cost_of(counts, price), report.source, report.kind,
+                          session.model, report.call)
+    model = transcription_model(session)
+    price = transcription_prices.get(model)
+    if price is None:
+        raise NoPrice(f"{model} has no transcription price; an admin must add one.")
+    counts = parse_transcription_usage(report.usage)
+    return UsageEntry(session.pk, report.key, counts, transcription_cost(counts, price), report.source,
+                      report.kind, model, report.call, counts.seconds)
 
 
 def dashboard_update(session, record=None):
@@ -74,7 +129,7 @@ def dashboard_update(session, record=None):
         "kind": record.kind if record else None, "verified": bool(record and record.source == UsageRecord.SERVER),
         "session_id": str(session.pk), "user": session.user.get_username(),
         "team_id": str(session.team_id) if session.team_id else None, "team": session.team.name if session.team else "",
-        "model": session.model, "changes": record.billed_changes if record else [],
+        "model": session.model, "changes": SpendDay.as_json(record.billed_changes) if record else [],
         "session_row": session_row(session),
     }
 

@@ -258,3 +258,50 @@ def test_concurrent_recorders_keep_the_totals_exact(alice, bob):
     for session in sessions:
         session.refresh_from_db()
         assert session.billed_response_count == 25 and session.paired_count == 25
+
+
+@pytest.mark.django_db
+def test_a_batch_stores_what_the_same_reports_one_by_one_store(conversations):
+    """The consumer stores a process's reports together; a batch with resends, both sources of one answer,
+    a malformed report and an unknown conversation ends where the same reports sent one by one end."""
+    import uuid
+
+    rng = random.Random(7)
+    first, second = conversations[0], conversations[2]  # one model, so one price
+    a, b, c = answer_usage(rng), answer_usage(rng), answer_usage(rng)
+    other_figures = answer_usage(rng)
+
+    def reports(session):
+        return [
+            usage.Report(session.pk, "resp_a", a, source=UsageRecord.CLIENT),
+            usage.Report(session.pk, "resp_a", a, source=UsageRecord.CLIENT),  # a resend
+            usage.Report(session.pk, "resp_a", other_figures, source=UsageRecord.SERVER),  # verified, other figures
+            usage.Report(session.pk, "resp_b", b, source=UsageRecord.SERVER),
+            usage.Report(session.pk, "resp_b", b, source=UsageRecord.CLIENT),  # the page after the server
+            usage.Report(session.pk, "resp_c", {"input_tokens": -1}, source=UsageRecord.CLIENT),
+            usage.Report(uuid.uuid4(), "resp_d", c, source=UsageRecord.CLIENT),
+            usage.Report(session.pk, "item_t", transcription_usage(rng), source=UsageRecord.SERVER,
+                         kind=UsageRecord.TRANSCRIPTION),
+        ]
+
+    batch = usage.record_many(reports(first))
+    one_by_one = []
+    for report in reports(second):
+        try:
+            one_by_one.append(usage.record(report.session_id, report.key, report.usage, source=report.source,
+                                           kind=report.kind))
+        except Exception as exc:
+            one_by_one.append(exc)
+    assert [type(r).__name__ for r in batch] == [type(r).__name__ for r in one_by_one] == [
+        "Recorded", "Recorded", "Recorded", "Recorded", "Recorded", "UsageError", "DoesNotExist", "Recorded"]
+    assert [r.created for r in batch[:5]] == [r.created for r in one_by_one[:5]] == [True, False, True, True, True]
+    assert batch[2].update["changes"] and not batch[4].update  # the server's figures replace the page's; not back
+    # Each result carries the conversation's totals just after its own report.
+    assert [r.totals["version"] for r in batch if hasattr(r, "totals")] == [1, 1, 2, 3, 4, 5]
+    first.refresh_from_db()
+    second.refresh_from_db()
+    fields = ("billed_cost_usd", "billed_input_tokens", "billed_output_tokens", "billed_response_count",
+              "paired_count", "disagreement_count", "transcription_cost_usd", "reported_count", "verified_count")
+    assert [getattr(first, f) for f in fields] == [getattr(second, f) for f in fields]
+    assert first.billed_response_count == 2 and first.paired_count == 2 and first.disagreement_count == 1
+    call_command("rebuild_spend", stdout=io.StringIO())  # raises if any running total differs from the records

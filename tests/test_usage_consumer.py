@@ -227,3 +227,31 @@ async def test_crossing_the_budget_ends_every_running_session_and_hangs_up(alice
     assert Decimal(0) < spent - budget.monthly_limit_usd <= Decimal("0.0069656")
     await comm.disconnect()
     await other_comm.disconnect()
+
+
+async def test_reports_arriving_together_are_stored_in_few_transactions(alice, monkeypatch):
+    """Thirty sockets report at once: the process's recorder stores them in batches (far fewer calls than
+    reports), and each socket is acked with its own record."""
+    import asyncio
+
+    from sessions_app import usage
+
+    calls = []
+    real = usage.record_many
+
+    def counting(reports):
+        calls.append(len(reports))
+        return real(reports)
+
+    monkeypatch.setattr(usage, "record_many", counting)
+    sessions = [await session_for(alice) for _ in range(30)]
+    sockets = [(await connect(session, alice))[0] for session in sessions]
+    for n, comm in enumerate(sockets):
+        await comm.send_json_to({"type": "usage.report", "response_id": f"resp_{n}", "usage": USAGE})
+    acks = [await comm.receive_json_from(timeout=10) for comm in sockets]
+    assert [ack["response_id"] for ack in acks] == [f"resp_{n}" for n in range(30)]
+    assert all(ack["type"] == "usage.ack" and not ack["duplicate"] for ack in acks)
+    assert sum(calls) == 30 and len(calls) < 30, calls
+    count = await database_sync_to_async(UsageRecord.objects.count)()
+    assert count == 30
+    await asyncio.gather(*(comm.disconnect() for comm in sockets))
