@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, figures side by side in one run."""
 
-from . import extract, ingest, library, start, talk
+from . import extract, growth, ingest, library, start, talk
 
 
 def main():
@@ -13,6 +13,8 @@ def main():
     library.main()
     print()
     ingest.main()
+    print()
+    growth.main()
 
 
 if __name__ == "__main__":
