@@ -63,10 +63,13 @@ class SpendBatcher:
             self.flushing = loop.create_task(self.flush())
 
     async def flush(self):
-        await asyncio.sleep(self.BATCH_SECONDS)
-        pending, self.pending = self.pending, {}
-        for group, updates in pending.items():
-            await tell(self.layer, group, {"type": "spend.batch", "updates": updates})
+        # Until nothing is left: updates added while a batch was being sent go in the next one (this
+        # task is still running then, so add() starts no other).
+        while self.pending:
+            await asyncio.sleep(self.BATCH_SECONDS)
+            pending, self.pending = self.pending, {}
+            for group, updates in pending.items():
+                await tell(self.layer, group, {"type": "spend.batch", "updates": updates})
 
 
 class UsageRecorder:

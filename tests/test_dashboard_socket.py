@@ -73,3 +73,27 @@ async def test_the_socket_only_sends(staff):
     await comm.send_to(text_data="hello")
     assert (await comm.receive_json_from())["code"] == "read_only"
     await comm.disconnect()
+
+
+async def test_updates_added_while_a_batch_is_being_sent_go_in_the_next(monkeypatch):
+    """A slow send (Redis under load) must not strand what arrives meanwhile until some later report."""
+    import asyncio
+
+    from channels.layers import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer()
+    sent, release = [], asyncio.Event()
+
+    async def slow_group_send(group, message):
+        if not sent:
+            await release.wait()
+        sent.append([u["response_id"] for u in message["updates"]])
+
+    monkeypatch.setattr(layer, "group_send", slow_group_send)
+    batcher = SpendBatcher.of(layer)
+    batcher.add({"response_id": "first", "team_id": None})
+    await asyncio.sleep(SpendBatcher.BATCH_SECONDS * 2)  # the first batch is now being sent
+    batcher.add({"response_id": "second", "team_id": None})
+    release.set()
+    await asyncio.wait_for(batcher.flushing, 2)
+    assert sent == [["first"], ["second"]]
