@@ -82,6 +82,12 @@ def _flush_redis():
     redis.Redis.from_url(f"{REDIS_BASE_URL}/{REDIS_DB}", socket_timeout=5).flushdb()
 
 
+def server_log():
+    """Where the servers' own log goes: nowhere, or the file BENCH_SERVER_LOG names (to see why a figure is odd)."""
+    path = os.environ.get("BENCH_SERVER_LOG")
+    return open(path, "a") if path else subprocess.DEVNULL
+
+
 class Topology:
     """Running server processes (and maybe sideband workers) sharing one database."""
 
@@ -146,7 +152,7 @@ def topology(simulator_url, users, processes=1, shared=False, workers=0, extra_e
             procs.append(subprocess.Popen(
                 [str(Path(sys.executable).with_name("daphne")), "-b", "127.0.0.1", "-p", str(port),
                  "voiceproject.asgi:application"],
-                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=server_log(),
             ))
             top.bases.append(f"http://127.0.0.1:{port}")
         top.servers = list(procs)
