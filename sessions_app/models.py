@@ -328,8 +328,10 @@ def _store_usages(entries):
     import copy
 
     ids = sorted({entry.session_id for entry in entries})
+    # Not the large texts: the totals, the dashboards' row and the budgets need none of them.
     sessions = {session.pk: session for session in RealtimeSession.objects.select_for_update(of=("self",))
-                .select_related("user", "team").filter(pk__in=ids).order_by("pk")}
+                .select_related("user", "team").defer("instructions", "pasted_text", "session_config")
+                .filter(pk__in=ids).order_by("pk")}
     current_calls = {}
     if any(entry.call is None for entry in entries):
         for call in Call.objects.filter(session_id__in=ids, status=Call.ACTIVE).order_by("session_id", "-number"):

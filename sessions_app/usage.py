@@ -58,7 +58,8 @@ def record_many(reports):
     order, or the exception that report alone raised (UsageError, RealtimeSession.DoesNotExist)."""
     for report in reports:
         report.session_id = as_id(report.session_id)
-    sessions = RealtimeSession.objects.select_related("user", "team").in_bulk(
+    # What pricing needs; the conversations are read again, locked, to be written.
+    sessions = RealtimeSession.objects.only("model", "session_config").in_bulk(
         {r.session_id for r in reports if r.session_id})
     realtime_models = {s.model for s in sessions.values()}
     prices = {p.model: p for p in ModelPrice.objects.filter(model__in=realtime_models)}
