@@ -7,9 +7,10 @@ from decimal import Decimal
 from django import forms
 from django.conf import settings
 
+from .models import TurnMode
 from .text import clean_text
 
-TURN_MODES = ("server_vad", "semantic_vad", "push_to_talk")
+TURN_MODES = tuple(TurnMode.values)
 MAX_PASTED_CHARS = 2_000_000
 MAX_DOCUMENTS = 20
 

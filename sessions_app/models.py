@@ -62,6 +62,14 @@ class EndReason(models.TextChoices):
     NEVER_CONNECTED = "never_connected", "Never connected"
 
 
+class TurnMode(models.TextChoices):
+    """How a turn ends: the only place the modes are named."""
+
+    VOICE_ACTIVITY = "server_vad", "Voice activity"
+    SEMANTIC_VOICE_ACTIVITY = "semantic_vad", "Semantic voice activity"
+    PUSH_TO_TALK = "push_to_talk", "Push to talk"
+
+
 class SessionQuerySet(models.QuerySet):
     def readable_by(self, user):
         """What the user may read: their own conversations; a team admin's team's too; staff all."""
@@ -76,11 +84,7 @@ class RealtimeSession(models.Model):
     ACTIVE = "active"
     ENDED = "ended"
     STATUS_CHOICES = [(ACTIVE, "Active"), (ENDED, "Ended")]
-    TURN_CHOICES = [
-        ("server_vad", "Voice activity"),
-        ("semantic_vad", "Semantic voice activity"),
-        ("push_to_talk", "Push to talk"),
-    ]
+    TURN_CHOICES = TurnMode.choices
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, models.PROTECT, related_name="realtime_sessions")

@@ -64,3 +64,15 @@ def test_envint_refuses_nonsense(monkeypatch):
     monkeypatch.setenv("X_NUM", "0")
     with pytest.raises(ImproperlyConfigured):
         project_settings.envint("X_NUM", 1, minimum=1)
+
+
+def test_a_default_turn_mode_that_does_not_exist_stops_the_checks(settings):
+    from sessions_app.apps import check_default_turn_detection
+    from sessions_app.forms import TURN_MODES
+    from sessions_app.models import RealtimeSession, TurnMode
+
+    assert check_default_turn_detection(None) == []
+    settings.DEFAULT_TURN_DETECTION = "always_listening"
+    assert [error.id for error in check_default_turn_detection(None)] == ["sessions_app.E001"]
+    # One definition: the form accepts and the model stores the same modes.
+    assert TURN_MODES == tuple(value for value, _ in RealtimeSession.TURN_CHOICES) == tuple(TurnMode.values)

@@ -330,5 +330,3 @@ CONTENT_SECURITY_POLICY = (
     "media-src 'self' blob:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 PERMISSIONS_POLICY = "microphone=(self), camera=(), geolocation=(), payment=(), usb=()"
-if DEFAULT_TURN_DETECTION not in ("server_vad", "semantic_vad", "push_to_talk"):
-    raise ImproperlyConfigured("DEFAULT_TURN_DETECTION must be server_vad, semantic_vad or push_to_talk")
