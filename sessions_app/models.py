@@ -77,6 +77,63 @@ class SessionQuerySet(models.QuerySet):
             return self
         return self.filter(models.Q(user=user) | models.Q(team__in=Team.objects.spend_visible_to(user)))
 
+    def sweep(self, page_grace, call_cap, now=None):
+        """End the conversations whose page went away (`page_grace` ago, or never came) or that no call
+        resumed within NO_CALL_SECONDS, and the calls older than `call_cap`; returns
+        [(session id, [upstream call ids], reason)] for what this ended, to hang up and tell."""
+        now = now or timezone.now()
+        ended = []
+        cutoff = now - page_grace
+        left = models.Q(page_left_at__lt=cutoff) & (
+            models.Q(page_connected_at__isnull=True) | models.Q(page_left_at__gt=F("page_connected_at")))
+        never = models.Q(page_connected_at__isnull=True, connected_at__lt=cutoff)
+        no_call_for = datetime.timedelta(seconds=settings.NO_CALL_SECONDS)
+        live_call = Call.objects.filter(session=models.OuterRef("pk"), status=Call.ACTIVE)
+        idle = models.Q(~models.Exists(live_call)) & models.Q(created_at__lt=now - no_call_for)
+        running = self.filter(status=RealtimeSession.ACTIVE)
+        for reason, query in ((EndReason.PAGE_GONE, left | never), (EndReason.NO_CALL, idle)):
+            for session in running.filter(query)[:50]:
+                if reason == EndReason.NO_CALL:
+                    last = session.calls.aggregate(at=models.Max("ended_at"))["at"]
+                    if last and last > now - no_call_for:
+                        continue
+                calls = session.end(reason)
+                if calls is not None:
+                    ended.append((session.pk, calls, reason))
+        Call.end_all(Call.objects.filter(status=Call.ACTIVE, created_at__lt=now - call_cap), EndReason.EXPIRED)
+        return ended
+
+
+class CallQuerySet(models.QuerySet):
+    """The sideband workers' leases: a worker watches the calls it holds a lease on."""
+
+    def claim(self, owner, lease, exclude=(), limit=50):
+        """Take up to `limit` running calls whose lease is free or lapsed; returns their ids."""
+        now = timezone.now()
+        free = models.Q(sideband_lease_until__isnull=True) | models.Q(sideband_lease_until__lt=now)
+        candidates = (self.filter(status=Call.ACTIVE).filter(free).exclude(pk__in=list(exclude))
+                      .values_list("pk", flat=True)[:limit])
+        claimed = []
+        for pk in candidates:
+            # The conditional update is the lock: only one worker's succeeds.
+            if self.filter(pk=pk).filter(free).update(sideband_owner=owner, sideband_lease_until=now + lease):
+                claimed.append(pk)
+        return claimed
+
+    def renew(self, owner, pks, lease):
+        """Extend the owner's leases on these calls: (the ids it still holds, {id: (end reason, ended at)}
+        for those of them that ended meanwhile)."""
+        rows = list(self.filter(pk__in=pks, sideband_owner=owner).values_list("pk", "status", "end_reason", "ended_at"))
+        self.filter(pk__in=[row[0] for row in rows]).update(sideband_lease_until=timezone.now() + lease)
+        owned = {row[0] for row in rows}
+        ended = {pk: (reason, ended_at) for pk, status, reason, ended_at in rows if status == Call.ENDED}
+        return owned, ended
+
+    def release(self, owner=None):
+        """Give the owner's leases back (every running call's, without an owner) for another worker."""
+        calls = self.filter(sideband_owner=owner) if owner is not None else self.filter(status=Call.ACTIVE)
+        calls.update(sideband_owner="", sideband_lease_until=None)
+
 
 class RealtimeSession(models.Model):
     """One conversation: its choices, documents, transcript and totals, over one call or several."""
@@ -440,6 +497,8 @@ class Call(models.Model):
     # Which sideband worker watches the call, and until when its claim holds.
     sideband_owner = models.CharField(max_length=64, blank=True)
     sideband_lease_until = models.DateTimeField(null=True, blank=True)
+
+    objects = CallQuerySet.as_manager()
     sideband_credential = models.CharField(max_length=20, blank=True, choices=CREDENTIAL_CHOICES)
     sideband_attached_at = models.DateTimeField(null=True, blank=True)
     # When the documents (and, after the first call, the earlier turns) were in its context.

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from channels.layers import get_channel_layer
 from django import db
 from django.conf import settings
-from django.db.models import Exists, F, Max, OuterRef, Q
+from django.db.models import Max
 from django.utils import timezone
 
 from documents_app.models import Document
@@ -190,19 +190,7 @@ class SidebandWorker:
             watch.task = asyncio.create_task(watch.run())
 
     def claim(self):
-        now = timezone.now()
-        free = Q(sideband_lease_until__isnull=True) | Q(sideband_lease_until__lt=now)
-        candidates = (
-            Call.objects.filter(status=Call.ACTIVE).filter(free).exclude(pk__in=list(self.watching))
-            .values_list("pk", flat=True)[:50]
-        )
-        claimed = []
-        for pk in candidates:
-            # The conditional update is the lock: only one worker's succeeds.
-            if Call.objects.filter(pk=pk).filter(free).update(sideband_owner=self.name,
-                                                              sideband_lease_until=now + self.lease):
-                claimed.append(pk)
-        return claimed
+        return Call.objects.claim(self.name, self.lease, exclude=self.watching)
 
     async def renew(self):
         if not self.watching:
@@ -216,15 +204,10 @@ class SidebandWorker:
                 watch.record_ended(*ended[pk])
 
     def _renew(self, pks):
-        mine = Call.objects.filter(pk__in=pks, sideband_owner=self.name)
-        rows = list(mine.values_list("pk", "status", "end_reason", "ended_at"))
-        Call.objects.filter(pk__in=[row[0] for row in rows]).update(sideband_lease_until=timezone.now() + self.lease)
-        owned = {row[0] for row in rows}
-        ended = {pk: (reason, ended_at) for pk, status, reason, ended_at in rows if status == Call.ENDED}
-        return owned, ended
+        return Call.objects.renew(self.name, pks, self.lease)
 
     def release(self):
-        Call.objects.filter(sideband_owner=self.name).update(sideband_owner="", sideband_lease_until=None)
+        Call.objects.release(self.name)
         WorkerBeat.objects.filter(name=self.name).delete()
 
     def beat(self):
@@ -232,7 +215,7 @@ class SidebandWorker:
                                                                       "watching": len(self.watching)})
 
     def release_all(self):
-        Call.objects.filter(status=Call.ACTIVE).update(sideband_owner="", sideband_lease_until=None)
+        Call.objects.release()
 
     # ---- policing across calls ----
 
@@ -246,26 +229,8 @@ class SidebandWorker:
 
     def _sweep(self):
         """End conversations whose page went away, that no call resumed in time, and calls past the cap."""
-        now = timezone.now()
-        ended = []
-        cutoff = now - self.page_grace
-        left = Q(page_left_at__lt=cutoff) & (Q(page_connected_at__isnull=True) | Q(page_left_at__gt=F("page_connected_at")))
-        never = Q(page_connected_at__isnull=True, connected_at__lt=cutoff)
-        live_call = Call.objects.filter(session=OuterRef("pk"), status=Call.ACTIVE)
-        idle = Q(~Exists(live_call)) & Q(created_at__lt=now - datetime.timedelta(seconds=settings.NO_CALL_SECONDS))
-        sessions = RealtimeSession.objects.filter(status=RealtimeSession.ACTIVE)
-        for reason, query in ((EndReason.PAGE_GONE, left | never), (EndReason.NO_CALL, idle)):
-            for session in sessions.filter(query)[:50]:
-                if reason == EndReason.NO_CALL:
-                    last = session.calls.aggregate(at=Max("ended_at"))["at"]
-                    if last and last > now - datetime.timedelta(seconds=settings.NO_CALL_SECONDS):
-                        continue
-                calls = session.end(reason)
-                if calls is not None:
-                    ended.append((session.pk, calls, reason))
-        cap = now - datetime.timedelta(seconds=settings.CALL_MAX_SECONDS) - CAP_MARGIN
-        Call.end_all(Call.objects.filter(status=Call.ACTIVE, created_at__lt=cap), EndReason.EXPIRED)
-        return ended
+        cap = datetime.timedelta(seconds=settings.CALL_MAX_SECONDS) + CAP_MARGIN
+        return RealtimeSession.objects.sweep(self.page_grace, cap)
 
 
 async def hang_up(call_ids, why):
