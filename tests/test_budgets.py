@@ -82,7 +82,7 @@ def test_page_shows_the_remaining_budget(csrf_client, bob):
     spend(bob, "0.25")
     login(csrf_client, bob)
     config = csrf_client.get("/").context["config"]
-    assert config["budget_remaining_usd"] == "1.7500"
+    assert config["budget"]["remaining_usd"] == "1.7500" and config["budget"]["whose"] == "yours"
 
 
 def test_a_budget_names_a_user_or_a_team(bob):
