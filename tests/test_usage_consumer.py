@@ -227,3 +227,16 @@ async def test_crossing_the_budget_ends_every_running_session_and_hangs_up(alice
     assert Decimal(0) < spent - budget.monthly_limit_usd <= Decimal("0.0069656")
     await comm.disconnect()
     await other_comm.disconnect()
+
+
+async def test_only_the_page_that_connected_last_marks_the_conversation_left(alice):
+    """A tab letting go of a conversation that went on in a newer tab leaves it held by that tab."""
+    session = await session_for(alice)
+    older, _ = await connect(session, alice)
+    newer, _ = await connect(session, alice)
+    await older.disconnect()
+    await database_sync_to_async(session.refresh_from_db)()
+    assert session.page_left_at is None
+    await newer.disconnect()
+    await database_sync_to_async(session.refresh_from_db)()
+    assert session.page_left_at is not None and session.page_left_at > session.page_connected_at
