@@ -959,7 +959,17 @@ ui.talk.addEventListener('pointerup', talkUp);
 ui.talk.addEventListener('pointerleave', talkUp);
 ui.talk.addEventListener('keydown', (e) => { if ((e.key === ' ' || e.key === 'Enter') && !e.repeat) { e.preventDefault(); talkDown(); } });
 ui.talk.addEventListener('keyup', (e) => { if (e.key === ' ' || e.key === 'Enter') { e.preventDefault(); talkUp(); } });
-ui.turn.addEventListener('change', () => { ui.talk.hidden = true; });
+// The options stay short enough for a phone; what each one means is said beside it.
+const TURN_HINTS = {
+  server_vad: 'Talk any time; speaking over an answer interrupts it.',
+  semantic_vad: 'Like voice activity, but waits until you seem to have finished your thought.',
+  push_to_talk: 'Hold Talk, or the Space bar, while you speak.',
+};
+function showTurnHint() { $('turn-hint').textContent = TURN_HINTS[ui.turn.value] || ''; }
+ui.turn.addEventListener('change', () => { ui.talk.hidden = true; showTurnHint(); });
+showTurnHint();
+// Others in the team may have spent meanwhile: the statement is read again when the page comes back.
+window.addEventListener('focus', () => { if (!state) refreshBudget(); });
 listMicrophones();
 renderBudget();
 if (config.running_session) {
