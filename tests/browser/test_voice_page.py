@@ -104,6 +104,8 @@ def test_budget_statement_blocks_start_with_the_reason_and_shows_the_servers_402
         # Only one statement about money left: no second, contradicting line.
         assert page.get_by_text(re.compile("left of|Spending left")).count() == 1
         assert fits(page)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "voice-390-budget-blocked.png"), full_page=True)
 
         set_team_budget(server, "Other", "1.0000")
         page.reload()
@@ -216,6 +218,8 @@ def test_a_second_start_offers_to_continue_or_end_the_running_conversation(brows
     second.get_by_role("button", name="Start").click()
     wait_until(lambda: "already have a conversation running" in offer.text_content(), what="the offer")
     wait_until(lambda: second.evaluate("document.activeElement.id") == "end-other", what="focus on the offer")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    second.screenshot(path=str(SHOTS / "voice-390-running-elsewhere.png"), full_page=True)
     assert "$" in offer.text_content()  # the server's words: when it started and what it has cost
     assert fits(second)
 
@@ -321,6 +325,13 @@ def test_the_conversation_becomes_the_page(browser, server, simulator, width):
     wait_until(lambda: float(page.locator("#mic-level").get_attribute("data-peak") or 0) > 0.02, timeout=20,
                what="the level meter moving")
     assert page.locator("#microphone option").count() >= 2
+    # Picking another microphone mid-call swaps the track; the call goes on.
+    device = page.locator("#microphone option").nth(1).get_attribute("value")
+    page.get_by_label("Microphone", exact=True).select_option(device)
+    page.get_by_role("status").filter(has_text="Now using").wait_for()
+    assert page.evaluate("window.voiceSession.micTrack.getSettings().deviceId") == device
+    assert page.evaluate("window.voiceSession.call.pc.getSenders()[0].track === window.voiceSession.micTrack")
+    assert page.evaluate("window.voiceSession.call.pc.connectionState") == "connected"
     # Muted: the status says so.
     page.get_by_role("button", name="Mute").click()
     assert "Muted" in page.get_by_role("status").filter(has_text="Muted").text_content()
