@@ -462,6 +462,9 @@ function applyMicrophone() {
   const muted = ui.mute.getAttribute('aria-pressed') === 'true';
   const open = !muted && !state.waitingForContext && (!state.pushToTalk || state.talking);
   state.stream.getAudioTracks().forEach((t) => { t.enabled = open; });
+  // Typing waits for the documents too.
+  ui.say.disabled = !!state.waitingForContext;
+  ui.saySend.disabled = !!state.waitingForContext;
 }
 
 async function connect(call, post) {
@@ -501,8 +504,6 @@ function beginState(stream, pushToTalk) {
 function opened(current) {
   current.callStartedAt = performance.now();
   current.timings.open = current.callStartedAt;  // time to talk: Start pressed to the data channel open
-  ui.say.disabled = false;
-  ui.saySend.disabled = false;
   scheduleRollover();
 }
 
@@ -978,6 +979,17 @@ if (config.running_session) {
     message: 'You already have a conversation running, perhaps in another tab. End it to start a new one, or continue it here.',
     detail: { session: { id: config.running_session } },
   }, false);
+  // A reload of the tab that held it ends it a moment later (pagehide): check before offering.
+  setTimeout(async () => {
+    if (elsewhere?.id !== config.running_session) return;
+    try {
+      const response = await fetch(`/api/sessions/${config.running_session}`, { credentials: 'same-origin' });
+      if (response.ok && (await response.json()).status !== 'active' && elsewhere?.id === config.running_session) {
+        hideElsewhere();
+        setStatus('Ready.');
+      }
+    } catch { /* keep the offer: Start will ask the server anyway */ }
+  }, 1500);
 }
 // Leaving mid-conversation ends it: the browser asks first.
 window.addEventListener('beforeunload', (event) => {
