@@ -362,3 +362,24 @@ def test_the_conversation_becomes_the_page(browser, server, simulator, width):
     assert page.locator("#session-form").is_visible() and fits(page)
     page.screenshot(path=str(SHOTS / f"voice-{width}-after.png"), full_page=True)
     context.close()
+
+
+def test_reloading_after_the_warning_ends_the_session_and_offers_nothing_stale(page):
+    sign_in(page)
+    page.get_by_label("Turn taking").select_option("push_to_talk")
+    page.get_by_role("button", name="Start").click()
+    page.get_by_role("status").filter(has_text=READY).wait_for()
+    session_id = page.evaluate("window.voiceSession.session.id")
+    asked = []
+
+    def accept(dialog):
+        asked.append(dialog.type)
+        dialog.accept()
+
+    page.on("dialog", accept)
+    page.reload()
+    assert asked == ["beforeunload"]
+    # Leaving was confirmed: the conversation ends on the server, and the new page does not offer it.
+    wait_until(lambda: api_session(page, session_id)["status"] == "ended", what="the session ended")
+    wait_until(lambda: page.locator("#running-elsewhere").is_hidden(), timeout=10, what="no stale offer")
+    assert page.get_by_role("button", name="Start").is_enabled()
