@@ -102,12 +102,6 @@ function renderBudget() {
         + (extra ? 'Choose fewer documents, or ask' : 'Ask') + ' a team admin to raise the limit; it resets on the first of the month (UTC).';
     }
   }
-  const model = config.models.find((m) => m.id === ui.model.value);
-  const { pastedTokens } = inlineTokensChosen(model);
-  if (pastedTokens > model.document_budget) {
-    blocked = `Start is not available: the pasted text is about ${pastedTokens.toLocaleString()} tokens, more than the `
-      + `${model.document_budget.toLocaleString()} ${model.id} can read whole. Paste less, or upload it to the library.`;
-  }
   ui.budgetLine.dataset.remaining = budget.limited ? budget.remaining_usd : '';
   ui.startReason.textContent = blocked;
   ui.startReason.hidden = !blocked;
