@@ -6,6 +6,7 @@ from decimal import Decimal
 from unittest import mock
 
 import pytest
+from django.core.cache import cache
 from django.db import IntegrityError
 from django.utils import timezone
 
@@ -14,6 +15,12 @@ from sessions_app.models import Budget, RealtimeSession
 from sessions_app.pricing import TokenCounts
 from tests.conftest import login
 from tests.upstream_fake import OFFER, FakeUpstream
+
+
+@pytest.fixture(autouse=True)
+def fresh_rate_limits():
+    # Starts in other modules' tests within the same minute count against the same user ids.
+    cache.clear()
 
 
 @pytest.fixture
