@@ -32,6 +32,10 @@ ui.form.addEventListener('submit', (event) => event.preventDefault());
 function money(value) {
   return value > 0 && value < 0.0001 ? 'under $0.0001' : `$${value.toFixed(4)}`;
 }
+// An estimate: "about $0.0012", never "about under $0.0001".
+function about(value) {
+  return value > 0 && value < 0.0001 ? 'under $0.0001' : `about $${value.toFixed(4)}`;
+}
 
 // What the chosen context costs, truthfully: it is billed again with every
 // answer, in full on the first and mostly at the cached rate after that.
@@ -62,7 +66,7 @@ function updateEstimate() {
     total.textContent = `${pastedTokens ? 'About ' : ''}${inlineTokens.toLocaleString()} tokens read whole; `
       + `${model.id} allows ${model.document_budget.toLocaleString()}${over ? ' — paste less, or upload it to the library' : ''}. `
       + `They are billed again with every answer: ${money(perMillion(inlineTokens, model.text_input_per_million))} `
-      + `as new input on the first answer, then about ${money(perMillion(inlineTokens, model.text_cached_input_per_million))} `
+      + `as new input on the first answer, then ${about(perMillion(inlineTokens, model.text_cached_input_per_million))} `
       + 'per answer while they stay cached. ';
     ui.budget.append(total);
   }
@@ -72,7 +76,7 @@ function updateEstimate() {
     search.textContent = `Searched, not read whole: ${searched.map((d) => d.title).join(', ')}. `
       + `Each search adds about ${TOKENS_PER_SEARCH.toLocaleString()} tokens of passages: `
       + `${money(perMillion(TOKENS_PER_SEARCH, model.text_input_per_million))} as new input, `
-      + `then about ${money(perMillion(TOKENS_PER_SEARCH, model.text_cached_input_per_million))} per later answer.`;
+      + `then ${about(perMillion(TOKENS_PER_SEARCH, model.text_cached_input_per_million))} per later answer.`;
     ui.budget.append(search);
   }
 }

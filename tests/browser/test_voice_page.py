@@ -308,6 +308,8 @@ def test_the_conversation_becomes_the_page(browser, server, simulator, width):
     page.get_by_label("Document (paste text, optional)").fill(
         "Project Zephyr launches on the fourth of March. Maria Lopez leads the launch team.")
     assert page.locator("#session-form").is_visible() and page.locator("#setup-summary").is_hidden()
+    assert "tokens read whole" in page.locator("#context-budget").text_content()
+    assert "about under" not in page.locator("#context-budget").text_content()
     assert fits(page)
     page.screenshot(path=str(SHOTS / f"voice-{width}-before.png"), full_page=True)
 
