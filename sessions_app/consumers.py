@@ -226,10 +226,14 @@ class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
 
     @database_sync_to_async
     def mark_page(self, connected):
-        field = "page_connected_at" if connected else "page_left_at"
-        RealtimeSession.objects.filter(pk=self.session_id).update(**{field: timezone.now()})
+        sessions = RealtimeSession.objects.filter(pk=self.session_id)
         if not connected:
+            # Only the page that connected last counts: an older tab letting go of a conversation that
+            # went on in a newer one does not make it look abandoned.
+            sessions.filter(page_connected_at=self.page_connected_at).update(page_left_at=timezone.now())
             return []
+        self.page_connected_at = timezone.now()
+        sessions.update(page_connected_at=self.page_connected_at)
         session = RealtimeSession.objects.get(pk=self.session_id)
         ready = session.calls.filter(status=Call.ACTIVE, context_ready_at__isnull=False).values_list("number", flat=True)
         return [{"type": "session.totals", "session": session.totals()}] + [

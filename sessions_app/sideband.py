@@ -478,6 +478,12 @@ class CallWatch:
             await self.retry_db(
                 TranscriptEntry.place, self.info["session_id"], self.info["number"], item_id, role, self.position
             )
+            # A message typed during the call has its text in the item itself: no transcription follows.
+            if role == TranscriptEntry.USER:
+                typed = [p.get("text") for p in item.get("content") or []
+                         if isinstance(p, dict) and p.get("type") == "input_text" and isinstance(p.get("text"), str)]
+                if typed:
+                    await self.text(item_id, role, " ".join(typed))
 
     async def text(self, item_id, role, text):
         if isinstance(item_id, str) and isinstance(text, str) and 0 < len(item_id) <= 128:

@@ -8,6 +8,7 @@ urlpatterns = [
     path("api/sessions/<uuid:session_id>", views.session_detail, name="sessions-detail"),
     path("api/sessions/<uuid:session_id>/calls", views.resume_session, name="sessions-calls"),
     path("api/sessions/<uuid:session_id>/end", views.end_session, name="sessions-end"),
+    path("api/budget", views.budget_detail, name="sessions-budget"),
     path("sessions/", views.history, name="sessions-history"),
     path("sessions/<uuid:session_id>/", views.history_detail, name="sessions-history-detail"),
     path("sessions/<uuid:session_id>/transcript.md", exports.transcript_markdown, name="sessions-transcript-md"),

@@ -1,3 +1,4 @@
+import datetime
 import json
 import logging
 import time
@@ -10,7 +11,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.cache import caches
 from django.core.paginator import Paginator
 from django.db import DatabaseError, transaction
-from django.db.models import Max, Q
+from django.db.models import F, Max, Q
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -29,7 +30,7 @@ from .exports import transcript_rows
 from .forms import BudgetForm, RequestError, parse_mint_request, parse_resume_request
 from .models import Budget, Call, EndReason, ModelPrice, RealtimeSession
 from .pricing import text_input_cost
-from .sideband import wake_workers
+from .sideband import tell_page, wake_workers
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +84,13 @@ def _rate_limited(usage):
 def _mint_preflight(request, user, req):
     usage = _mint_rate(request, user)
     if req is None or (usage and usage["should_limit"]):
-        return usage, None, None, None, None
+        return usage, None, None, None, None, None
     found = {d.pk: d for d in Document.objects.visible_to(user).filter(pk__in=req.document_ids)}
     # In the order chosen; None marks an id the user may not see (or that does not exist).
     documents = [found.get(i) for i in req.document_ids]
     membership = Membership.primary_for(user)
     room = Budget.room_for(user, membership.team if membership else None)
-    return usage, ModelPrice.objects.filter(model=req.model).first(), membership, documents, room
+    return usage, ModelPrice.objects.filter(model=req.model).first(), membership, documents, room, running_session(user)
 
 
 def place_documents(library, room, search_only=False):
@@ -107,6 +108,54 @@ def place_documents(library, room, search_only=False):
 def session_reserve(price, document_tokens):
     """What a session is expected to cost at least: its documents once, plus a floor."""
     return text_input_cost(document_tokens, price) + settings.BUDGET_SESSION_RESERVE_USD
+
+
+def budget_status(user):
+    """One statement of the budget that binds this user's next session: whose it is, what is left
+    this month, and the reserve any session needs to start (documents add their first read to it)."""
+    membership = Membership.primary_for(user)
+    budgets = Budget.for_session(user, membership.team if membership else None)
+    status = {"limited": bool(budgets), "reserve_usd": f"{settings.BUDGET_SESSION_RESERVE_USD:.4f}"}
+    if budgets:
+        rows = [(b.remaining(), b) for b in budgets]
+        remaining, binding = min(rows, key=lambda row: row[0])
+        status.update({
+            "whose": "yours" if binding.user_id else "team",
+            "team": binding.team.name if binding.team_id else None,
+            "limit_usd": f"{binding.monthly_limit_usd:.4f}",
+            "spent_usd": f"{binding.monthly_limit_usd - remaining:.4f}",
+            "remaining_usd": f"{max(remaining, 0):.4f}",
+        })
+    return status
+
+
+@require_GET
+@api_login_required
+def budget_detail(request):
+    return JsonResponse(budget_status(request.user))
+
+
+def running_session(user):
+    """The user's conversation that a page is connected to right now, if any.
+
+    A conversation whose page went away is not counted: the sideband ends it shortly.
+    """
+    connected = Q(page_connected_at__isnull=False) & (
+        Q(page_left_at__isnull=True) | Q(page_left_at__lt=F("page_connected_at")))
+    return (RealtimeSession.objects.filter(user=user, status=RealtimeSession.ACTIVE).filter(connected)
+            .order_by("-created_at").first())
+
+
+def _already_running(session):
+    started = session.created_at.astimezone(datetime.timezone.utc).strftime("%H:%M")
+    return JsonResponse({"error": {
+        "code": "session_running",
+        "message": f"You already have a conversation running (started at {started} UTC, "
+                   f"${session.billed_cost_usd:.4f} so far), perhaps in another tab. "
+                   "End it to start a new one, or continue it here.",
+        "session": {"id": str(session.pk), "url": f"/sessions/{session.pk}/", "created_at": session.created_at.isoformat(),
+                    "cost_usd": f"{session.billed_cost_usd:.4f}"},
+    }}, status=409)
 
 
 def _budget_refusal(room, price, document_tokens):
@@ -177,10 +226,10 @@ def voice_page(request):
         for m in settings.REALTIME_MODELS
         if m in prices
     ]
-    membership = Membership.primary_for(request.user)
-    room = Budget.room_for(request.user, membership.team if membership else None)
+    running = running_session(request.user)
     config = {
-        "budget_remaining_usd": None if room is None else f"{max(room, 0):.4f}",
+        "budget": budget_status(request.user),
+        "running_session": None if running is None else str(running.pk),
         "models": models,
         "voices": settings.REALTIME_VOICES,
         "defaults": {
@@ -189,6 +238,7 @@ def voice_page(request):
             "turn_detection": settings.DEFAULT_TURN_DETECTION,
         },
         "upstream": settings.UPSTREAM_MODE,
+        "simulated": settings.UPSTREAM_MODE == "simulator",
         # When the page moves the conversation to its next call, before the upstream's cap ends this one.
         "call_max_seconds": settings.CALL_MAX_SECONDS,
         "rollover_seconds": settings.CALL_ROLLOVER_SECONDS,
@@ -196,7 +246,7 @@ def voice_page(request):
         "context_wait_seconds": settings.CONTEXT_WAIT_SECONDS,
         "disconnect_grace_seconds": settings.DISCONNECT_GRACE_SECONDS,
     }
-    return render(request, "sessions/voice.html", {"config": config})
+    return render(request, "sessions/voice.html", {"config": config, "simulated": config["simulated"]})
 
 
 @require_POST
@@ -210,7 +260,7 @@ async def mint_session(request):
     # Every attempt counts against the rate limit, valid or not. The limit's
     # cache calls (blocking I/O with Redis) and the reads share one trip to
     # this request's worker thread instead of blocking the event loop.
-    usage, price, membership, library, room = await sync_to_async(_mint_preflight)(request, user, req)
+    usage, price, membership, library, room, running = await sync_to_async(_mint_preflight)(request, user, req)
     if limited := _rate_limited(usage):
         return limited
     if req is None:
@@ -219,6 +269,9 @@ async def mint_session(request):
         return json_error("invalid_request", f"{req.model} has no price set; an admin must add one.", 400)
     if None in library:
         return json_error("document_not_found", "One of the chosen documents does not exist or is not yours to use.", 404)
+    # One running conversation per person: two tabs would be two billed calls.
+    if running is not None:
+        return _already_running(running)
 
     pasted = []
     if req.document_text:
@@ -325,6 +378,8 @@ async def resume_session(request, session_id):
         await _hang_up_quietly([call_id], "conversation ended meanwhile")
         return json_error("session_ended", "This conversation has ended; start a new one.", 409)
     await wake_workers(call.pk)
+    # A tab still holding the call before (another tab continued it here) lets go of the conversation.
+    await tell_page(session.pk, {"type": "call.ended", "call": call.number - 1, "reason": EndReason.REPLACED})
     return JsonResponse({"sdp": answer, "call": call.number}, status=201)
 
 
@@ -339,6 +394,8 @@ async def end_session(request, session_id):
     await _hang_up_quietly(calls or [], "user stop")
     if calls is not None:
         await announce_ended(get_channel_layer(), [session.pk])
+        # Another tab of the same conversation stops too, and says why.
+        await tell_page(session.pk, {"type": "call.ended", "call": None, "reason": EndReason.USER})
     return JsonResponse(await sync_to_async(session_payload)(session))
 
 

@@ -6,6 +6,7 @@ from decimal import Decimal
 from unittest import mock
 
 import pytest
+from django.core.cache import cache
 from django.db import IntegrityError
 from django.utils import timezone
 
@@ -14,6 +15,12 @@ from sessions_app.models import Budget, RealtimeSession
 from sessions_app.pricing import TokenCounts
 from tests.conftest import login
 from tests.upstream_fake import OFFER, FakeUpstream
+
+
+@pytest.fixture(autouse=True)
+def fresh_rate_limits():
+    # Starts in other modules' tests within the same minute count against the same user ids.
+    cache.clear()
 
 
 @pytest.fixture
@@ -82,7 +89,7 @@ def test_page_shows_the_remaining_budget(csrf_client, bob):
     spend(bob, "0.25")
     login(csrf_client, bob)
     config = csrf_client.get("/").context["config"]
-    assert config["budget_remaining_usd"] == "1.7500"
+    assert config["budget"]["remaining_usd"] == "1.7500" and config["budget"]["whose"] == "yours"
 
 
 def test_a_budget_names_a_user_or_a_team(bob):

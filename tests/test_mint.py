@@ -415,3 +415,32 @@ def test_search_only_searches_every_document(csrf_client, bob, fake):
     assert [d["mode"] for d in response.json()["documents"]] == ["search"]
     assert fake.last_json["session"]["tools"][0]["name"] == "search_documents"
     assert mint(csrf_client, {"search_only": "yes"}).status_code == 400
+
+
+def test_a_second_conversation_while_one_is_running_is_409_naming_it(csrf_client, alice, bob, fake):
+    """One running conversation per person: a page connected to an active conversation blocks a second one."""
+    from django.utils import timezone
+
+    login(csrf_client, alice)
+    first = mint(csrf_client, {})
+    assert first.status_code == 201
+    running = RealtimeSession.objects.get(pk=first.json()["id"])
+    # No page has connected yet (or it went away): that does not count as running.
+    assert mint(csrf_client, {}).status_code == 201
+    running.page_connected_at = timezone.now()
+    running.save(update_fields=["page_connected_at"])
+    refused = mint(csrf_client, {})
+    assert refused.status_code == 409
+    error = refused.json()["error"]
+    assert error["code"] == "session_running" and "already have a conversation running" in error["message"]
+    assert error["session"]["id"] == str(running.pk) and error["session"]["url"] == f"/sessions/{running.pk}/"
+    assert RealtimeSession.objects.filter(user=alice).count() == 2  # nothing stored for the refused one
+    # Someone else is not blocked by it.
+    login(csrf_client, bob)
+    assert mint(csrf_client, {}).status_code == 201
+    # The page left, or the conversation ended: a new one may start.
+    login(csrf_client, alice)
+    running.page_left_at = timezone.now()
+    running.save(update_fields=["page_left_at"])
+    assert mint(csrf_client, {}).status_code == 201
+    cache.clear()  # the starts above count against the rate limit; later modules' tests start fresh

@@ -175,3 +175,34 @@ def test_anonymous_gets_401(csrf_client, session):
     assert csrf_client.get(f"/api/sessions/{session.pk}").status_code == 401
     assert post(csrf_client, f"/api/sessions/{session.pk}/end").status_code == 401
     assert resume(csrf_client, session).status_code == 401
+
+
+def test_budget_statement_says_whose_budget_what_is_left_and_the_reserve(csrf_client, alice, settings):
+    login(csrf_client, alice)
+    settings.BUDGET_SESSION_RESERVE_USD = Decimal("0.05")
+    assert csrf_client.get("/api/budget").json() == {"limited": False, "reserve_usd": "0.0500"}
+    team = alice.memberships.get().team
+    Budget.objects.create(team=team, monthly_limit_usd=Decimal("2"))
+    Budget.objects.create(user=alice, monthly_limit_usd=Decimal("3"))
+    # The budget that binds is the one with the least left: here the team's.
+    assert csrf_client.get("/api/budget").json() == {
+        "limited": True, "reserve_usd": "0.0500", "whose": "team", "team": "Demo",
+        "limit_usd": "2.0000", "spent_usd": "0.0000", "remaining_usd": "2.0000",
+    }
+    page = csrf_client.get("/")
+    assert b'"whose": "team"' in page.content and b"budget_remaining_usd" not in page.content
+
+
+def test_budget_statement_needs_sign_in_and_get(csrf_client, alice):
+    assert csrf_client.get("/api/budget").json()["error"]["code"] == "not_authenticated"
+    login(csrf_client, alice)
+    assert csrf_client.post("/api/budget").status_code == 405
+
+
+@pytest.mark.parametrize("mode, shown", [("simulator", True), ("openai", False)])
+def test_the_voice_page_says_when_the_upstream_is_the_simulator(csrf_client, alice, settings, mode, shown):
+    settings.UPSTREAM_MODE = mode
+    login(csrf_client, alice)
+    page = " ".join(csrf_client.get("/").content.decode().split())
+    assert ('id="upstream-note"' in page) is shown
+    assert ("local realtime simulator, not to OpenAI" in page) is shown

@@ -255,3 +255,16 @@ async def test_reports_arriving_together_are_stored_in_few_transactions(alice, m
     count = await database_sync_to_async(UsageRecord.objects.count)()
     assert count == 30
     await asyncio.gather(*(comm.disconnect() for comm in sockets))
+
+
+async def test_only_the_page_that_connected_last_marks_the_conversation_left(alice):
+    """A tab letting go of a conversation that went on in a newer tab leaves it held by that tab."""
+    session = await session_for(alice)
+    older, _ = await connect(session, alice)
+    newer, _ = await connect(session, alice)
+    await older.disconnect()
+    await database_sync_to_async(session.refresh_from_db)()
+    assert session.page_left_at is None
+    await newer.disconnect()
+    await database_sync_to_async(session.refresh_from_db)()
+    assert session.page_left_at is not None and session.page_left_at > session.page_connected_at

@@ -1,8 +1,9 @@
 // Choosing library documents for a session: search as you type, keep an order.
 
 export class DocumentPicker {
-  constructor({ search, results, chosen, onChange }) {
+  constructor({ search, results, chosen, announce, onChange }) {
     this.search = search;
+    this.announce = announce || (() => {});
     this.results = results;
     this.chosenList = chosen;
     this.onChange = onChange;
@@ -13,6 +14,14 @@ export class DocumentPicker {
     search.addEventListener('input', () => {
       clearTimeout(this.timer);
       this.timer = setTimeout(() => this.find(search.value.trim()), 200);
+    });
+    // Enter searches at once; it never submits the form around the field (that once reloaded
+    // the page with the pasted text in the URL).
+    search.addEventListener('keydown', (event) => {
+      if (event.key !== 'Enter') return;
+      event.preventDefault();
+      clearTimeout(this.timer);
+      this.find(search.value.trim());
     });
     this.find('');
   }
@@ -50,6 +59,9 @@ export class DocumentPicker {
       add.dataset.chosen = 'yes';
       add.disabled = true;
       this.render();
+      // The button just went disabled: back to the search, ready for the next document.
+      this.search.focus();
+      this.announce(`Added ${doc.title}; ${this.chosen.length} chosen.`);
     });
     li.append(label, add);
     return li;
@@ -70,6 +82,9 @@ export class DocumentPicker {
         this.chosen.splice(index, 1);
         this.render();
         this.find(this.search.value.trim());
+        const buttons = this.chosenList.querySelectorAll('button');
+        (buttons[Math.min(index, buttons.length - 1)] || this.search).focus();
+        this.announce(`Removed ${doc.title}; ${this.chosen.length} chosen.`);
       });
       li.append(label, remove);
       return li;

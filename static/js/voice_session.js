@@ -13,7 +13,11 @@ const ui = {
   vad: $('vad-indicator'), vadLabel: $('vad-label'), transcript: $('transcript'),
   inputTokens: $('input-tokens'), cachedTokens: $('cached-tokens'), outputTokens: $('output-tokens'),
   cost: $('session-cost'), costNote: $('cost-note'), audio: $('remote-audio'), resume: $('resume'),
-  searchOnly: $('search-only'),
+  searchOnly: $('search-only'), page: $('voice-page'), form: $('session-form'), summary: $('setup-summary'),
+  budgetLine: $('budget-remaining'), startReason: $('start-reason'), endedLink: $('ended-link'),
+  elsewhere: $('running-elsewhere'), elsewhereText: $('running-elsewhere-text'), endOther: $('end-other'),
+  continueOther: $('continue-other'), cancelOther: $('cancel-other'), pttHint: $('ptt-hint'),
+  microphone: $('microphone'), level: $('mic-level'), sayForm: $('say-form'), say: $('say'), saySend: $('say-send'),
 };
 
 let state = null;  // { session, stream, micTrack, call, callNumber, socket, pushToTalk, talking, playing, ... }
@@ -22,14 +26,15 @@ let state = null;  // { session, stream, micTrack, call, callNumber, socket, pus
 for (const m of config.models) ui.model.add(new Option(m.id, m.id, false, m.id === config.defaults.model));
 for (const v of config.voices) ui.voice.add(new Option(v, v, false, v === config.defaults.voice));
 ui.turn.value = config.defaults.turn_detection;
-if (config.budget_remaining_usd !== null) {
-  const remaining = $('budget-remaining');
-  remaining.textContent = `Spending left this month under your budget: $${Number(config.budget_remaining_usd).toFixed(4)}.`;
-  remaining.hidden = false;
-}
+// The script sends the choices as JSON; the form itself is never submitted.
+ui.form.addEventListener('submit', (event) => event.preventDefault());
 
 function money(value) {
   return value > 0 && value < 0.0001 ? 'under $0.0001' : `$${value.toFixed(4)}`;
+}
+// An estimate: "about $0.0012", never "about under $0.0001".
+function about(value) {
+  return value > 0 && value < 0.0001 ? 'under $0.0001' : `about $${value.toFixed(4)}`;
 }
 
 // What the chosen context costs, truthfully: it is billed again with every
@@ -37,15 +42,20 @@ function money(value) {
 // Passages one search returns, about: four of a few hundred tokens (sessions_app/tools.py).
 const TOKENS_PER_SEARCH = 1200;
 
-function updateEstimate() {
-  const model = config.models.find((m) => m.id === ui.model.value);
+// The documents read whole, as the server will place them (pasted text only estimated here).
+function inlineTokensChosen(model) {
   const pasted = ui.docText.value.trim();
   const pastedTokens = pasted ? Math.ceil(pasted.length / 4) : 0;  // an estimate; the server counts exactly
   const placed = picker.placement(model.document_budget - pastedTokens, ui.searchOnly.checked);
-  const inlineTokens = pastedTokens + placed.filter((d) => d.mode === 'inline').reduce((n, d) => n + d.tokens, 0);
+  return { pastedTokens, placed, inlineTokens: pastedTokens + placed.filter((d) => d.mode === 'inline').reduce((n, d) => n + d.tokens, 0) };
+}
+
+function updateEstimate() {
+  const model = config.models.find((m) => m.id === ui.model.value);
+  const { pastedTokens, placed, inlineTokens } = inlineTokensChosen(model);
   const searched = placed.filter((d) => d.mode === 'search');
   ui.budget.replaceChildren();
-  ui.start.disabled = !!state;
+  renderBudget();
   if (!inlineTokens && !searched.length) return;
   const perMillion = (tokens, rate) => (tokens * Number(rate)) / 1e6;
   // Pasted text is only estimated here and always read whole: over the budget it is refused.
@@ -56,7 +66,7 @@ function updateEstimate() {
     total.textContent = `${pastedTokens ? 'About ' : ''}${inlineTokens.toLocaleString()} tokens read whole; `
       + `${model.id} allows ${model.document_budget.toLocaleString()}${over ? ' — paste less, or upload it to the library' : ''}. `
       + `They are billed again with every answer: ${money(perMillion(inlineTokens, model.text_input_per_million))} `
-      + `as new input on the first answer, then about ${money(perMillion(inlineTokens, model.text_cached_input_per_million))} `
+      + `as new input on the first answer, then ${about(perMillion(inlineTokens, model.text_cached_input_per_million))} `
       + 'per answer while they stay cached. ';
     ui.budget.append(total);
   }
@@ -66,12 +76,60 @@ function updateEstimate() {
     search.textContent = `Searched, not read whole: ${searched.map((d) => d.title).join(', ')}. `
       + `Each search adds about ${TOKENS_PER_SEARCH.toLocaleString()} tokens of passages: `
       + `${money(perMillion(TOKENS_PER_SEARCH, model.text_input_per_million))} as new input, `
-      + `then about ${money(perMillion(TOKENS_PER_SEARCH, model.text_cached_input_per_million))} per later answer.`;
+      + `then ${about(perMillion(TOKENS_PER_SEARCH, model.text_cached_input_per_million))} per later answer.`;
     ui.budget.append(search);
   }
 }
+// ---- the budget: one statement, from the server's figures ----
+let budget = config.budget;
+
+// What this session needs left under the budget to start: the server's reserve plus the
+// documents' first read (the same rule as the server's; pasted text is estimated).
+function reserveNeeded() {
+  const model = config.models.find((m) => m.id === ui.model.value);
+  const { inlineTokens } = inlineTokensChosen(model);
+  return Number(budget.reserve_usd) + (inlineTokens * Number(model.text_input_per_million)) / 1e6;
+}
+
+function renderBudget() {
+  const needed = reserveNeeded();
+  const extra = needed - Number(budget.reserve_usd) > 0.00005 ? ` (a reserve of $${budget.reserve_usd} plus the documents' first read)` : '';
+  let blocked = '';
+  if (!budget.limited) {
+    ui.budgetLine.textContent = 'No monthly spending limit applies to you.';
+  } else {
+    const whose = budget.whose === 'yours' ? 'Your own monthly budget' : `Team ${budget.team}'s monthly budget`;
+    ui.budgetLine.textContent = `${whose}: $${budget.remaining_usd} left of $${budget.limit_usd} this month `
+      + `($${budget.spent_usd} spent). A session needs $${needed.toFixed(4)} of it to start${extra}.`;
+    if (Number(budget.remaining_usd) < needed) {
+      blocked = `Start is not available: $${budget.remaining_usd} is left, less than the $${needed.toFixed(4)} a session needs. `
+        + (extra ? 'Choose fewer documents, or ask' : 'Ask') + ' a team admin to raise the limit; it resets on the first of the month (UTC).';
+    }
+  }
+  ui.budgetLine.dataset.remaining = budget.limited ? budget.remaining_usd : '';
+  ui.startReason.textContent = blocked;
+  ui.startReason.hidden = !blocked;
+  ui.start.disabled = !!state || !!blocked;
+}
+
+async function refreshBudget() {
+  try {
+    const response = await fetch('/api/budget', { credentials: 'same-origin' });
+    if (!response.ok) return;
+    budget = await response.json();
+    renderBudget();
+  } catch { /* offline: keep the last statement */ }
+}
+
+let budgetTimer = null;
+function refreshBudgetSoon() {
+  clearTimeout(budgetTimer);
+  budgetTimer = setTimeout(refreshBudget, 1000);
+}
+
 const picker = new DocumentPicker({
   search: $('doc-search'), results: $('doc-results'), chosen: $('doc-chosen'), onChange: updateEstimate,
+  announce: (text) => { $('picker-status').textContent = text; },
 });
 ui.docText.addEventListener('input', updateEstimate);
 ui.searchOnly.addEventListener('change', updateEstimate);
@@ -83,10 +141,10 @@ function showError(text) { ui.error.textContent = text; ui.error.hidden = false;
 function clearError() { ui.error.textContent = ''; ui.error.hidden = true; }
 function setActivity(kind, label) { ui.vad.dataset.state = kind; ui.vadLabel.textContent = label; }
 
+// The server's own message is shown for every other error (a 402 says what is left and why).
 const API_MESSAGES = {
   not_authenticated: 'Your sign-in has expired. Reload the page and sign in again.',
   csrf_failed: 'The page is out of date. Reload it and try again.',
-  budget_exceeded: 'The spending limit has been reached, so no new session can start.',
 };
 
 async function api(path, body) {
@@ -108,7 +166,9 @@ async function api(path, body) {
     const code = data?.error?.code || `http_${response.status}`;
     let message = API_MESSAGES[code] || data?.error?.message || `The server answered HTTP ${response.status}.`;
     if (code === 'rate_limited') message = `Too many sessions started. Try again in ${response.headers.get('Retry-After') || 'a few'} seconds.`;
-    throw new CallError(code, message);
+    const error = new CallError(code, message);
+    error.detail = data?.error;
+    throw error;
   }
   return data;
 }
@@ -133,9 +193,38 @@ function transcriptEntry(itemId, role, previousItemId) {
     // transcription of the user's turn still goes before the answer to it.
     const previous = previousItemId
       && ui.transcript.querySelector(`li[data-item-id="${CSS.escape(previousItemId)}"]`);
+    const follow = followingTranscript();
     if (previous) previous.after(li); else ui.transcript.append(li);
+    if (follow) scrollTranscript();
   }
   return li.querySelector('.text');
+}
+
+// The transcript follows the conversation, unless the person scrolled up to read.
+function followingTranscript() {
+  const t = ui.transcript;
+  return t.scrollHeight - t.scrollTop - t.clientHeight < 48;
+}
+function scrollTranscript() { ui.transcript.scrollTop = ui.transcript.scrollHeight; }
+
+// Each answer's cost, once the server has priced it (the page's report, then the verified figure).
+function showAnswerCost(responseId, cost, verified) {
+  if (!state || !responseId) return;
+  const known = state.answerCosts.get(responseId);
+  if (known?.verified && !verified) return;
+  state.answerCosts.set(responseId, { cost, verified });
+  for (const itemId of state.answerItems.get(responseId) || []) {
+    const li = ui.transcript.querySelector(`li[data-item-id="${CSS.escape(itemId)}"]`);
+    if (!li) continue;
+    let span = li.querySelector('.answer-cost');
+    if (!span) {
+      span = document.createElement('span');
+      span.className = 'answer-cost';
+      li.querySelector('.text').after(span);
+    }
+    span.textContent = ` ${money(Number(cost))}${verified ? '' : ' (not yet verified)'}`;
+    span.dataset.costUsd = cost;
+  }
 }
 
 // Under an answer: the passages the search tool gave for it, each linking to its place in the document.
@@ -166,16 +255,21 @@ function showSources(itemId, sources) {
     list.append(item);
   }
   box.append(heading, list);
+  const follow = followingTranscript();
   li.append(box);
+  if (follow) scrollTranscript();
 }
 
 function appendTranscript(itemId, role, delta) {
+  const follow = followingTranscript();
   transcriptEntry(itemId, role).textContent += delta;
-  ui.transcript.scrollTop = ui.transcript.scrollHeight;
+  if (follow) scrollTranscript();
 }
 
 function finishTranscript(itemId, role, text) {
+  const follow = followingTranscript();
   transcriptEntry(itemId, role).textContent = text;
+  if (follow) scrollTranscript();
   if (state && text) state.socket.reportTranscript(itemId, role, text);
 }
 
@@ -191,6 +285,9 @@ function onRealtimeEvent(event, call) {
       if (item.type === 'message' && (item.role === 'user' || item.role === 'assistant')
           && typeof item.id === 'string' && !item.id.startsWith(CONTEXT_PREFIX)) {
         transcriptEntry(item.id, item.role, event.previous_item_id);
+        // A typed message carries its text; a spoken one waits for its transcription.
+        const typed = (item.content || []).filter((c) => c?.type === 'input_text' && typeof c.text === 'string');
+        if (item.role === 'user' && typed.length) finishTranscript(item.id, 'user', typed.map((c) => c.text).join(' '));
       }
       break;
     }
@@ -240,6 +337,12 @@ function onRealtimeEvent(event, call) {
       for (const item of event.response?.output || []) {
         const li = ui.transcript.querySelector(`li[data-item-id="${CSS.escape(item.id || '')}"]`);
         if (li && !li.querySelector('.text').textContent.trim()) li.remove();
+      }
+      if (event.response?.id) {
+        const ids = (event.response.output || []).filter((i) => i.type === 'message' && i.id).map((i) => i.id);
+        state.answerItems.set(event.response.id, ids);
+        const priced = state.answerCosts.get(event.response.id);
+        if (priced) showAnswerCost(event.response.id, priced.cost, priced.verified);
       }
       if (event.response?.id && event.response.usage) state.socket.reportUsage(event.response.id, event.response.usage);
       break;
@@ -294,7 +397,9 @@ function showTotals(totals) {
 // ---- session lifecycle ----
 async function openMicrophone() {
   try {
-    return await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true, noiseSuppression: true } });
+    const audio = { echoCancellation: true, noiseSuppression: true };
+    if (ui.microphone.value) audio.deviceId = { exact: ui.microphone.value };
+    return await navigator.mediaDevices.getUserMedia({ audio });
   } catch (err) {
     if (err.name === 'NotAllowedError' || err.name === 'SecurityError') {
       throw new CallError('mic_denied', 'Microphone access was denied. Allow the microphone for this site, then press Start again.');
@@ -345,9 +450,14 @@ function onCallReady(msg) {
 
 function announceReady() {
   if (!state || state.waitingForContext) return;
-  setStatus('Connected. ' + (state.pushToTalk ? 'Hold Talk while you speak.' : 'Speak whenever you like.'));
+  const muted = ui.mute.getAttribute('aria-pressed') === 'true';
+  setStatus(muted ? MUTED_STATUS
+    : 'Connected. ' + (state.pushToTalk ? 'Hold Talk (or the Space bar) while you speak.' : 'Speak whenever you like.'));
   setActivity('listening', 'Listening');
+  // Push to talk: the next thing to do is to hold Talk (unless the person went elsewhere meanwhile).
+  if (state.pushToTalk && (document.activeElement === ui.stop || document.activeElement === document.body)) ui.talk.focus();
 }
+const MUTED_STATUS = 'Muted: the assistant cannot hear you. Press Unmute to talk again.';
 
 // Whether the microphone sends sound: not while muted, not before the context
 // is in, and in push-to-talk only while Talk is held.
@@ -356,6 +466,9 @@ function applyMicrophone() {
   const muted = ui.mute.getAttribute('aria-pressed') === 'true';
   const open = !muted && !state.waitingForContext && (!state.pushToTalk || state.talking);
   state.stream.getAudioTracks().forEach((t) => { t.enabled = open; });
+  // Typing waits for the documents too.
+  ui.say.disabled = !!state.waitingForContext;
+  ui.saySend.disabled = !!state.waitingForContext;
 }
 
 async function connect(call, post) {
@@ -366,26 +479,52 @@ async function connect(call, post) {
   return answer;
 }
 
+// The page becomes the conversation: setup collapses to a one-line summary.
+function setPhase(phase) {
+  ui.page.dataset.phase = phase;
+  ui.form.hidden = phase === 'call';
+  ui.summary.hidden = phase !== 'call';
+  if (phase === 'call') {
+    const docs = [...picker.chosen.map((d) => d.title), ...(ui.docText.value.trim() ? ['pasted text'] : [])];
+    ui.summary.textContent = `${ui.model.value} · voice ${ui.voice.value} · ${ui.turn.selectedOptions[0].text} · `
+      + (docs.length ? `documents: ${docs.join(', ')}` : 'no documents');
+  }
+}
+
+function beginState(stream, pushToTalk) {
+  const micTrack = stream.getAudioTracks()[0];
+  micTrack.enabled = false;  // opened once the call and its context are ready
+  const current = {
+    stream, micTrack, pushToTalk, talking: false, call: null, callNumber: 1, waitingForContext: false,
+    readyCalls: new Set(), timings: { pressed: performance.now() }, answerItems: new Map(), answerCosts: new Map(),
+  };
+  state = current;
+  window.voiceSession = current;
+  startLevelMeter(stream);
+  listMicrophones();
+  return current;
+}
+
+function opened(current) {
+  current.callStartedAt = performance.now();
+  current.timings.open = current.callStartedAt;  // time to talk: Start pressed to the data channel open
+  scheduleRollover();
+}
+
 async function start() {
-  const pressed = performance.now();
   clearError();
+  hideElsewhere();
+  ui.endedLink.hidden = true;
   ui.start.disabled = true;
   ui.resume.hidden = true;
   setControls(true);
+  setPhase('call');
+  ui.stop.focus();  // Start is gone: the one thing to do while connecting is to stop
   const pushToTalk = ui.turn.value === 'push_to_talk';
-  let stream = null;
   try {
     setStatus('Opening the microphone…');
-    stream = await openMicrophone();
-    const micTrack = stream.getAudioTracks()[0];
-    micTrack.enabled = false;  // opened once the call and its context are ready
-    const current = {
-      stream, micTrack, pushToTalk, talking: false, call: null, callNumber: 1, waitingForContext: false,
-      readyCalls: new Set(), timings: { pressed },
-    };
-    state = current;
-    window.voiceSession = current;
-    const call = newCall(micTrack);
+    const current = beginState(await openMicrophone(), pushToTalk);
+    const call = newCall(current.micTrack);
     current.call = call;
     setStatus('Starting the session…');
     const body = {
@@ -408,26 +547,125 @@ async function start() {
       return started;
     });
     if (state !== current) return;
-    current.callStartedAt = performance.now();
-    current.timings.open = current.callStartedAt;  // time to talk: Start pressed to the data channel open
+    opened(current);
     holdMicrophoneForContext(session.documents.length > 0);
     if (current.waitingForContext) setStatus('Connected. Putting your documents into the conversation…');
-    scheduleRollover();
   } catch (err) {
     if (err.code === 'stopped') return;
+    if (err.code === 'session_running') {
+      await stop();
+      showElsewhere(err);
+      return;
+    }
     const message = err instanceof CallError ? err.message : `Something went wrong: ${err.message}`;
     await stop(message);
+    if (err.code === 'budget_exceeded') refreshBudget();
+  }
+}
+
+// ---- one running conversation per person ----
+let elsewhere = null;  // the conversation the server says is already running
+
+function showElsewhere(err, focus = true) {
+  elsewhere = err.detail?.session || null;
+  ui.elsewhereText.textContent = err.message;
+  ui.elsewhere.hidden = false;
+  setStatus('Another conversation of yours is running.');
+  if (focus) ui.endOther.focus();
+}
+
+function hideElsewhere() {
+  ui.elsewhere.hidden = true;
+  elsewhere = null;
+}
+
+async function endOtherAndStart() {
+  if (!elsewhere) return;
+  const other = elsewhere;
+  hideElsewhere();
+  try {
+    await api(`/api/sessions/${other.id}/end`);
+  } catch (err) {
+    showError(err.message);
+    return;
+  }
+  tabs?.postMessage({ type: 'ended', session: other.id });
+  await start();
+}
+
+// Continue the running conversation in this tab: a new call of the same session, with its
+// documents and earlier turns; the other tab lets go of it.
+async function continueHere() {
+  if (!elsewhere) return;
+  const other = elsewhere;
+  hideElsewhere();
+  clearError();
+  ui.endedLink.hidden = true;
+  setControls(true);
+  ui.stop.focus();
+  try {
+    const response = await fetch(`/api/sessions/${other.id}`, { credentials: 'same-origin' });
+    if (!response.ok) throw new CallError('gone', 'That conversation could not be read. Reload the page.');
+    const detail = await response.json();
+    ui.model.value = detail.model;
+    ui.voice.value = detail.voice;
+    ui.turn.value = detail.turn_detection;
+    setControls(true);
+    setPhase('call');
+    ui.summary.textContent = `${detail.model} · voice ${detail.voice} · ${ui.turn.selectedOptions[0].text} · `
+      + (detail.documents.length ? `documents: ${detail.documents.map((d) => d.title).join(', ')}` : 'no documents');
+    setStatus('Opening the microphone…');
+    const current = beginState(await openMicrophone(), detail.turn_detection === 'push_to_talk');
+    current.session = { id: detail.id, usage_ws: `/ws/sessions/${detail.id}/`, documents: detail.documents };
+    ui.transcript.replaceChildren();
+    for (const entry of detail.transcript) {
+      transcriptEntry(entry.item_id, entry.role).textContent = entry.text;
+      if (entry.sources?.length) showSources(entry.item_id, entry.sources);
+    }
+    current.socket = new UsageSocket(current.session.usage_ws, socketHandlers());
+    current.socket.start();
+    tabs?.postMessage({ type: 'continued', session: detail.id });
+    setStatus('Moving the conversation to this tab…');
+    const call = newCall(current.micTrack);
+    current.call = call;
+    current.resuming = true;
+    const answer = await connect(call, (sdp) => api(`/api/sessions/${detail.id}/calls`, { sdp }));
+    current.resuming = false;
+    if (state !== current) { call.close(); return; }
+    current.callNumber = answer.call;
+    opened(current);
+    holdMicrophoneForContext(true);
+    if (current.waitingForContext) setStatus('Connected. Bringing the conversation back…');
+  } catch (err) {
+    const message = err instanceof CallError ? err.message : `Something went wrong: ${err.message}`;
+    await stop(message, { end: false });
   }
 }
 
 function socketHandlers() {
   return {
-    onAck: (ack) => showTotals(ack.session),
-    onTotals: (msg) => showTotals(msg.session),
+    onAck: (ack) => {
+      showTotals(ack.session);
+      if (ack.response_id) showAnswerCost(ack.response_id, ack.cost_usd, false);
+      refreshBudgetSoon();
+    },
+    onTotals: (msg) => {
+      showTotals(msg.session);
+      if (msg.type === 'usage.verified' && msg.kind === 'response') showAnswerCost(msg.response_id, msg.cost_usd, true);
+      refreshBudgetSoon();
+    },
     onCallReady,
-    onCallEnded: () => {},
+    onCallEnded: (msg) => {
+      if (!state) return;
+      if (msg.call === null || msg.call === undefined) {
+        // The conversation itself ended elsewhere (Stop in another tab, the page-gone sweep).
+        stop(msg.reason === 'user' ? 'This conversation was ended from another tab or window.' : undefined, { end: false });
+      } else if (msg.reason === 'replaced' && msg.call === state.callNumber && !state.resuming) {
+        stop('This conversation went on in another tab or window.', { end: false });
+      }
+    },
     onSources: (msg) => showSources(msg.item_id, msg.sources),
-    onBudgetExceeded: () => stop('The spending limit was reached, so the session was ended.'),
+    onBudgetExceeded: () => { stop('The spending limit was reached, so the session was ended.'); refreshBudget(); },
     onServerError: (msg) => setStatus(`The server could not record usage: ${msg.message}`),
   };
 }
@@ -498,6 +736,8 @@ function onConnectionLost(why, call) {
 function setControls(running) {
   ui.start.disabled = running;
   ui.stop.disabled = !running;
+  ui.pttHint.hidden = !(running && ui.turn.value === 'push_to_talk');
+  if (!running) { ui.say.disabled = true; ui.saySend.disabled = true; }
   ui.mute.disabled = !running;
   ui.talk.hidden = !(running && ui.turn.value === 'push_to_talk');
   ui.talk.disabled = !running;
@@ -505,33 +745,64 @@ function setControls(running) {
   picker.setDisabled(running);
 }
 
-async function stop(errorMessage) {
+// Stop: end the conversation on the server (unless it already ended elsewhere), then say
+// what it cost and where to find it.
+async function stop(errorMessage, { end = true } = {}) {
   const current = state;
   state = null;
   window.voiceSession = null;
   if (errorMessage) showError(errorMessage);
   setControls(false);
+  setPhase('setup');
+  stopLevelMeter();
   ui.resume.hidden = true;
   ui.mute.setAttribute('aria-pressed', 'false');
   ui.mute.textContent = 'Mute';
   setActivity('idle', 'Not connected');
-  if (!current) { setStatus(errorMessage ? 'Stopped.' : 'Ready.'); return; }
+  renderBudget();
+  const focusNext = () => {
+    if (!ui.endedLink.hidden) ui.endedLink.querySelector('a').focus();
+    else if (!ui.start.disabled) ui.start.focus();
+    else if (!ui.error.hidden) ui.error.focus();
+  };
+  if (!current) { setStatus(errorMessage ? 'Stopped.' : 'Ready.'); focusNext(); return; }
   clearTimeout(current.rolloverTimer);
   clearTimeout(current.contextTimer);
   current.call?.close();
   current.stream?.getTracks().forEach((t) => t.stop());
-  if (!current.session) { setStatus('Stopped.'); return; }
+  if (!current.session) { setStatus('Stopped.'); focusNext(); return; }
   setStatus('Ending the session…');
   try {
-    const ended = await api(`/api/sessions/${current.session.id}/end`);
+    const ended = end ? await api(`/api/sessions/${current.session.id}/end`) : null;
     // The server may have ended it first: say why, not just that the call dropped.
-    if (ended.end_reason === 'budget') showError('The spending limit was reached, so the session was ended.');
-    await current.socket.stop();
-    setStatus(`Session ended. ${ended.totals.responses} answers, $${Number(ended.totals.cost_usd).toFixed(4)}.`);
+    if (ended?.end_reason === 'budget') showError('The spending limit was reached, so the session was ended.');
+    await current.socket?.stop(ended ? 3000 : 500);
+    const totals = ended?.totals || (await sessionTotals(current.session.id));
+    const answers = totals ? `${totals.responses} ${totals.responses === 1 ? 'answer' : 'answers'}, $${Number(totals.cost_usd).toFixed(4)}` : '';
+    setStatus(end ? `Session ended. ${answers}.` : 'This tab is no longer in the conversation.');
+    showEndedLink(current.session.id, answers);
   } catch (err) {
-    await current.socket.stop(500);
+    await current.socket?.stop(500);
     setStatus('The session stopped, but the server could not be told. It will end it on its own.');
+    showEndedLink(current.session.id, '');
   }
+  refreshBudget();
+  focusNext();
+}
+
+async function sessionTotals(id) {
+  try {
+    const response = await fetch(`/api/sessions/${id}`, { credentials: 'same-origin' });
+    return response.ok ? (await response.json()).totals : null;
+  } catch { return null; }
+}
+
+function showEndedLink(id, answers) {
+  const link = document.createElement('a');
+  link.href = `/sessions/${id}/`;
+  link.textContent = 'This conversation’s page';
+  ui.endedLink.replaceChildren(link, answers ? `: ${answers}, with its transcript, sources and downloads.` : ', with its transcript and cost.');
+  ui.endedLink.hidden = false;
 }
 
 function toggleMute() {
@@ -540,6 +811,8 @@ function toggleMute() {
   ui.mute.setAttribute('aria-pressed', String(muted));
   ui.mute.textContent = muted ? 'Unmute' : 'Mute';
   applyMicrophone();
+  if (muted) setStatus(MUTED_STATUS);
+  else if (!state.waitingForContext) setStatus('Microphone on. ' + (state.pushToTalk ? 'Hold Talk (or the Space bar) while you speak.' : 'Speak whenever you like.'));
 }
 
 // Push to talk: cut a playing answer and clear the buffer on press; commit and ask for an answer on release.
@@ -563,7 +836,126 @@ function talkUp() {
   setActivity('listening', 'Thinking');
 }
 
+// ---- push to talk from anywhere: hold Space outside text fields ----
+function typingIn(el) {
+  if (!el) return false;
+  if (el.isContentEditable || el.tagName === 'TEXTAREA' || el.tagName === 'SELECT') return true;
+  return el.tagName === 'INPUT' && !['button', 'checkbox', 'radio', 'range', 'submit', 'reset'].includes(el.type);
+}
+
+document.addEventListener('keydown', (e) => {
+  if (e.key !== ' ' || !state?.pushToTalk || typingIn(e.target) || e.target === ui.talk) return;
+  e.preventDefault();  // no scrolling, no pressing whatever button has focus
+  if (!e.repeat) talkDown();
+});
+document.addEventListener('keyup', (e) => {
+  if (e.key !== ' ' || typingIn(e.target) || e.target === ui.talk || !state?.talking) return;
+  e.preventDefault();
+  talkUp();
+});
+
+// ---- typing during the call: a user text item, then an answer, over the call's data channel ----
+function sendTyped(event) {
+  event.preventDefault();
+  const text = ui.say.value.trim();
+  if (!state?.call || !text) return;
+  if (state.responding || state.playing) interrupt();
+  const sent = state.call.send({
+    type: 'conversation.item.create',
+    item: { type: 'message', role: 'user', content: [{ type: 'input_text', text }] },
+  });
+  if (!sent) { showError('The message could not be sent: the call is not connected.'); return; }
+  state.call.send({ type: 'response.create' });
+  ui.say.value = '';
+  setActivity('listening', 'Thinking');
+}
+
+// ---- the microphone: which one, and how loud ----
+async function listMicrophones() {
+  let devices = [];
+  try {
+    devices = (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === 'audioinput');
+  } catch { return; }
+  const chosen = ui.microphone.value;
+  const options = [new Option("The browser's default microphone", '')];
+  devices.filter((d) => d.deviceId && d.deviceId !== 'default').forEach((d, i) => {
+    options.push(new Option(d.label || `Microphone ${i + 1}`, d.deviceId));
+  });
+  ui.microphone.replaceChildren(...options);
+  ui.microphone.value = options.some((o) => o.value === chosen) ? chosen : '';
+}
+
+// A new microphone during a call: the call keeps going, with the new track in place of the old.
+async function switchMicrophone() {
+  if (!state?.call?.pc) return;
+  const current = state;
+  let stream;
+  try {
+    stream = await openMicrophone();
+  } catch (err) {
+    showError(err.message);
+    return;
+  }
+  if (state !== current) { stream.getTracks().forEach((t) => t.stop()); return; }
+  const track = stream.getAudioTracks()[0];
+  const sender = current.call.pc.getSenders().find((x) => x.track?.kind === 'audio' || x.track === current.micTrack);
+  await sender?.replaceTrack(track);
+  current.stream.getTracks().forEach((t) => t.stop());
+  current.stream = stream;
+  current.micTrack = track;
+  current.call.micTrack = track;
+  applyMicrophone();
+  startLevelMeter(stream);
+  setStatus(`Now using ${track.label || 'the chosen microphone'}.`);
+}
+
+let meter = null;
+function startLevelMeter(stream) {
+  stopLevelMeter();
+  const Context = window.AudioContext || window.webkitAudioContext;
+  if (!Context) return;
+  const audio = new Context();
+  const analyser = audio.createAnalyser();
+  analyser.fftSize = 1024;
+  audio.createMediaStreamSource(stream).connect(analyser);
+  const samples = new Float32Array(analyser.fftSize);
+  let peak = 0;
+  const timer = setInterval(() => {
+    analyser.getFloatTimeDomainData(samples);
+    let sum = 0;
+    for (const v of samples) sum += v * v;
+    // A muted or closed microphone sends silence: the meter shows what the assistant hears.
+    const level = Math.min(1, Math.sqrt(sum / samples.length) * 3);
+    ui.level.value = level;
+    peak = Math.max(peak, level);
+    ui.level.dataset.peak = peak.toFixed(3);
+  }, 100);
+  meter = { audio, timer };
+}
+
+function stopLevelMeter() {
+  if (!meter) return;
+  clearInterval(meter.timer);
+  meter.audio.close().catch(() => {});
+  meter = null;
+  ui.level.value = 0;
+}
+
+// ---- other tabs of this browser hear when a conversation moves or ends ----
+const tabs = 'BroadcastChannel' in window ? new BroadcastChannel('voice-sessions') : null;
+tabs?.addEventListener('message', (event) => {
+  if (!state?.session || event.data?.session !== state.session.id) return;
+  if (event.data.type === 'continued') stop('This conversation went on in another tab.', { end: false });
+  if (event.data.type === 'ended') stop('This conversation was ended from another tab.', { end: false });
+});
+
 ui.start.addEventListener('click', start);
+ui.endOther.addEventListener('click', endOtherAndStart);
+ui.continueOther.addEventListener('click', continueHere);
+ui.cancelOther.addEventListener('click', () => { hideElsewhere(); setStatus('Ready.'); ui.start.focus(); });
+ui.sayForm.addEventListener('submit', sendTyped);
+ui.microphone.addEventListener('change', switchMicrophone);
+ui.voice.addEventListener('change', renderBudget);
 ui.resume.addEventListener('click', () => resumeCall('drop'));
 ui.stop.addEventListener('click', () => stop());
 ui.mute.addEventListener('click', toggleMute);
@@ -572,7 +964,43 @@ ui.talk.addEventListener('pointerup', talkUp);
 ui.talk.addEventListener('pointerleave', talkUp);
 ui.talk.addEventListener('keydown', (e) => { if ((e.key === ' ' || e.key === 'Enter') && !e.repeat) { e.preventDefault(); talkDown(); } });
 ui.talk.addEventListener('keyup', (e) => { if (e.key === ' ' || e.key === 'Enter') { e.preventDefault(); talkUp(); } });
-ui.turn.addEventListener('change', () => { ui.talk.hidden = true; });
+// The options stay short enough for a phone; what each one means is said beside it.
+const TURN_HINTS = {
+  server_vad: 'Talk any time; speaking over an answer interrupts it.',
+  semantic_vad: 'Like voice activity, but waits until you seem to have finished your thought.',
+  push_to_talk: 'Hold Talk, or the Space bar, while you speak.',
+};
+function showTurnHint() { $('turn-hint').textContent = TURN_HINTS[ui.turn.value] || ''; }
+ui.turn.addEventListener('change', () => { ui.talk.hidden = true; showTurnHint(); });
+showTurnHint();
+// Others in the team may have spent meanwhile: the statement is read again when the page comes back.
+window.addEventListener('focus', () => { if (!state) refreshBudget(); });
+listMicrophones();
+renderBudget();
+if (config.running_session) {
+  // A conversation of this person is running in another tab: say so before Start is pressed.
+  showElsewhere({
+    message: 'You already have a conversation running, perhaps in another tab. End it to start a new one, or continue it here.',
+    detail: { session: { id: config.running_session } },
+  }, false);
+  // A reload of the tab that held it ends it a moment later (pagehide): check before offering.
+  setTimeout(async () => {
+    if (elsewhere?.id !== config.running_session) return;
+    try {
+      const response = await fetch(`/api/sessions/${config.running_session}`, { credentials: 'same-origin' });
+      if (response.ok && (await response.json()).status !== 'active' && elsewhere?.id === config.running_session) {
+        hideElsewhere();
+        setStatus('Ready.');
+      }
+    } catch { /* keep the offer: Start will ask the server anyway */ }
+  }, 1500);
+}
+// Leaving mid-conversation ends it: the browser asks first.
+window.addEventListener('beforeunload', (event) => {
+  if (!state?.session) return;
+  event.preventDefault();
+  event.returnValue = '';
+});
 ui.playAudio.addEventListener('click', () => {
   ui.audio.play().then(() => { ui.playAudio.hidden = true; clearError(); }).catch(() => {});
 });
