@@ -24,6 +24,16 @@ PASSWORD = "browser-test-pass-1"
 SPOKEN = "What does the document say about the launch? Please tell me the date."
 
 
+def stop(proc):
+    """SIGTERM, and time to finish (a loaded machine makes the server's own shutdown slow); then SIGKILL."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -68,8 +78,7 @@ def simulator():
         wait_for_http(f"{base}/_sim/calls", proc=proc)
         yield Simulator(base)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop(proc)
 
 
 class Simulator:
@@ -151,8 +160,7 @@ def server(simulator, tmp_path_factory):
         wait_for_http(f"{base}/healthz", proc=proc)
         yield base
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop(proc)
 
 
 @pytest.fixture
