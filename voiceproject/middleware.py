@@ -71,6 +71,10 @@ class ApiErrorsMiddleware:
              500: "server_error", 502: "upstream_error", 503: "unavailable", 504: "upstream_timeout"}
     MESSAGES = {404: "There is nothing here.", 405: "This method is not allowed here.",
                 413: "The request is too large.", 500: "Something went wrong on the server. Try again."}
+    # Both, so that under ASGI Django calls __acall__ on the loop: a sync-only outermost middleware
+    # put every request on a thread and back (sync_to_async, then async_to_sync for the rest).
+    sync_capable = True
+    async_capable = True
 
     def __init__(self, get_response):
         self.get_response = get_response
