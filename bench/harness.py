@@ -111,11 +111,11 @@ class Topology:
 
 def server_command(port, server=None):
     """The ASGI server's command line on 127.0.0.1:`port`: uvicorn (as `make run`), or daphne to compare."""
-    server = server or os.environ.get("BENCH_SERVER", "daphne")
+    server = server or os.environ.get("BENCH_SERVER", "uvicorn")
     bin_dir = Path(sys.executable).parent
     if server == "uvicorn":
         return [str(bin_dir / "uvicorn"), "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
-                "--lifespan", "off", "voiceproject.asgi:application"]
+                "--lifespan", "off", "--no-proxy-headers", "voiceproject.asgi:application"]
     if server == "daphne":
         return [str(bin_dir / "daphne"), "-b", "127.0.0.1", "-p", str(port), "voiceproject.asgi:application"]
     raise ValueError(f"unknown ASGI server {server!r}")
