@@ -167,6 +167,18 @@ async def measure_ours(sim, sim_pid, top):
     return await measure(sim, sim_pid, top.servers[0].pid, clients, "/api/sessions/", body, settle=1.5)
 
 
+async def measure_bare(top):
+    """The ASGI server's own cost: a request Django answers at once (404 JSON, no session, no database)."""
+    clients = [Http1(top.bases[0]) for _ in range(CLIENTS)]
+    await run_level(clients, "/api/nothing", b"{}", 5)
+    pid = top.servers[0].pid
+    cpu_before = cpu_seconds(pid)
+    latencies, throughput, _ = await run_level(clients, "/api/nothing", b"{}", 60)
+    for c in clients:
+        await c.close()
+    return throughput, (cpu_seconds(pid) - cpu_before) * 1000 / len(latencies)
+
+
 def tutorial_server_js():
     """The tutorial's server.js, as its Step 1 prints it."""
     for path in sorted(SEED.glob("*")):
@@ -223,13 +235,14 @@ def _row(name, upstream_requests, level, r):
 
 
 def main():
-    results = {}
+    results, bare = {}, {}
     with simulator() as sim:
         port = sim.rsplit(":", 1)[1]
         sim_pid = int(subprocess.check_output(["pgrep", "-P", str(os.getpid()), "-f", f"realtime_sim .*--port {port}"]).split()[0])
         for server in SERVERS:
             with service(sim, CLIENTS, server=server) as top:
                 results[f"this server ({server})"] = asyncio.run(measure_ours(sim, sim_pid, top))
+                bare[server] = asyncio.run(measure_bare(top))
         if shutil.which("node") and shutil.which("npm"):
             try:
                 results["tutorial (Express)"] = asyncio.run(measure_tutorial(sim, sim_pid))
@@ -256,3 +269,5 @@ def main():
                 ratio = levels[CLIENTS]["cpu_ms"] / express[CLIENTS]["cpu_ms"]
                 line += f"; CPU per start {ratio:.1f}x Express's per mint (goal <= 2x)"
             print(line)
+    print(f"the ASGI server's own cost, {CLIENTS} clients x 60 requests answered at once (404 JSON): " + "; ".join(
+        f"{server} {throughput:.0f}/s, {cpu_ms:.2f} ms CPU per request" for server, (throughput, cpu_ms) in bare.items()))
