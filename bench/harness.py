@@ -38,7 +38,7 @@ def wait_for(url, proc, timeout=30):
 def post_json(url, body):
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
-    return urllib.request.urlopen(request, timeout=5).read()
+    return urllib.request.urlopen(request, timeout=30).read()
 
 
 @contextlib.contextmanager
@@ -116,10 +116,24 @@ class Topology:
             return cursor.fetchall() if cursor.description else []
 
 
+def server_command(port, server=None):
+    """The ASGI server's command line on 127.0.0.1:`port`: uvicorn (as `make run`), or daphne to compare."""
+    server = server or os.environ.get("BENCH_SERVER", "uvicorn")
+    bin_dir = Path(sys.executable).parent
+    if server == "uvicorn":
+        return [str(bin_dir / "uvicorn"), "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
+                "--lifespan", "off", "--no-proxy-headers", "voiceproject.asgi:application"]
+    if server == "daphne":
+        return [str(bin_dir / "daphne"), "-b", "127.0.0.1", "-p", str(port), "voiceproject.asgi:application"]
+    raise ValueError(f"unknown ASGI server {server!r}")
+
+
 @contextlib.contextmanager
-def topology(simulator_url, users, processes=1, shared=False, workers=0, extra_env=None, setup="", redis_url=None):
-    """`processes` daphne servers; with `shared`, on PostgreSQL and Redis and `workers` sideband worker
-    processes (else SQLite and the in-memory layer, with the worker inside the one server)."""
+def topology(simulator_url, users, processes=1, shared=False, workers=0, extra_env=None, setup="", redis_url=None,
+             server=None):
+    """`processes` ASGI servers (`server`: uvicorn or daphne); with `shared`, on PostgreSQL and Redis and
+    `workers` sideband worker processes (else SQLite and the in-memory layer, with the worker inside the
+    one server)."""
     with contextlib.ExitStack() as stack:
         var = stack.enter_context(tempfile.TemporaryDirectory())
         env = {
@@ -150,8 +164,7 @@ def topology(simulator_url, users, processes=1, shared=False, workers=0, extra_e
         for _ in range(processes):
             port = free_port()
             procs.append(subprocess.Popen(
-                [str(Path(sys.executable).with_name("daphne")), "-b", "127.0.0.1", "-p", str(port),
-                 "voiceproject.asgi:application"],
+                server_command(port, server),
                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=server_log(),
             ))
             top.bases.append(f"http://127.0.0.1:{port}")
@@ -171,9 +184,9 @@ def topology(simulator_url, users, processes=1, shared=False, workers=0, extra_e
 
 
 @contextlib.contextmanager
-def service(simulator_url, users, extra_env=None, setup=""):
-    """One daphne on a fresh SQLite database with `users` bench users; yields the topology."""
-    with topology(simulator_url, users, extra_env=extra_env, setup=setup) as top:
+def service(simulator_url, users, extra_env=None, setup="", server=None):
+    """One ASGI server on a fresh SQLite database with `users` bench users; yields the topology."""
+    with topology(simulator_url, users, extra_env=extra_env, setup=setup, server=server) as top:
         yield top
 
 

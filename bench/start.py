@@ -1,24 +1,103 @@
-"""Starting a call: POST /api/sessions/ at 1 and 32 concurrent signed-in clients.
+"""Starting a call, side by side with the tutorial's token server, against one simulator.
 
-Each start is two upstream requests (mint the secret, create the call with the
-browser's SDP offer), and the simulator answers each after a fixed delay, so the
-upstream-bound limit is CLIENTS / (2 x delay). One daphne process on SQLite
-runs the sideband worker too, so its CPU per start includes attaching the
-sideband to the new call. The offer is a real one (aiortc), reused for every
-start; the simulator is reset between levels so its peers do not pile up.
+This server: POST /api/sessions/ makes two upstream requests (mint the secret, create the call with
+the browser's SDP offer), so its upstream-bound limit is CLIENTS / (2 x delay). It runs as one
+process on SQLite with the sideband worker inside it, so its CPU per start includes attaching the
+sideband to the new call. The offer is a real one (aiortc), reused for every start.
+
+The tutorial (../shared/seed/, Step 1): its Express `server.js` as written, copied into a temporary
+folder with express and cors from the npm registry; POST /session makes one upstream request (the
+mint), so its limit is CLIENTS / delay. The tutorial hard-codes https://api.openai.com and port 3001
+and listens on every interface; a preload of ours (`node --import`), not an edit of its file, sends
+its fetch to the simulator and its listen to 127.0.0.1 on a free port. The simulator refuses its
+body (`{"model": ...}` is not a GA client_secrets body, as the real API refuses it), so every answer
+is its 500 "Failed to create session": the same work, one upstream round trip and a JSON answer.
+
+CPU per start is the server process's user + system CPU time over a level, divided by its starts;
+the simulator's is shown too, as it shares this machine's cores with the servers and the load
+generator (a small HTTP/1.1 client of its own, cheaper than httpx). The simulator is reset between
+levels so its peers do not pile up. Figures are noisy on a shared 2-core machine.
 """
 
 import asyncio
 import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 from realtime_sim.tests.rtc_client import RtcClient
 
-from .harness import cpu_seconds, percentile, post_json, service, signed_in_client, simulator
+from .harness import ROOT, cpu_seconds, free_port, percentile, post_json, service, signed_in_client, simulator, wait_for
 
 UPSTREAM_DELAY_MS = 50
 CLIENTS = 32
+# Starts per level: one client in a row, then CLIENTS side by side.
+LEVELS = ((1, 60), (CLIENTS, 10))
+SERVERS = ("uvicorn", "daphne")
+SEED = ROOT.parent / "shared" / "seed"
+
+# Ours, not the tutorial's: where its fetch and its listen go, so it stays on loopback.
+TUTORIAL_PRELOAD = """\
+import net from 'node:net';
+const upstream = process.env.BENCH_UPSTREAM;
+const port = Number(process.env.BENCH_PORT);
+const fetchUpstream = globalThis.fetch;
+globalThis.fetch = (url, init) => fetchUpstream(String(url).replace('https://api.openai.com', upstream), init);
+const listen = net.Server.prototype.listen;
+net.Server.prototype.listen = function (...args) {
+  return listen.call(this, port, '127.0.0.1', ...args.filter((a) => typeof a === 'function'));
+};
+"""
+
+
+class Http1:
+    """One keep-alive HTTP/1.1 connection on asyncio streams: the load generator's own CPU per request
+    stays a small part of what the servers spend (httpx spends about 2 ms)."""
+
+    def __init__(self, base, headers=None):
+        self.host, self.port = base.removeprefix("http://").split(":")
+        self.headers = {"Host": f"{self.host}:{self.port}", **(headers or {})}
+        self.reader = self.writer = None
+
+    async def post(self, path, body, content_type="application/json"):
+        head = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items())
+        request = (f"POST {path} HTTP/1.1\r\n{head}Content-Type: {content_type}\r\n"
+                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        reused = self.writer is not None
+        if not reused:
+            self.reader, self.writer = await asyncio.open_connection(self.host, int(self.port))
+        self.writer.write(request)
+        try:
+            head = await self.reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            if not reused:
+                raise
+            # The server closed the idle connection (keep-alive timeout): once more on a new one.
+            await self.close()
+            return await self.post(path, body, content_type)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        if fields.get("transfer-encoding") == "chunked":
+            content = b""
+            while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                content += (await self.reader.readexactly(size + 2))[:-2]
+            await self.reader.readuntil(b"\r\n")
+        else:
+            content = await self.reader.readexactly(int(fields.get("content-length", 0)))
+        if fields.get("connection") == "close":
+            await self.close()
+        return status, content
+
+    async def close(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 async def make_offer():
@@ -29,19 +108,21 @@ async def make_offer():
         await client.close()
 
 
-async def start_loop(client, offer, count, latencies):
+async def start_loop(client, path, body, count, latencies, statuses):
     for _ in range(count):
         began = time.perf_counter()
-        response = await client.post("/api/sessions/", json={"model": "gpt-realtime-mini", "sdp": offer})
+        status, content = await client.post(path, body)
         latencies.append((time.perf_counter() - began) * 1000)
-        assert response.status_code == 201, (response.status_code, response.text)
+        statuses[status] = statuses.get(status, 0) + 1
+        if status >= 500 and path == "/api/sessions/":
+            raise AssertionError((status, content[:300]))
 
 
-async def run_level(clients, offer, per_client):
-    latencies = []
+async def run_level(clients, path, body, per_client):
+    latencies, statuses = [], {}
     began = time.perf_counter()
-    await asyncio.gather(*(start_loop(c, offer, per_client, latencies) for c in clients))
-    return latencies, len(latencies) / (time.perf_counter() - began)
+    await asyncio.gather(*(start_loop(c, path, body, per_client, latencies, statuses) for c in clients))
+    return latencies, len(latencies) / (time.perf_counter() - began), statuses
 
 
 def attach_delays(sim):
@@ -51,42 +132,142 @@ def attach_delays(sim):
     return [c["sideband_attaches"][0]["at_ms"] - c["created_at_ms"] for c in calls if c["sideband_attaches"]]
 
 
-async def measure(sim, top):
-    base, pid = top.bases[0], top.servers[0].pid
-    offer = await make_offer()
-    clients = [await signed_in_client(base, f"bench{i}") for i in range(CLIENTS)]
-    await run_level(clients[:4], offer, 3)  # warm-up: connections, caches, tokenizer
+async def measure(sim, sim_pid, pid, clients, path, body, settle):
+    """Each level's figures: latencies, starts/s, answers by status, CPU ms per start (server, simulator)."""
+    await run_level(clients[:4], path, body, 3)  # warm-up: connections, caches, tokenizer
     results = {}
-    for level, per_client in ((1, 100), (CLIENTS, 10)):
-        await asyncio.sleep(2)  # let the worker attach to the warm-up's calls
+    for level, per_client in LEVELS:
+        await asyncio.sleep(settle)  # the warm-up's (or last level's) sideband attaches are not this level's
         post_json(f"{sim}/_sim/reset", {})
         for endpoint in ("client_secrets", "calls"):
             post_json(f"{sim}/_sim/faults", {"endpoint": endpoint, "latency_ms": UPSTREAM_DELAY_MS})
-        cpu_before = cpu_seconds(pid)
-        latencies, throughput = await run_level(clients[:level], offer, per_client)
-        await asyncio.sleep(1.5)  # the sideband attaches belong to these starts' cost
+        cpu_before, sim_before = cpu_seconds(pid), cpu_seconds(sim_pid)
+        latencies, throughput, statuses = await run_level(clients[:level], path, body, per_client)
+        await asyncio.sleep(settle)  # the sideband attaches belong to these starts' cost
         cpu_ms = (cpu_seconds(pid) - cpu_before) * 1000 / len(latencies)
-        results[level] = (latencies, throughput, cpu_ms, attach_delays(sim))
+        sim_ms = (cpu_seconds(sim_pid) - sim_before) * 1000 / len(latencies)
+        results[level] = {"latencies": latencies, "throughput": throughput, "statuses": statuses,
+                          "cpu_ms": cpu_ms, "sim_ms": sim_ms, "attach": attach_delays(sim)}
     for c in clients:
-        await c.aclose()
+        await c.close()
     post_json(f"{sim}/_sim/reset", {})
     return results
 
 
+async def measure_ours(sim, sim_pid, top):
+    base = top.bases[0]
+    offer = await make_offer()
+    clients = []
+    for i in range(CLIENTS):
+        signed_in = await signed_in_client(base, f"bench{i}")
+        cookies = "; ".join(f"{k}={v}" for k, v in signed_in.cookies.items())
+        clients.append(Http1(base, {"Cookie": cookies, "X-CSRFToken": signed_in.cookies["csrftoken"]}))
+        await signed_in.aclose()
+    body = json.dumps({"model": "gpt-realtime-mini", "sdp": offer}).encode()
+    return await measure(sim, sim_pid, top.servers[0].pid, clients, "/api/sessions/", body, settle=1.5)
+
+
+async def measure_bare(top):
+    """The ASGI server's own cost: a request Django answers at once (404 JSON, no session, no database)."""
+    clients = [Http1(top.bases[0]) for _ in range(CLIENTS)]
+    await run_level(clients, "/api/nothing", b"{}", 5)
+    pid = top.servers[0].pid
+    cpu_before = cpu_seconds(pid)
+    latencies, throughput, _ = await run_level(clients, "/api/nothing", b"{}", 60)
+    for c in clients:
+        await c.close()
+    return throughput, (cpu_seconds(pid) - cpu_before) * 1000 / len(latencies)
+
+
+def tutorial_server_js():
+    """The tutorial's server.js, as its Step 1 prints it."""
+    for path in sorted(SEED.glob("*")):
+        match = re.search(r"^import express from 'express';\n.*?^app\.listen\(.*?^\}\);\n",
+                          path.read_text(errors="replace"), re.S | re.M)
+        if match:
+            return match.group(0)
+    raise RuntimeError(f"no Express server.js in the tutorial under {SEED}")
+
+
+async def measure_tutorial(sim, sim_pid):
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        (folder / "server.js").write_text(tutorial_server_js())
+        (folder / "package.json").write_text(json.dumps({"private": True, "type": "module"}))
+        (folder / "bench-preload.mjs").write_text(TUTORIAL_PRELOAD)
+        subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "express", "cors"],
+                       cwd=folder, check=True, stdout=subprocess.DEVNULL, timeout=300)
+        port = free_port()
+        env = {**os.environ, "OPENAI_API_KEY": "sk-sim-bench", "BENCH_UPSTREAM": sim, "BENCH_PORT": str(port)}
+        node = subprocess.Popen(["node", "--import", "./bench-preload.mjs", "server.js"], cwd=folder, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            await asyncio.to_thread(_wait_for_port, port, node)
+            clients = [Http1(base) for _ in range(CLIENTS)]
+            return await measure(sim, sim_pid, node.pid, clients, "/session", b"{}", settle=0.3)
+        finally:
+            node.terminate()
+            node.wait(10)
+
+
+def _wait_for_port(port, proc, timeout=30):
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the tutorial's server exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError("the tutorial's server did not listen")
+
+
+def _row(name, upstream_requests, level, r):
+    limit = level * 1000 / (upstream_requests * UPSTREAM_DELAY_MS)
+    lat = r["latencies"]
+    answers = ", ".join(f"{n}x{status}" for status, n in sorted(r["statuses"].items()))
+    print(f"| {name} | {level} | {len(lat)} | {r['throughput']:.1f} | {r['throughput'] / limit:.0%} of {limit:.0f} | "
+          f"{percentile(lat, 50):.1f} ms | {percentile(lat, 95):.1f} ms | {r['cpu_ms']:.2f} ms | "
+          f"{r['sim_ms']:.2f} ms | {answers} |")
+
+
 def main():
-    with simulator() as sim, service(sim, CLIENTS) as top:
-        results = asyncio.run(measure(sim, top))
-    limit = CLIENTS * 1000 / (2 * UPSTREAM_DELAY_MS)
-    print(f"start a call: POST /api/sessions/ (mint + create the call) against the simulator, "
-          f"{UPSTREAM_DELAY_MS} ms per upstream request")
-    print("| clients | starts | starts/s | latency p50 | latency p99 | server overhead p50 | server CPU per start "
-          "| sideband attach p50 | sideband attach p99 |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for level, (lat, tput, cpu_ms, attach) in results.items():
-        p50 = percentile(lat, 50)
-        print(f"| {level} | {len(lat)} | {tput:.1f} | {p50:.1f} ms | {percentile(lat, 99):.1f} ms | "
-              f"{p50 - 2 * UPSTREAM_DELAY_MS:.1f} ms | {cpu_ms:.1f} ms | {percentile(attach, 50):.0f} ms | "
-              f"{percentile(attach, 99):.0f} ms |")
-    ratio = results[CLIENTS][1] / results[1][1]
-    print(f"throughput c={CLIENTS} / c=1: {ratio:.1f}x; c={CLIENTS} reaches "
-          f"{results[CLIENTS][1] / limit:.0%} of the upstream-bound {limit:.0f} starts/s")
+    results, bare = {}, {}
+    with simulator() as sim:
+        port = sim.rsplit(":", 1)[1]
+        sim_pid = int(subprocess.check_output(["pgrep", "-P", str(os.getpid()), "-f", f"realtime_sim .*--port {port}"]).split()[0])
+        for server in SERVERS:
+            with service(sim, CLIENTS, server=server) as top:
+                results[f"this server ({server})"] = asyncio.run(measure_ours(sim, sim_pid, top))
+                bare[server] = asyncio.run(measure_bare(top))
+        if shutil.which("node") and shutil.which("npm"):
+            try:
+                results["tutorial (Express)"] = asyncio.run(measure_tutorial(sim, sim_pid))
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                print(f"the tutorial's server could not be measured: {exc}")
+        else:
+            print("the tutorial's server is not measured: node and npm are not installed")
+    print(f"start a call against the simulator, {UPSTREAM_DELAY_MS} ms per upstream request: this server "
+          f"(POST /api/sessions/: mint + create the call, sideband attach included) beside the tutorial's "
+          f"Express token server (POST /session: the mint only)")
+    print("| server | clients | starts | starts/s | upstream-bound limit | latency p50 | latency p95 "
+          "| server CPU per start | simulator CPU per start | answers |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    for name, levels in results.items():
+        for level, r in levels.items():
+            _row(name, 1 if name.startswith("tutorial") else 2, level, r)
+    express = results.get("tutorial (Express)")
+    for name, levels in results.items():
+        if name.startswith("this server"):
+            attach = levels[CLIENTS]["attach"]
+            line = (f"{name}: sideband attach p50 {percentile(attach, 50):.0f} ms, p99 {percentile(attach, 99):.0f} ms "
+                    f"at {CLIENTS} clients")
+            if express:
+                ratio = levels[CLIENTS]["cpu_ms"] / express[CLIENTS]["cpu_ms"]
+                line += f"; CPU per start {ratio:.1f}x Express's per mint (goal <= 2x)"
+            print(line)
+    print(f"the ASGI server's own cost, {CLIENTS} clients x 60 requests answered at once (404 JSON): " + "; ".join(
+        f"{server} {throughput:.0f}/s, {cpu_ms:.2f} ms CPU per request" for server, (throughput, cpu_ms) in bare.items()))

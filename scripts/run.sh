@@ -36,4 +36,6 @@ worker_pid=$!
 trap 'kill $worker_pid ${sim_pid:-} 2>/dev/null || true' EXIT INT TERM
 
 echo "Serving on http://127.0.0.1:8000"
-.venv/bin/daphne -b 127.0.0.1 -p 8000 voiceproject.asgi:application
+# uvicorn serves HTTP and WebSockets; voiceproject.asgi routes the sockets through Channels.
+.venv/bin/uvicorn --host 127.0.0.1 --port 8000 --lifespan off --no-access-log --no-proxy-headers \
+    voiceproject.asgi:application

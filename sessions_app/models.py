@@ -5,6 +5,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
 from django.db.models import F
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from teams_app.models import Team
@@ -920,8 +921,24 @@ class Budget(models.Model):
 
     @classmethod
     def room_for(cls, user, team):
-        """How much this user may still spend this month under every budget they fall under (None: no limit)."""
-        return min((b.remaining() for b in cls.for_session(user, team)), default=None)
+        """How much this user may still spend this month under every budget they fall under (None: no limit).
+
+        One query however many budgets apply: each budget's month is summed from the day rollups in a
+        subquery (as spent() sums them), not in a query of its own."""
+        query = models.Q(user=user) | (models.Q(team=team) if team is not None else models.Q(pk__in=[]))
+        budgets = cls.objects.filter(query).annotate(
+            by_user=cls._month_spent("user_id"), by_team=cls._month_spent("team_id")
+        )
+        return min((b.monthly_limit_usd - b.by_user - b.by_team for b in budgets), default=None)
+
+    @staticmethod
+    def _month_spent(column):
+        """This month's spend of the budget's user (or team) as a subquery; 0 for the other kind of budget."""
+        money = SpendDay._meta.get_field("cost_usd")
+        money = models.DecimalField(max_digits=money.max_digits, decimal_places=money.decimal_places)
+        days = SpendDay.objects.filter(day__gte=month_start().date(), **{column: models.OuterRef(column)})
+        total = days.values(column).annotate(total=models.Sum("cost_usd")).values("total")
+        return Coalesce(models.Subquery(total, output_field=money), Decimal(0), output_field=money)
 
     @classmethod
     def for_session(cls, user, team):

@@ -1,7 +1,9 @@
 import asyncio
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import django
+from asgiref.sync import ThreadSensitiveContext
 from django.core.handlers.asgi import ASGIHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceproject.settings")
@@ -9,7 +11,37 @@ django.setup(set_prefix=False)
 
 
 class InlineMiddlewareHandler(ASGIHandler):
-    """Django's ASGI handler with the CPU-only middleware swapped for their inline variants."""
+    """Django's ASGI handler with the CPU-only middleware swapped for their inline variants, and
+    request threads kept from one request to the next.
+
+    Django gives each request a thread of its own for its sync work (sessions, the ORM) and ends it
+    with the request, so each request also opened a database connection. Here a request borrows an
+    idle thread (one at a time, as Django's own would be), and gives it back with its connection
+    still open; Django's request signals still run on it, so CONN_MAX_AGE and CONN_HEALTH_CHECKS
+    apply to that connection as under WSGI.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.idle_threads = []
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        from django.conf import settings
+
+        thread = self.idle_threads.pop() if self.idle_threads else ThreadPoolExecutor(1, "request")
+        try:
+            async with ThreadSensitiveContext(executor=thread):
+                await self.handle(scope, receive, send)
+        finally:
+            if len(self.idle_threads) < settings.REQUEST_THREADS:
+                self.idle_threads.append(thread)
+            else:  # a burst past the kept threads: this one closes its connection and ends
+                from django.db import connections
+
+                thread.submit(connections.close_all)
+                thread.shutdown(wait=False)
 
     def load_middleware(self, is_async=False):
         from django.conf import settings

@@ -5,15 +5,18 @@ Under ASGI, MiddlewareMixin sends every process_request/process_response
 through sync_to_async: a thread hop each, about a dozen per request. Those
 hooks only read headers and cookies, so INLINE maps Django's classes (named in
 settings.MIDDLEWARE, where Django's deploy checks look for them) to variants
-that run them on the event loop; the session and messages middleware, which
-may touch the database, keep their hops.
+that run them on the event loop. The session and messages middleware may touch
+the database, but only when a session or a message was changed: they run on the
+loop too, and take the hop only then.
 """
 
 import logging
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.contrib.auth import middleware as auth
+from django.contrib.messages import middleware as messages
+from django.contrib.sessions import middleware as sessions
 from django.core.exceptions import BadRequest, PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, JsonResponse
 from django.middleware import clickjacking, common, csrf, security
@@ -53,7 +56,34 @@ class XFrameOptionsMiddleware(InlineHooksMixin, clickjacking.XFrameOptionsMiddle
     pass
 
 
+class SessionMiddleware(sessions.SessionMiddleware):
+    """The store loads lazily, so attaching it is CPU only; the response needs the database (or the
+    cache) only when the session is saved."""
+
+    async def __acall__(self, request):
+        self.process_request(request)
+        response = await self.get_response(request)
+        session = request.session
+        if session.modified or settings.SESSION_SAVE_EVERY_REQUEST:
+            return await sync_to_async(self.process_response)(request, response)
+        return self.process_response(request, response)
+
+
+class MessageMiddleware(messages.MessageMiddleware):
+    """Messages are stored (in the session) only when one was added or read."""
+
+    async def __acall__(self, request):
+        self.process_request(request)
+        response = await self.get_response(request)
+        storage = request._messages
+        if storage.used or storage.added_new:
+            return await sync_to_async(self.process_response)(request, response)
+        return self.process_response(request, response)
+
+
 INLINE = {
+    "django.contrib.sessions.middleware.SessionMiddleware": "voiceproject.middleware.SessionMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware": "voiceproject.middleware.MessageMiddleware",
     "django.middleware.security.SecurityMiddleware": "voiceproject.middleware.SecurityMiddleware",
     "django.middleware.common.CommonMiddleware": "voiceproject.middleware.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware": "voiceproject.middleware.CsrfViewMiddleware",
@@ -71,6 +101,10 @@ class ApiErrorsMiddleware:
              500: "server_error", 502: "upstream_error", 503: "unavailable", 504: "upstream_timeout"}
     MESSAGES = {404: "There is nothing here.", 405: "This method is not allowed here.",
                 413: "The request is too large.", 500: "Something went wrong on the server. Try again."}
+    # Both, so that under ASGI Django calls __acall__ on the loop: a sync-only outermost middleware
+    # put every request on a thread and back (sync_to_async, then async_to_sync for the rest).
+    sync_capable = True
+    async_capable = True
 
     def __init__(self, get_response):
         self.get_response = get_response

@@ -156,6 +156,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # threads and refuses concurrent writers ("table is locked") where a file
     # makes them wait, as in production.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+    # Each request thread (voiceproject/asgi.py keeps them from one request to the next) keeps its
+    # connection: opening one, with its PRAGMAs, per request was a large part of a start's CPU.
+    DATABASES["default"]["CONN_MAX_AGE"] = envint("DATABASE_CONN_MAX_AGE", 600, minimum=0)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
@@ -259,6 +263,9 @@ LOGIN_FAILURES_PER_ADDRESS = os.environ.get("LOGIN_FAILURES_PER_ADDRESS", "30/5m
 DATA_UPLOAD_MAX_MEMORY_SIZE = 13 * 1024 * 1024
 # A request body that stops arriving gets 408 after this long without a byte.
 BODY_WAIT_SECONDS = envint("BODY_WAIT_SECONDS", 10, minimum=1)
+# Request threads kept between requests (voiceproject/asgi.py), each with its database connection;
+# more requests at once than this get threads that end with their request.
+REQUEST_THREADS = envint("REQUEST_THREADS", 64, minimum=1)
 # A call whose page has been gone this long is hung up by the sideband worker.
 PAGE_GONE_SECONDS = envint("PAGE_GONE_SECONDS", 30, minimum=1)
 # A conversation whose last call ended this long ago, with none resumed, is ended.

@@ -1,6 +1,6 @@
 """Real headless Chromium against the real service and the local simulator.
 
-The service (daphne, SQLite in a temporary folder) and the simulator run as
+The service (uvicorn, SQLite in a temporary folder) and the simulator run as
 subprocesses on 127.0.0.1; Chromium gets a spoken WAV as its microphone.
 Everything here fails loudly when a part is missing: no skips.
 """
@@ -147,10 +147,10 @@ def server(simulator, tmp_path_factory):
     subprocess.run([*manage, "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
     subprocess.run([*manage, "seed_demo", "--password", PASSWORD], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL)
-    # One machine, one process: the sideband worker runs inside daphne, as with `make run`.
+    # One machine, one process: the sideband worker runs inside the server, as with `make run`.
     proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("daphne")), "-b", "127.0.0.1", "-p", str(port),
-         "voiceproject.asgi:application"],
+        [str(Path(sys.executable).with_name("uvicorn")), "--host", "127.0.0.1", "--port", str(port),
+         "--lifespan", "off", "--no-proxy-headers", "voiceproject.asgi:application"],
         cwd=ROOT, env=env,
     )
     base = Server(f"http://127.0.0.1:{port}")

@@ -1,0 +1,122 @@
+"""The start path's cost: a fixed, small number of queries, one for the budgets however many apply, and
+request threads that keep their database connection from one request to the next."""
+
+import asyncio
+import datetime
+import json
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.db.backends.signals import connection_created
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from sessions_app import upstream
+from sessions_app.models import Budget
+from tests.conftest import login
+from tests.test_budgets import spend
+from tests.upstream_fake import OFFER, FakeUpstream
+
+
+@pytest.fixture
+def fake(monkeypatch, settings):
+    settings.MINT_RATE_LIMIT = "1000/m"
+    fake = FakeUpstream()
+    monkeypatch.setattr(upstream, "_client", fake.client)
+    return fake
+
+
+def start_queries(client):
+    with CaptureQueriesContext(connection) as captured:
+        response = client.post("/api/sessions/", data=json.dumps({"sdp": OFFER}), content_type="application/json")
+    assert response.status_code == 201, response.content
+    return [q["sql"] for q in captured.captured_queries]
+
+
+def test_a_start_reads_the_user_membership_budgets_and_price_once_then_writes_two_rows(csrf_client, bob, fake):
+    login(csrf_client, bob)
+    start_queries(csrf_client)  # the first request of a session caches it
+    queries = start_queries(csrf_client)
+    reads = [q for q in queries if q.startswith("SELECT")]
+    writes = [q for q in queries if q.startswith("INSERT")]
+    assert [q.rsplit(" FROM ", 1)[1].split()[0].strip('"') for q in reads] == [
+        "auth_user", "teams_app_membership", "sessions_app_budget", "sessions_app_modelprice"]
+    assert [q.split()[2].strip('"') for q in writes] == ["sessions_app_realtimesession", "sessions_app_call"]
+
+
+def test_budgets_cost_one_query_however_many_apply(csrf_client, bob, fake):
+    login(csrf_client, bob)
+    start_queries(csrf_client)
+    without = len(start_queries(csrf_client))
+    Budget.objects.create(user=bob, monthly_limit_usd=50)
+    Budget.objects.create(team=bob.memberships.get().team, monthly_limit_usd=80)
+    assert len(start_queries(csrf_client)) == without
+
+
+def test_room_is_each_budgets_limit_less_its_month_as_spent_sums_it(alice, bob):
+    team = bob.memberships.get().team
+    mine = Budget.objects.create(user=bob, monthly_limit_usd=Decimal("5"))
+    ours = Budget.objects.create(team=team, monthly_limit_usd=Decimal("3"))
+    assert Budget.room_for(bob, team) == Decimal("3")
+    spend(bob, "1.25000001")
+    spend(alice, "0.5")
+    last_month = timezone.now().replace(day=1) - datetime.timedelta(days=2)
+    spend(bob, "9", when=last_month)
+    assert mine.remaining() == Decimal("3.74999999") and ours.remaining() == Decimal("1.24999999")
+    assert Budget.room_for(bob, team) == min(mine.remaining(), ours.remaining())
+    assert Budget.room_for(bob, None) == mine.remaining()
+    assert Budget.room_for(alice, team) == ours.remaining()
+    mine.delete(), ours.delete()
+    assert Budget.room_for(bob, team) is None
+
+
+async def _get(app, path):
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1")], "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
+    sent = []
+
+    async def receive():
+        if not sent:
+            sent.append(True)
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.Event().wait()  # no disconnect: Django stops listening once it has answered
+
+    statuses = []
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    await app(scope, receive, send)
+    return statuses[0]
+
+
+@pytest.mark.django_db
+async def test_request_threads_keep_their_database_connection():
+    from voiceproject.asgi import django_asgi_app
+
+    opened = []
+
+    def count(sender, connection, **kwargs):
+        opened.append(connection.alias)
+
+    connection_created.connect(count)
+    try:
+        for _ in range(5):  # one after another: each borrows the thread the one before gave back
+            assert await _get(django_asgi_app, "/healthz") == 200
+        assert opened == ["default"]
+        statuses = await asyncio.gather(*(_get(django_asgi_app, "/healthz") for _ in range(3)))
+        assert statuses == [200, 200, 200]
+        assert len(opened) <= 3  # side by side: a thread (and a connection) each, kept for the next ones
+    finally:
+        connection_created.disconnect(count)
+        for thread in django_asgi_app.idle_threads:
+            thread.submit(_close_connections).result()
+
+
+def _close_connections():
+    from django.db import connections
+
+    connections.close_all()
