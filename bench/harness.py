@@ -122,7 +122,8 @@ def server_command(port, server=None):
     bin_dir = Path(sys.executable).parent
     if server == "uvicorn":
         return [str(bin_dir / "uvicorn"), "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
-                "--lifespan", "off", "--no-proxy-headers", "voiceproject.asgi:application"]
+                "--lifespan", "off", "--no-proxy-headers", "--timeout-graceful-shutdown", "5",
+                "voiceproject.asgi:application"]
     if server == "daphne":
         return [str(bin_dir / "daphne"), "-b", "127.0.0.1", "-p", str(port), "voiceproject.asgi:application"]
     raise ValueError(f"unknown ASGI server {server!r}")
@@ -180,7 +181,11 @@ def topology(simulator_url, users, processes=1, shared=False, workers=0, extra_e
                 if proc.poll() is None:
                     proc.terminate()
             for proc in procs + top.workers:
-                proc.wait(10)
+                try:
+                    proc.wait(20)  # uvicorn gives open sockets 5 s to close
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
 
 
 @contextlib.contextmanager

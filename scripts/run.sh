@@ -38,4 +38,5 @@ trap 'kill $worker_pid ${sim_pid:-} 2>/dev/null || true' EXIT INT TERM
 echo "Serving on http://127.0.0.1:8000"
 # uvicorn serves HTTP and WebSockets; voiceproject.asgi routes the sockets through Channels.
 .venv/bin/uvicorn --host 127.0.0.1 --port 8000 --lifespan off --no-access-log --no-proxy-headers \
+    --timeout-graceful-shutdown 5 \
     voiceproject.asgi:application

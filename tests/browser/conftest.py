@@ -150,7 +150,8 @@ def server(simulator, tmp_path_factory):
     # One machine, one process: the sideband worker runs inside the server, as with `make run`.
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("uvicorn")), "--host", "127.0.0.1", "--port", str(port),
-         "--lifespan", "off", "--no-proxy-headers", "voiceproject.asgi:application"],
+         "--lifespan", "off", "--no-proxy-headers", "--timeout-graceful-shutdown", "5",
+         "voiceproject.asgi:application"],
         cwd=ROOT, env=env,
     )
     base = Server(f"http://127.0.0.1:{port}")

@@ -67,6 +67,7 @@ async def test_a_redis_outage_degrades_and_recovers_without_a_restart(outage):
     sim, top, own = outage
     a, b = top.bases
     member, staff = await signed_in_client(a, "bench0"), await signed_in_client(b, "benchstaff")
+    colleague = await signed_in_client(a, "bench1")  # a second person: one running conversation each
     browser, session = await start(member, {"turn_detection": "push_to_talk"})
     statuses = []
     async with aiohttp.ClientSession() as http:
@@ -91,7 +92,7 @@ async def test_a_redis_outage_degrades_and_recovers_without_a_restart(outage):
         await late.send_json({"type": "usage.report", "response_id": "resp_during_b", "usage": USAGE})
         assert (await receive(late, "usage.ack"))["response_id"] == "resp_during_b"
         # Starting a call still works: the rate limit falls back to each process's own count.
-        second, _ = await start(member)
+        second, _ = await start(colleague)
         await second.close()
         status, body = await asyncio.to_thread(health, a)
         assert status == 200 and body["redis"].startswith("error") and body["status"] == "degraded"
@@ -128,6 +129,7 @@ async def test_a_redis_outage_degrades_and_recovers_without_a_restart(outage):
     assert all(s < 500 for s in statuses)
     await browser.close()
     await member.aclose()
+    await colleague.aclose()
     await staff.aclose()
 
 
