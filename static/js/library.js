@@ -77,16 +77,24 @@ function setUp(uploadForm) {
       progress.removeAttribute('value');
       status.textContent = `Uploaded; reading “${chosen.name}” and counting its tokens…`;
     });
-    request.addEventListener('load', () => {
-      const landed = new URL(request.responseURL || uploadForm.action, location.href);
-      if (request.status === 200 && landed.pathname !== new URL(uploadForm.action, location.href).pathname) {
+    const uploadPath = new URL(uploadForm.action, location.href).pathname;
+    let opened = false;
+    // Stored: the server redirects to the document's page. Go there as soon as that is known,
+    // without waiting for this request to download the page too.
+    request.addEventListener('readystatechange', () => {
+      if (request.readyState !== XMLHttpRequest.HEADERS_RECEIVED || !request.responseURL) return;
+      const landed = new URL(request.responseURL);
+      if (request.status === 200 && landed.pathname !== uploadPath) {
+        opened = true;
         status.textContent = 'Done: opening the document…';
+        request.abort();
         location.assign(landed.href);
-      } else {
-        showRefusal(request.responseText);
       }
     });
-    request.addEventListener('error', () => failed(
+    request.addEventListener('load', () => {
+      if (!opened) showRefusal(request.responseText);
+    });
+    request.addEventListener('error', () => opened || failed(
       'The upload was cut off before the server answered. Check the connection and the file size, and try again.'));
     request.send(new FormData(uploadForm));
   });
