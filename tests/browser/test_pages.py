@@ -250,21 +250,26 @@ def test_a_delete_asks_first_and_says_what_happened(browser, server):
     page.context.close()
 
 
-def test_empty_states_say_what_to_do(browser, server):
-    erin = signed_in(browser, server, "erin")  # read-only in Demo
+@pytest.mark.parametrize("width", WIDTHS)
+def test_empty_states_say_what_to_do(browser, server, width):
+    erin = signed_in(browser, server, "erin", width)  # read-only in Demo
     erin.goto("/documents/")
     expect(erin.locator("#read-only-note")).to_contain_text("read-only member of Demo")
     expect(erin.get_by_role("button", name="Upload")).to_have_count(0)
+    assert_inside(erin, erin.locator("#read-only-note"), "the read-only note")
     erin.context.close()
-    dave = signed_in(browser, server, "dave")  # team Other: no documents, no conversations
+    dave = signed_in(browser, server, "dave", width)  # team Other: no documents, no conversations
     dave.goto("/documents/")
     empty = dave.locator(".empty-state")
     expect(empty).to_contain_text("No documents yet")
+    assert_inside(dave, empty, "the library's empty state")
     sample = empty.get_by_role("link", name="demo document").get_attribute("href")
     with urllib.request.urlopen(server + sample, timeout=5) as response:
         assert response.status == 200 and b"launch" in response.read()
     dave.goto("/sessions/")
     expect(dave.locator(".empty-state")).to_contain_text("You have no conversations yet")
+    assert_inside(dave, dave.locator(".empty-state"), "the history's empty state")
+    assert_fits(dave, "/sessions/")
     dave.context.close()
 
 
