@@ -65,6 +65,37 @@ def test_the_pages_have_no_serious_or_critical_violations(browser, server, made)
     assert not found, "\n".join(found)
 
 
+def test_error_states_have_no_serious_or_critical_violations(browser, server):
+    """A refused budget (the error beside its row) and a refused upload (the message the script inserts)."""
+    context = browser.new_context(base_url=server, bypass_csp=True)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    found = []
+    try:
+        sign_in(page, "alice")
+        for width in WIDTHS:
+            page.set_viewport_size({"width": width, "height": 900})
+            page.goto("/dashboard/budgets/")
+            row = page.locator("tbody tr[data-target=bob]")
+            row.get_by_role("textbox").fill("-5")
+            row.get_by_role("button", name="Save").click()
+            page.locator("tbody tr[data-target=bob] [role=alert]").wait_for()
+            page.add_script_tag(path=str(AXE))
+            found += [f"refused budget @{width}px {v['impact']} {v['id']}: {v['nodes']}"
+                      for v in page.evaluate(RUN_AXE) if v["impact"] in BLOCKING]
+            page.goto("/documents/")
+            page.locator("#id_file").set_input_files(files=[{"name": "binary.txt", "mimeType": "text/plain",
+                                                              "buffer": bytes(range(256)) * 8}])
+            page.get_by_role("button", name="Upload").click()
+            page.locator("[data-upload-messages] [role=alert]").wait_for()
+            page.add_script_tag(path=str(AXE))
+            found += [f"refused upload @{width}px {v['impact']} {v['id']}: {v['nodes']}"
+                      for v in page.evaluate(RUN_AXE) if v["impact"] in BLOCKING]
+    finally:
+        context.close()
+    assert not found, "\n".join(found)
+
+
 def test_the_voice_page_has_no_serious_or_critical_violations(browser, server):
     found = scan(browser, server, "alice", ["/"])
     assert not found, "\n".join(found)
