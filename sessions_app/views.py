@@ -425,13 +425,13 @@ def _budget_rows(teams, users):
              "user": SpendDay.objects.filter(user__in=users).spent_this_month("user")}
     rows = [("team", str(t.pk), t.name, t.pk, budgets_by.get((t.pk, None))) for t in teams]
     rows += [("user", u.username, u.username, u.pk, budgets_by.get((None, u.pk))) for u in users]
-    return [
-        {"scope": scope, "target": target, "name": name, "budget": budget,
-         "limit": budget.monthly_limit_usd if budget else None,
-         "spent": spent[scope].get(pk) or Decimal(0),
-         "remaining": budget.monthly_limit_usd - (spent[scope].get(pk) or Decimal(0)) if budget else None}
-        for scope, target, name, pk, budget in rows
-    ]
+    shown = []
+    for scope, target, name, pk, budget in rows:
+        spent_now = spent[scope].get(pk) or Decimal(0)
+        limit = budget.monthly_limit_usd if budget else None
+        shown.append({"scope": scope, "target": target, "name": name, "limit": limit, "spent": spent_now,
+                      "remaining": None if limit is None else limit - spent_now})
+    return shown
 
 
 def _save_budget(request, form, owner, name):
