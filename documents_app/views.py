@@ -1,4 +1,5 @@
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
@@ -54,8 +55,11 @@ def _library(request, form=None, error=None, duplicate=None, status=200):
         "form": form or UploadForm(),
         "error": error,
         "duplicate": duplicate,
+        "membership": membership,
         "can_upload": bool(membership and membership.can_write),
         "max_mb": extract.MAX_FILE_BYTES // (1024 * 1024),
+        "max_bytes": extract.MAX_FILE_BYTES,
+        "max_chars": extract.MAX_CHARS,
     }
     return render(request, "documents/library.html", context, status=status)
 
@@ -143,7 +147,9 @@ def delete(request, document_id):
     document = _get_document_for_user(request.user, document_id)
     if not document.can_delete(request.user):
         raise PermissionDenied("Only the owner or a team admin can delete this document.")
+    title = document.title
     document.delete()
+    messages.success(request, f"Deleted “{title}” and its passages. Past conversations keep their transcripts.")
     return redirect("documents-library")
 
 

@@ -27,6 +27,7 @@ from django.views.decorators.http import require_GET
 from teams_app.models import Team
 
 from . import chart
+from .templatetags.display import when
 from .models import RealtimeSession, SpendDay, UsageRecord
 
 UTC = datetime.timezone.utc
@@ -172,6 +173,11 @@ def _by_day(days, query):
     return figures
 
 
+def has_spend(row):
+    """Whether a row of figures has anything on it (the by-day table leaves quiet days out)."""
+    return bool(row["sessions"] or any(row[kind] for kind in TOKEN_KINDS) or Decimal(row["cost_usd"]))
+
+
 def session_row(session):
     """A conversation as the sessions table shows it: its whole bill, verified or not."""
     seconds = session.duration_seconds
@@ -179,7 +185,7 @@ def session_row(session):
     return {
         "id": str(session.pk),
         "started_at": session.created_at.astimezone(UTC).isoformat(),
-        "started_display": f"{session.created_at.astimezone(UTC):%Y-%m-%d %H:%M}",
+        "started_display": when(session.created_at),
         "user": session.user.get_username(),
         "team": session.team.name if session.team else "",
         "model": session.model,
@@ -286,6 +292,7 @@ def dashboard(request):
     result = figures(request.user, query, page)
     live = {"json_url": reverse("dashboard") + "?" + query.params(format="json", page=result["sessions_page"]),
             "ws_path": "/ws/dashboard/"}
-    context = {"query": query, "form": query.form, "figures": result, "live": live, "errors": query.errors}
+    context = {"query": query, "form": query.form, "figures": result, "live": live, "errors": query.errors,
+               "days_with_spend": [row for row in result["by_day"] if has_spend(row)]}
     # Refused values still get a page, with the defaults used instead, but not a 200.
     return render(request, "dashboard/dashboard.html", context, status=400 if query.errors else 200)

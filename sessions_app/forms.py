@@ -123,12 +123,29 @@ def check_offer(sdp):
     return sdp
 
 
+class DollarsField(forms.DecimalField):
+    """An amount as people type it: "25", "12.50", "$1,200"."""
+
+    def to_python(self, value):
+        if isinstance(value, str):
+            value = value.strip().removeprefix("$").replace(",", "").strip()
+        return super().to_python(value)
+
+
 class BudgetForm(forms.Form):
     """Set (or, left empty, remove) the monthly limit of one team or one user."""
 
     scope = forms.ChoiceField(choices=[("team", "Team"), ("user", "User")])
     target = forms.CharField(max_length=150, help_text="the team's id or the user's name")
-    monthly_limit_usd = forms.DecimalField(
+    monthly_limit_usd = DollarsField(
         required=False, min_value=Decimal(0), max_value=Decimal(1_000_000), max_digits=12, decimal_places=4,
         help_text="USD per calendar month (UTC); empty removes the limit",
+        error_messages={
+            "invalid": "Write the limit in dollars, such as 25 or 12.50.",
+            "min_value": "A limit cannot be negative. Leave it empty to remove the limit.",
+            "max_value": "A limit can be at most $1,000,000 a month.",
+            "max_digits": "A limit can be at most $1,000,000 a month.",
+            "max_decimal_places": "Use at most 4 decimal places (a hundredth of a cent).",
+            "max_whole_digits": "A limit can be at most $1,000,000 a month.",
+        },
     )

@@ -775,6 +775,11 @@ class SpendDayQuerySet(models.QuerySet):
         """The sums grouped by these fields."""
         return self.values(*fields).annotate(**self.sums()).order_by()
 
+    def spent_this_month(self, field):
+        """{team or user id: this month's spend}, as Budget.spent() counts it, for every one at once."""
+        rows = self.filter(day__gte=month_start().date()).values(field).annotate(total=models.Sum("cost_usd"))
+        return {row[field]: row["total"] for row in rows.order_by()}
+
 
 class SpendDay(models.Model):
     """What went on the bill on one UTC day, for one user in one team, on one model.

@@ -2,10 +2,12 @@ import datetime
 import json
 import logging
 import time
+from decimal import Decimal
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.cache import caches
@@ -28,9 +30,10 @@ from .consumers import announce_ended
 from .dashboard import duration_display, viewable_teams
 from .exports import transcript_rows
 from .forms import BudgetForm, RequestError, parse_mint_request, parse_resume_request
-from .models import Budget, Call, EndReason, ModelPrice, RealtimeSession
+from .models import Budget, Call, EndReason, ModelPrice, RealtimeSession, SpendDay
 from .pricing import text_input_cost
 from .sideband import tell_page, wake_workers
+from .templatetags.display import usd
 
 log = logging.getLogger(__name__)
 
@@ -472,6 +475,33 @@ def _budget_targets(viewer):
     return teams.order_by("name"), users
 
 
+def _budget_rows(teams, users):
+    """Every team and person the viewer manages, with their limit (if any) and this month's spend."""
+    budgets_by = {(b.team_id, b.user_id): b for b in Budget.objects.filter(Q(team__in=teams) | Q(user__in=users))}
+    spent = {"team": SpendDay.objects.filter(team__in=teams).spent_this_month("team"),
+             "user": SpendDay.objects.filter(user__in=users).spent_this_month("user")}
+    rows = [("team", str(t.pk), t.name, t.pk, budgets_by.get((t.pk, None))) for t in teams]
+    rows += [("user", u.username, u.username, u.pk, budgets_by.get((None, u.pk))) for u in users]
+    shown = []
+    for scope, target, name, pk, budget in rows:
+        spent_now = spent[scope].get(pk) or Decimal(0)
+        limit = budget.monthly_limit_usd if budget else None
+        shown.append({"scope": scope, "target": target, "name": name, "limit": limit, "spent": spent_now,
+                      "remaining": None if limit is None else limit - spent_now})
+    return shown
+
+
+def _save_budget(request, form, owner, name):
+    scope, limit = form.cleaned_data["scope"], form.cleaned_data["monthly_limit_usd"]
+    if limit is None:
+        removed, _ = Budget.objects.filter(**{scope: owner}).delete()
+        message = f"Removed the monthly limit of {name}." if removed else f"{name} has no monthly limit."
+    else:
+        Budget.objects.update_or_create(**{scope: owner}, defaults={"monthly_limit_usd": limit})
+        message = f"Saved: {name} may spend {usd(limit)} a month."
+    messages.success(request, message)
+
+
 @login_required
 def budgets(request):
     teams, users = _budget_targets(request.user)
@@ -486,26 +516,23 @@ def budgets(request):
             if owner is None:
                 form.add_error("target", "No such team or user among those you manage.")
             else:
-                limit = form.cleaned_data["monthly_limit_usd"]
-                if limit is None:
-                    Budget.objects.filter(**{scope: owner}).delete()
-                else:
-                    Budget.objects.update_or_create(**{scope: owner}, defaults={"monthly_limit_usd": limit})
+                _save_budget(request, form, owner, owner.name if scope == "team" else owner.username)
                 return redirect("sessions-budgets")
         status = 400
     elif request.method == "GET":
         status = 200
     else:
         return HttpResponse(status=405, headers={"Allow": "GET, POST"})
-    budgets_by = {(b.team_id, b.user_id): b for b in Budget.objects.filter(Q(team__in=teams) | Q(user__in=users))}
-    rows = [("team", str(t.pk), t.name, budgets_by.get((t.pk, None))) for t in teams]
-    rows += [("user", u.username, u.username, budgets_by.get((None, u.pk))) for u in users]
-    rows = [
-        {"scope": scope, "target": target, "name": name, "budget": budget,
-         "spent": budget.spent() if budget else None, "remaining": budget.remaining() if budget else None}
-        for scope, target, name, budget in rows
-    ]
-    return render(request, "dashboard/budgets.html", {"rows": rows, "form": form}, status=status)
+    rows = _budget_rows(teams, users)
+    if form.is_bound:
+        # The row that was being edited shows what was typed, and why it was refused, beside it.
+        for row in rows:
+            if (row["scope"], row["target"]) == (form.data.get("scope"), form.data.get("target")):
+                row["typed"] = form.data.get("monthly_limit_usd", "")
+                row["errors"] = [m for messages_ in form.errors.values() for m in messages_]
+    unmatched = form.errors and not any(row.get("errors") for row in rows)
+    context = {"rows": rows, "form": form, "unmatched_errors": unmatched}
+    return render(request, "dashboard/budgets.html", context, status=status)
 
 
 # ---- history: a member's own conversations, and one conversation's page ----

@@ -13,6 +13,17 @@ from teams_app.models import Membership, Team
 PASSWORD = "correct-horse-battery"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_local_caches(settings):
+    """Each test starts with empty in-process caches: a rate-limit count left by an earlier test (users
+    get the same ids again after a rollback) must not refuse this test's request within the minute."""
+    from django.core.cache import caches
+
+    for alias, config in settings.CACHES.items():
+        if config["BACKEND"].endswith("LocMemCache"):
+            caches[alias].clear()
+
+
 @pytest.fixture
 def team_a(db):
     return Team.objects.create(name="Demo")

@@ -59,3 +59,35 @@ def test_members_are_refused_and_anonymous_redirected(csrf_client, client, bob, 
 def test_wrong_method_is_405(csrf_client, staff):
     login(csrf_client, staff)
     assert csrf_client.put("/dashboard/budgets/").status_code == 405
+
+
+def test_spend_is_shown_for_everyone_limit_or_not(csrf_client, alice, bob, team_a):
+    from tests.test_budgets import spend
+
+    spend(bob, "1.25")
+    login(csrf_client, alice)
+    page = csrf_client.get("/dashboard/budgets/").content.decode()
+    assert page.count('data-spent="1.25') == 2  # bob's row and his team's, neither with a limit
+    assert 'name="target" value="bob"' in page and 'type="hidden" name="target"' in page
+
+
+def test_a_save_is_confirmed_and_an_overspend_has_a_real_minus(csrf_client, alice, bob):
+    from tests.test_budgets import spend
+
+    spend(bob, "1.25")
+    login(csrf_client, alice)
+    response = csrf_client.post("/dashboard/budgets/", {"scope": "user", "target": "bob",
+                                                        "monthly_limit_usd": "$0.05"}, follow=True)
+    page = response.content.decode()
+    assert "Saved: bob may spend $0.05 a month." in page
+    assert "\u2212$1.20" in page and "$-" not in page
+    assert Budget.objects.get(user=bob).monthly_limit_usd == Decimal("0.05")
+
+
+def test_an_error_is_said_beside_its_row_in_words(csrf_client, alice, bob):
+    login(csrf_client, alice)
+    response = set_budget(csrf_client, "user", "bob", "-3")
+    page = response.content.decode()
+    assert response.status_code == 400
+    assert "A limit cannot be negative." in page and 'aria-invalid="true"' in page and 'value="-3"' in page
+    assert "errorlist" not in page

@@ -17,6 +17,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.utils import timezone
 
+from sessions_app.dashboard import has_spend
 from sessions_app.models import RealtimeSession, TranscriptEntry, UsageRecord
 from teams_app.models import Membership
 from tests.conftest import login
@@ -188,7 +189,11 @@ def test_html_data_attributes_equal_the_json(client, staff, spend):
         assert all(dd[f"data-{k.replace('_', '-')}"] == str(data[name][k]) for k in KINDS)
     for kind in ("user", "team", "model", "day"):
         for row in data[f"by_{kind}"]:
-            (tr,) = tags.find(table=kind, data_key=row["key"])
+            found = tags.find(table=kind, data_key=row["key"])
+            if kind == "day" and not has_spend(row):
+                assert not found, row  # quiet days are left out of the table (the chart keeps them)
+                continue
+            (tr,) = found
             assert tr["data-cost-usd"] == row["cost_usd"] and tr["data-sessions"] == str(row["sessions"])
             assert tr["data-input-audio"] == str(row["input_audio"]) and tr["data-cached"] == str(row["cached"])
     for row in data["sessions"]:

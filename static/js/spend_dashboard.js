@@ -4,7 +4,7 @@
 // delta applied here, with no request to the server.
 import { LiveSocket } from './dashboard/live_socket.js';
 import { applyUpdate } from './dashboard/figures.js';
-import { renderFigures } from './dashboard/render.js';
+import { renderFigures, when } from './dashboard/render.js';
 
 const live = JSON.parse(document.getElementById('dashboard-live').textContent);
 const status = document.getElementById('live-status');
@@ -24,7 +24,7 @@ function scheduleRender() {
   renderTimer = setTimeout(() => {
     renderTimer = null;
     renderFigures(data);
-    setStatus(`Live: figures as of ${new Date().toLocaleTimeString()}.`);
+    setStatus(`Live: figures as of ${when(new Date())}.`);
   }, RENDER_GAP_MS);
 }
 

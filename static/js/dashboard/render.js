@@ -6,6 +6,25 @@ import { TOKEN_KINDS } from './figures.js';
 
 const SVG = 'http://www.w3.org/2000/svg';
 
+// 12345 -> "12,345", "1234.5678" -> "1,234.5678": as the templates' `grouped` filter writes them.
+export function grouped(value) {
+  const text = String(value);
+  const negative = text.startsWith('-');
+  const [whole, fraction] = (negative ? text.slice(1) : text).split('.');
+  const withCommas = whole.replace(/\B(?=(\d{3})+(?!\d))/g, ',');
+  return `${negative ? '\u2212' : ''}${withCommas}${fraction === undefined ? '' : `.${fraction}`}`;
+}
+
+// The pages' one date-and-time format, as the templates' `when` filter writes it.
+export function when(date) {
+  return `${date.toISOString().slice(0, 16).replace('T', ' ')} UTC`;
+}
+
+// A row with anything on it; the by-day table leaves quiet days out (the chart keeps them).
+function hasSpend(figure) {
+  return figure.sessions > 0 || TOKEN_KINDS.some((kind) => figure[kind] > 0) || Number(figure.cost_usd) !== 0;
+}
+
 function el(tag, text, attrs = {}) {
   const node = document.createElement(tag);
   if (text !== undefined && text !== null) node.textContent = String(text);
@@ -20,8 +39,8 @@ function setData(node, figure) {
 }
 
 function figureCells(row, figure) {
-  for (const kind of TOKEN_KINDS) row.append(el('td', figure[kind], { class: 'num' }));
-  row.append(el('td', figure.cost_display, { class: 'num', title: figure.cost_usd }));
+  for (const kind of TOKEN_KINDS) row.append(el('td', grouped(figure[kind]), { class: 'num' }));
+  row.append(el('td', grouped(figure.cost_display), { class: 'num', title: figure.cost_usd }));
 }
 
 function emptyRow(columns, text) {
@@ -37,12 +56,12 @@ function renderTotals(data) {
     setData(node, data[name]);
     node.setAttribute('data-sessions', String(data[name].sessions));
     node.title = data[name].cost_usd;
-    node.textContent = `$${data[name].cost_display}`;
+    node.textContent = `$${grouped(data[name].cost_display)}`;
   }
   const today = document.querySelector('[data-figure-label="today"]');
   if (today) today.textContent = `Today (${data.today_date})`;
   const sessions = document.querySelector('[data-figure-sessions="range"]');
-  if (sessions) sessions.textContent = String(data.range.sessions);
+  if (sessions) sessions.textContent = grouped(data.range.sessions);
 }
 
 function breakdownRow(figure, header) {
@@ -51,14 +70,17 @@ function breakdownRow(figure, header) {
   const th = el('th', undefined, { scope: 'row' });
   if (figure.href) th.append(el('a', figure.label, { href: figure.href }));
   else th.textContent = header ?? figure.label;
-  row.append(th, el('td', figure.sessions, { class: 'num' }));
+  row.append(th, el('td', grouped(figure.sessions), { class: 'num' }));
   figureCells(row, figure);
   return row;
 }
 
 function renderBreakdown(table, rows, total) {
   const body = table.tBodies[0];
-  body.replaceChildren(...(rows.length ? rows.map((r) => breakdownRow(r)) : [emptyRow(9, 'No spend in this range.')]));
+  const byDay = table.dataset.breakdown === 'day';
+  const shown = byDay ? rows.filter(hasSpend) : rows;
+  const empty = byDay ? 'No day in this range has any spend.' : 'No spend in this range.';
+  body.replaceChildren(...(shown.length ? shown.map((r) => breakdownRow(r)) : [emptyRow(9, empty)]));
   table.tFoot.replaceChildren(breakdownRow({ ...total, key: 'total', href: '' }, 'Total'));
 }
 
@@ -89,9 +111,9 @@ function sessionRow(s) {
   started.append(el('a', s.started_display, { href: s.url }));
   row.append(started, el('td', s.user), el('td', s.team), el('td', s.model), el('td', s.duration_display));
   for (const name of ['responses', 'input_tokens', 'cached', 'output_tokens']) {
-    row.append(el('td', s[name], { class: 'num' }));
+    row.append(el('td', grouped(s[name]), { class: 'num' }));
   }
-  row.append(el('td', s.cost_display, { class: 'num', title: s.cost_usd }));
+  row.append(el('td', grouped(s.cost_display), { class: 'num', title: s.cost_usd }));
   const verified = el('td', undefined, { class: 'wrap' });
   verified.append(verifiedText(s));
   row.append(el('td', s.documents.join(', '), { class: 'wrap' }), verified);
@@ -103,7 +125,7 @@ function renderSessions(data) {
   const rows = data.sessions.map(sessionRow);
   table.tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(12, 'No sessions in this range.')]));
   const total = data.range.sessions;
-  let text = `${total} session${total === 1 ? '' : 's'} first billed in the range`;
+  let text = `${grouped(total)} session${total === 1 ? '' : 's'} first billed in the range`;
   if (data.sessions_pages > 1) {
     text += `, page ${data.sessions_page} of ${data.sessions_pages}; the CSV has every one`;
   }
