@@ -40,8 +40,11 @@ def test_a_start_reads_the_user_membership_budgets_and_price_once_then_writes_tw
     queries = start_queries(csrf_client)
     reads = [q for q in queries if q.startswith("SELECT")]
     writes = [q for q in queries if q.startswith("INSERT")]
-    assert [q.rsplit(" FROM ", 1)[1].split()[0].strip('"') for q in reads] == [
-        "auth_user", "teams_app_membership", "sessions_app_budget", "sessions_app_modelprice"]
+    tables = [q.rsplit(" FROM ", 1)[1].split()[0].strip('"') for q in reads]
+    # The last read: whether this person already has a conversation running (one at a time).
+    assert tables == [
+        "auth_user", "teams_app_membership", "sessions_app_budget", "sessions_app_modelprice",
+        "sessions_app_realtimesession"]
     assert [q.split()[2].strip('"') for q in writes] == ["sessions_app_realtimesession", "sessions_app_call"]
 
 
