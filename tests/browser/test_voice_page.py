@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser.conftest import PASSWORD, sign_in, wait_js
 from tests.browser.test_voice_session import READY, api_session, current_call, upload, wait_until
@@ -109,7 +110,8 @@ def test_budget_statement_blocks_start_with_the_reason_and_shows_the_servers_402
 
         set_team_budget(server, "Other", "1.0000")
         page.reload()
-        assert page.get_by_role("button", name="Start").is_enabled() and reason.is_hidden()
+        expect(page.get_by_role("button", name="Start")).to_be_enabled()  # once the statement is read again
+        assert reason.is_hidden()
         assert "left of $1.0000" in statement.text_content()
 
         # The limit drops while the page is open: the server refuses, and its own words are shown.

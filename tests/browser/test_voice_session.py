@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.browser.conftest import sign_in, wait_js
+from tests.browser.conftest import PASSWORD, sign_in, wait_js
 
 pytestmark = pytest.mark.browser
 
@@ -307,12 +307,14 @@ def test_two_library_documents_reach_the_model_labelled_in_order(page, simulator
 
 
 def test_crossing_the_budget_ends_the_running_session(page, simulator, server):
-    (bob_id,) = server.sql("SELECT id FROM auth_user WHERE username = 'bob'")[0]
-    server.sql(
-        "INSERT INTO sessions_app_budget (user_id, monthly_limit_usd, updated_at) VALUES (?, '0.10', datetime('now'))",
-        (bob_id,),
-    )
-    sign_in(page, "bob")
+    # A member of Demo with no spend yet (the other tests' spend would eat into a $0.10 limit).
+    server.manage("shell", "-c", (
+        "from django.contrib.auth import get_user_model; from teams_app.models import Membership, Team; "
+        "from sessions_app.models import Budget; "
+        f"u = get_user_model().objects.create_user('frugal', password='{PASSWORD}'); "
+        "Membership.objects.create(user=u, team=Team.objects.get(name='Demo'), role='member'); "
+        "Budget.objects.create(user=u, monthly_limit_usd='0.10')"))
+    sign_in(page, "frugal")
     assert "$0.1000" in page.locator("#budget-remaining").text_content()
     session_id, call_id = start_session(page, turn="push_to_talk", document="", signed_in=True)
     # The next answer is long: 3,000 audio tokens, $0.192 on gpt-realtime-2.
