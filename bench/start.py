@@ -271,3 +271,7 @@ def main():
             print(line)
     print(f"the ASGI server's own cost, {CLIENTS} clients x 60 requests answered at once (404 JSON): " + "; ".join(
         f"{server} {throughput:.0f}/s, {cpu_ms:.2f} ms CPU per request" for server, (throughput, cpu_ms) in bare.items()))
+
+
+if __name__ == "__main__":
+    main()

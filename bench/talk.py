@@ -48,3 +48,7 @@ def main():
     print("| starts | p50 | p95 | max |")
     print("| ---: | ---: | ---: | ---: |")
     print(f"| {len(times)} | {percentile(times, 50):.0f} ms | {percentile(times, 95):.0f} ms | {max(times):.0f} ms |")
+
+
+if __name__ == "__main__":
+    main()
