@@ -1,3 +1,4 @@
+import copy
 import datetime
 import uuid
 from decimal import ROUND_HALF_UP, Decimal
@@ -387,8 +388,6 @@ class Stored:
 
 
 def _store_usages(entries):
-    import copy
-
     ids = sorted({entry.session_id for entry in entries})
     # Not the large texts: the totals, the dashboards' row and the budgets need none of them.
     sessions = {session.pk: session for session in RealtimeSession.objects.select_for_update(of=("self",))
@@ -498,12 +497,12 @@ class Call(models.Model):
     # Which sideband worker watches the call, and until when its claim holds.
     sideband_owner = models.CharField(max_length=64, blank=True)
     sideband_lease_until = models.DateTimeField(null=True, blank=True)
-
-    objects = CallQuerySet.as_manager()
     sideband_credential = models.CharField(max_length=20, blank=True, choices=CREDENTIAL_CHOICES)
     sideband_attached_at = models.DateTimeField(null=True, blank=True)
     # When the documents (and, after the first call, the earlier turns) were in its context.
     context_ready_at = models.DateTimeField(null=True, blank=True)
+
+    objects = CallQuerySet.as_manager()
 
     class Meta:
         ordering = ["session", "number"]
@@ -926,15 +925,8 @@ class Budget(models.Model):
 
     @classmethod
     def room_for(cls, user, team):
-        """How much this user may still spend this month under every budget they fall under (None: no limit).
-
-        One query however many budgets apply: each budget's month is summed from the day rollups in a
-        subquery (as spent() sums them), not in a query of its own."""
-        query = models.Q(user=user) | (models.Q(team=team) if team is not None else models.Q(pk__in=[]))
-        budgets = cls.objects.filter(query).annotate(
-            by_user=cls._month_spent("user_id"), by_team=cls._month_spent("team_id")
-        )
-        return min((b.monthly_limit_usd - b.by_user - b.by_team for b in budgets), default=None)
+        """How much this user may still spend this month under every budget they fall under (None: no limit)."""
+        return min((b.remaining() for b in cls.for_session(user, team)), default=None)
 
     @staticmethod
     def _month_spent(column):
@@ -947,20 +939,14 @@ class Budget(models.Model):
 
     @classmethod
     def for_session(cls, user, team):
-        """The budgets a session of this user, billed to this team, counts against."""
+        """The budgets a session of this user, billed to this team, counts against, each with this month's
+        spend under it: one query however many apply (the month summed from the day rollups in a subquery,
+        as spent() sums them)."""
         query = models.Q(user=user)
         if team is not None:
             query |= models.Q(team=team)
-        # Each budget with this month's spend under it, in the one query.
-        month = SpendDay.objects.filter(day__gte=month_start().date()).order_by()
-        money = models.DecimalField(max_digits=24, decimal_places=8)
-
-        def spend(**where):
-            rows = month.filter(**where).values(*where).annotate(total=models.Sum("cost_usd")).values("total")
-            return models.Subquery(rows, output_field=money)
-
-        budgets = cls.objects.filter(query).select_related("user", "team").annotate(
-            user_spent=spend(user_id=models.OuterRef("user_id")), team_spent=spend(team_id=models.OuterRef("team_id")))
+        budgets = list(cls.objects.filter(query).select_related("user", "team").annotate(
+            by_user=cls._month_spent("user_id"), by_team=cls._month_spent("team_id")))
         for budget in budgets:
-            budget.month_spent = budget.user_spent if budget.user_id else budget.team_spent
-        return list(budgets)
+            budget.month_spent = budget.by_user + budget.by_team
+        return budgets
