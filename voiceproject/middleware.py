@@ -56,29 +56,30 @@ class XFrameOptionsMiddleware(InlineHooksMixin, clickjacking.XFrameOptionsMiddle
     pass
 
 
-class SessionMiddleware(sessions.SessionMiddleware):
-    """The store loads lazily, so attaching it is CPU only; the response needs the database (or the
-    cache) only when the session is saved."""
+class SavesOnlyWhenNeeded:
+    """Attaching the store is CPU only, done on the loop; the response goes to a thread (the database
+    or the cache) only when `must_save` says something was changed."""
 
     async def __acall__(self, request):
         self.process_request(request)
         response = await self.get_response(request)
-        session = request.session
-        if session.modified or settings.SESSION_SAVE_EVERY_REQUEST:
+        if self.must_save(request):
             return await sync_to_async(self.process_response)(request, response)
         return self.process_response(request, response)
 
 
-class MessageMiddleware(messages.MessageMiddleware):
+class SessionMiddleware(SavesOnlyWhenNeeded, sessions.SessionMiddleware):
+    """The store loads lazily; it is saved when modified (or on every request if so configured)."""
+
+    def must_save(self, request):
+        return request.session.modified or settings.SESSION_SAVE_EVERY_REQUEST
+
+
+class MessageMiddleware(SavesOnlyWhenNeeded, messages.MessageMiddleware):
     """Messages are stored (in the session) only when one was added or read."""
 
-    async def __acall__(self, request):
-        self.process_request(request)
-        response = await self.get_response(request)
-        storage = request._messages
-        if storage.used or storage.added_new:
-            return await sync_to_async(self.process_response)(request, response)
-        return self.process_response(request, response)
+    def must_save(self, request):
+        return request._messages.used or request._messages.added_new
 
 
 INLINE = {

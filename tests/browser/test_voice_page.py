@@ -40,20 +40,21 @@ def stop_and_wait(page):
     page.get_by_role("status").filter(has_text=re.compile("Session ended|no longer in the conversation")).wait_for()
 
 
-def set_team_budget(server, team, limit):
-    (team_id,) = server.sql("SELECT id FROM teams_app_team WHERE name = ?", (team,))[0]
-    server.sql("DELETE FROM sessions_app_budget WHERE team_id = ?", (team_id,))
+def set_budget(server, column, lookup, name, limit):
+    """Replace the budget of the team or user `name` (found by `lookup`) with `limit` (None: no budget)."""
+    (target_id,) = server.sql(lookup, (name,))[0]
+    server.sql(f"DELETE FROM sessions_app_budget WHERE {column} = ?", (target_id,))
     if limit is not None:
-        server.sql("INSERT INTO sessions_app_budget (team_id, monthly_limit_usd, updated_at) "
-                   "VALUES (?, ?, datetime('now'))", (team_id, limit))
+        server.sql(f"INSERT INTO sessions_app_budget ({column}, monthly_limit_usd, updated_at) "
+                   "VALUES (?, ?, datetime('now'))", (target_id, limit))
+
+
+def set_team_budget(server, team, limit):
+    set_budget(server, "team_id", "SELECT id FROM teams_app_team WHERE name = ?", team, limit)
 
 
 def set_user_budget(server, username, limit):
-    (user_id,) = server.sql("SELECT id FROM auth_user WHERE username = ?", (username,))[0]
-    server.sql("DELETE FROM sessions_app_budget WHERE user_id = ?", (user_id,))
-    if limit is not None:
-        server.sql("INSERT INTO sessions_app_budget (user_id, monthly_limit_usd, updated_at) "
-                   "VALUES (?, ?, datetime('now'))", (user_id, limit))
+    set_budget(server, "user_id", "SELECT id FROM auth_user WHERE username = ?", username, limit)
 
 
 # ---- defect 1: Enter in "Find documents" never submits; no pasted text in a URL ----
