@@ -33,17 +33,19 @@ def dashboard_groups(team_id):
 
 
 class SpendBatcher:
-    """Spend updates leave a process in batches: one layer message per group per BATCH_SECONDS
-    instead of one per report, so the layer (one Redis list per receiving process) keeps up when
-    hundreds of reports arrive a second; each dashboard socket still sends one frame per update.
+    """Spend updates leave a process in batches: an update finding the batcher idle goes at once,
+    and after that at most one layer message per group per GAP_SECONDS carries everything that
+    arrived meanwhile, so the layer (one Redis list per receiving process) keeps up when hundreds of
+    reports arrive a second; each dashboard socket still sends one frame per update.
     One per channel layer (kept on it), so no state lives in this module."""
 
-    BATCH_SECONDS = 0.05
+    GAP_SECONDS = 0.01
 
     def __init__(self, layer):
         self.layer = layer
         self.pending = {}  # group -> updates
         self.flushing = None
+        self.last_sent = float("-inf")  # loop time of the last batch
 
     @classmethod
     def of(cls, layer):
@@ -56,7 +58,7 @@ class SpendBatcher:
         loop = asyncio.get_running_loop()
         if self.flushing is not None and self.flushing.get_loop() is not loop:
             # A loop that stopped before its flush ran (tests run one loop each): its updates died with it.
-            self.pending, self.flushing = {}, None
+            self.pending, self.flushing, self.last_sent = {}, None, float("-inf")
         for group in dashboard_groups(update.get("team_id")):
             self.pending.setdefault(group, []).append({"type": "spend.update", **update})
         if self.flushing is None or self.flushing.done():
@@ -65,8 +67,12 @@ class SpendBatcher:
     async def flush(self):
         # Until nothing is left: updates added while a batch was being sent go in the next one (this
         # task is still running then, so add() starts no other).
+        loop = asyncio.get_running_loop()
         while self.pending:
-            await asyncio.sleep(self.BATCH_SECONDS)
+            wait = self.last_sent + self.GAP_SECONDS - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self.last_sent = loop.time()
             pending, self.pending = self.pending, {}
             for group, updates in pending.items():
                 await tell(self.layer, group, {"type": "spend.batch", "updates": updates})

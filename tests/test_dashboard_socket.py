@@ -92,8 +92,34 @@ async def test_updates_added_while_a_batch_is_being_sent_go_in_the_next(monkeypa
     monkeypatch.setattr(layer, "group_send", slow_group_send)
     batcher = SpendBatcher.of(layer)
     batcher.add({"response_id": "first", "team_id": None})
-    await asyncio.sleep(SpendBatcher.BATCH_SECONDS * 2)  # the first batch is now being sent
+    await asyncio.sleep(0.05)  # the first batch is now being sent
     batcher.add({"response_id": "second", "team_id": None})
     release.set()
     await asyncio.wait_for(batcher.flushing, 2)
     assert sent == [["first"], ["second"]]
+
+
+async def test_a_lone_update_goes_at_once_and_a_burst_goes_together(monkeypatch):
+    """Idle, an update is not held back (the dashboard sees it within a loop turn); what arrives
+    right after waits at most GAP_SECONDS and leaves in one message."""
+    import asyncio
+
+    from channels.layers import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer()
+    loop = asyncio.get_running_loop()
+    sent = []
+
+    async def group_send(group, message):
+        sent.append((loop.time(), [u["response_id"] for u in message["updates"]]))
+
+    monkeypatch.setattr(layer, "group_send", group_send)
+    batcher = SpendBatcher.of(layer)
+    batcher.add({"response_id": "lone", "team_id": None})
+    await asyncio.sleep(0)
+    assert [ids for _, ids in sent] == [["lone"]]
+    for n in range(5):
+        batcher.add({"response_id": f"burst{n}", "team_id": None})
+    await asyncio.wait_for(batcher.flushing, 2)
+    assert [ids for _, ids in sent] == [["lone"], [f"burst{n}" for n in range(5)]]
+    assert sent[1][0] - sent[0][0] >= SpendBatcher.GAP_SECONDS * 0.9
