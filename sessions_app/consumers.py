@@ -193,12 +193,16 @@ async def stop_for_budget(channel_layer, session_id, call_ids):
             log.warning("hangup of a session over budget was refused; the page was told to stop")
 
 
-async def publish_usage(channel_layer, session_id, recorded):
-    """After a usage record: the dashboards hear of new spend, the page of the server's own figures,
-    and a crossed budget ends what it must."""
+async def publish_usage(channel_layer, session_id, recorded, ack_page=None):
+    """After a usage record: the dashboards hear of new spend first (queued at once), then the page its
+    ack (`ack_page`, for a page's own report) or the server's own figures, and a crossed budget ends
+    what it must. A page that is gone by its ack (it closed on an earlier one, or the send fails) must
+    not take the dashboards' update with it."""
     record = recorded.record
     if recorded.update:
         SpendBatcher.of(channel_layer).add(recorded.update)
+    if ack_page is not None:
+        await ack_page()
     if recorded.created:
         if record.source == UsageRecord.SERVER:
             await tell(channel_layer, session_group(session_id), {
@@ -286,8 +290,7 @@ class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
             "session": recorded.totals,
         }
         ack["item_id" if kind == UsageRecord.TRANSCRIPTION else "response_id"] = key
-        await self.send_json(ack)
-        await publish_usage(self.channel_layer, self.session_id, recorded)
+        await publish_usage(self.channel_layer, self.session_id, recorded, ack_page=lambda: self.send_json(ack))
 
     async def transcript_report(self, content):
         item_id, role, text = content.get("item_id"), content.get("role"), content.get("text")

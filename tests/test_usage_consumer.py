@@ -1,5 +1,6 @@
 """The usage WebSocket: auth, origin, idempotency, bad frames."""
 
+import asyncio
 from decimal import Decimal
 
 import pytest
@@ -188,6 +189,32 @@ async def test_recorded_usage_reaches_the_dashboard_group(alice):
     assert change["cost_usd"] == "0.00696560" and change["responses"] == 1 and change["sessions"] == 1
     assert update["session_row"]["cost_usd"] == "0.00696560" and update["user"] == "alice"
     await comm.disconnect()
+
+
+async def test_a_page_gone_by_its_ack_does_not_take_the_dashboard_update_with_it(alice, monkeypatch):
+    """The page may close on an earlier ack, or the ack's send fail under load: the report is stored,
+    so the dashboards still hear of it."""
+    from sessions_app.consumers import SessionUsageConsumer
+
+    sent = SessionUsageConsumer.send_json
+
+    async def closed_on_ack(self, content, close=False):
+        if content.get("type") == "usage.ack":
+            raise ConnectionResetError("the page has gone")
+        await sent(self, content, close)
+
+    monkeypatch.setattr(SessionUsageConsumer, "send_json", closed_on_ack)
+    session = await session_for(alice)
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(ALL_TEAMS_GROUP, channel)
+    comm, _ = await connect(session, alice)
+    await comm.send_json_to({"type": "usage.report", "response_id": "resp_gone", "usage": USAGE})
+    event = await asyncio.wait_for(layer.receive(channel), 2)
+    assert [u["response_id"] for u in event["updates"]] == ["resp_gone"]
+    assert await UsageRecord.objects.filter(session=session, response_id="resp_gone").aexists()
+    with pytest.raises(ConnectionResetError):  # the consumer ends with its socket, as a real one does
+        await comm.wait(2)
 
 
 async def test_budget_exceeded_group_event_reaches_the_page(alice):
