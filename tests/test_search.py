@@ -96,6 +96,35 @@ def test_passages_of_the_given_documents_best_first(library):
     assert search.search_passages([], "zephyr") == []
 
 
+def test_only_the_given_documents_even_when_another_documents_passages_lie_among_theirs(library):
+    """SQLite asks FTS5 for each document's rowid range: passages of another document written in
+    between (a document's passages added later) must still be left out."""
+    from documents_app.models import Passage
+
+    plan, other = library["plan"], library["other"]
+    last = plan.passages.order_by("-position").first()
+    Passage.objects.create(document=plan, position=last.position + 1, start=0, end=0, tokens=9,
+                           text="Zephyr belongs to the launch team.", title=plan.title)
+    in_between = other.passages.first()
+    assert plan.passages.order_by("pk").first().pk < in_between.pk < plan.passages.order_by("pk").last().pk
+    assert "belongs" in in_between.text
+    hits = search.search_passages([plan.pk], "who does it belong to", limit=20)
+    assert [h.passage.text for h in hits] == ["Zephyr belongs to the launch team."]
+
+
+def test_a_word_every_passage_holds_does_not_drown_the_telling_one(alice):
+    """'handbook' is in every passage (the title); the rarer word decides, and a question with only the
+    common word still gets passages, in document order."""
+    sections = "\n\n".join(f"# Part {n}\n\n" + " ".join(f"Part {n} sentence {i} about desks." for i in range(40))
+                             for n in range(6))
+    doc = make(alice, "Office handbook", sections.replace("Part 4 sentence 7", "Part 4 sentence 7 about ventilation"))
+    assert doc.passages.count() >= 3
+    hits = search.search_passages([doc.pk], "what does the handbook say about ventilation")
+    assert "ventilation" in hits[0].passage.text
+    common = search.search_passages([doc.pk], "handbook", limit=2)
+    assert [h.passage.position for h in common] == [0, 1]
+
+
 def test_a_deleted_document_is_found_no_more(library, bob):
     library["minutes"].delete()
     assert "Board minutes" not in titles(bob, "zephyr")
