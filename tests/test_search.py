@@ -1,6 +1,8 @@
 """The search seam on whichever engine the database gives: SQLite FTS5 here, PostgreSQL full-text when
 `make test` runs this file again with DATABASE_URL on the machine's PostgreSQL."""
 
+import re
+
 import pytest
 from django.db import connection
 
@@ -67,6 +69,23 @@ def test_the_api_ranks_and_gives_snippets_with_highlights(csrf_client, library, 
     assert highlights and all(snippet[a:b].lower().startswith(("zephyr", "launch")) for a, b in highlights)
     assert "\ue000" not in snippet
     assert all(d["title"] != "Other team zephyr" for d in csrf_client.get("/api/documents/?q=zephyr").json()["documents"])
+
+
+@pytest.mark.parametrize("query, shown", [
+    ("ventilation", "ventilation"),  # in the middle of a long passage
+    ("happy", "happy"),  # its stem ("happi") is not how the word is written
+    ("art", "art"),  # its stem first shows inside another word ("start"), far before the word itself
+])
+def test_snippets_show_the_match_wherever_it_is_in_the_passage(alice, bob, query, shown):
+    desks = " ".join(f"Row {i} holds desks and chairs." for i in range(30))
+    text = (f"{desks} The crew will start soon. {desks} The ventilation hums. {desks} Everyone was happy. "
+            f"{desks} Modern art hangs here. {desks}")
+    make(alice, "Facilities", text)
+    (hit,) = [h for h in search.search_documents(bob, query) if h.document.title == "Facilities"]
+    runs = search.marked(hit.snippet)
+    assert [part.lower() for part, matched in runs if matched] == [shown]
+    words, known = re.findall(r"\w+", "".join(part for part, _ in runs)), set(re.findall(r"\w+", text))
+    assert words and set(words) <= known, hit.snippet  # whole words only, none cut
 
 
 def test_a_title_still_being_typed_is_found(library, bob):
