@@ -17,6 +17,12 @@ class DocumentQuerySet(models.QuerySet):
         teams = Membership.objects.filter(user=user).values("team")
         return self.filter(Q(team__in=teams) & (Q(visibility=Document.TEAM) | Q(owner=user)))
 
+    def listed(self):
+        """What a list of documents shows (title, size, kind, owner, team, date), and nothing more: not
+        the text, nor the outline a search result would otherwise decode for nothing."""
+        return self.select_related("owner", "team").only(
+            "title", "tokens", "kind", "visibility", "created_at", "owner__username", "team__name")
+
 
 
 class Document(models.Model):

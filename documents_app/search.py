@@ -95,8 +95,8 @@ def search_documents(user, query, limit=50):
     found = {hit.document.pk for hit in hits}
     if len(hits) < limit:
         # Titles that contain what was typed so far ("Orbi" for "Orbit plan") come after.
-        for document in visible.filter(title__icontains=clean(query)).exclude(pk__in=found)[: limit - len(hits)]:
-            hits.append(DocumentHit(document, ""))
+        titled = visible.listed().filter(title__icontains=clean(query)).exclude(pk__in=found)
+        hits += [DocumentHit(document, "") for document in titled[: limit - len(hits)]]
     return hits
 
 
@@ -139,7 +139,7 @@ def _sqlite_documents(user, words, limit):
             [MARK_START, MARK_END, match, *passage_ids],
         )
         snippets = dict(cursor.fetchall())
-    documents = Document.objects.defer("text").select_related("owner", "team").in_bulk([uuid.UUID(d) for d in ranked])
+    documents = Document.objects.listed().in_bulk([uuid.UUID(d) for d in ranked])
     return [DocumentHit(documents[uuid.UUID(doc_id)], snippets.get(chosen[doc_id][1], "")) for doc_id in ranked]
 
 
@@ -163,7 +163,7 @@ def _postgres_documents(visible, query, limit):
     if not best:
         return []
     snippets = _postgres_headlines([row[1] for row in best], clean(query))
-    documents = Document.objects.defer("text").select_related("owner", "team").in_bulk([row[0] for row in best])
+    documents = Document.objects.listed().in_bulk([row[0] for row in best])
     return [DocumentHit(documents[doc_id], snippets.get(passage_id, "")) for doc_id, passage_id, _ in best]
 
 

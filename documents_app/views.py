@@ -42,7 +42,7 @@ def _found(user, query, limit):
     """(document, snippet runs) pairs: most relevant first for a query, else newest first."""
     if query:
         return [(hit.document, search.marked(hit.snippet)) for hit in search.search_documents(user, query, limit)]
-    documents = Document.objects.visible_to(user).select_related("owner", "team").defer("text")[:limit]
+    documents = Document.objects.visible_to(user).listed()[:limit]
     return [(document, []) for document in documents]
 
 

@@ -88,6 +88,25 @@ def test_snippets_show_the_match_wherever_it_is_in_the_passage(alice, bob, query
     assert words and set(words) <= known, hit.snippet  # whole words only, none cut
 
 
+def test_a_result_list_reads_no_texts_and_makes_no_query_per_document(csrf_client, library, alice, bob):
+    from django.test.utils import CaptureQueriesContext
+
+    hits = search.search_documents(bob, "zephyr")
+    assert hits and all({"text", "outline"} <= h.document.get_deferred_fields() for h in hits)
+    login(csrf_client, bob)
+
+    def queries(url):
+        with CaptureQueriesContext(connection) as captured:
+            assert csrf_client.get(url, {"q": "zephyr"}).status_code == 200
+        return len(captured)
+
+    before = [queries("/api/documents/"), queries("/documents/")]
+    for n in range(4):
+        make(alice, f"Zephyr annex {n}", f"Zephyr annex number {n}.")
+    assert len(search.search_documents(bob, "zephyr")) == len(hits) + 4
+    assert [queries("/api/documents/"), queries("/documents/")] == before
+
+
 def test_a_title_still_being_typed_is_found(library, bob):
     assert "Zephyr launch plan" in titles(bob, "Zeph")
 
