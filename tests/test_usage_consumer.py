@@ -173,11 +173,17 @@ async def test_transcript_entries_are_stored_once(alice):
     await comm.disconnect()
 
 
-async def test_recorded_usage_reaches_the_dashboard_group(alice):
-    session = await session_for(alice)
+async def dashboard_listener():
+    """A channel in every team's dashboard group, as a staff dashboard's socket is: (layer, channel)."""
     layer = get_channel_layer()
     channel = await layer.new_channel()
     await layer.group_add(ALL_TEAMS_GROUP, channel)
+    return layer, channel
+
+
+async def test_recorded_usage_reaches_the_dashboard_group(alice):
+    session = await session_for(alice)
+    layer, channel = await dashboard_listener()
     comm, _ = await connect(session, alice)
     await comm.send_json_to({"type": "usage.report", "response_id": "resp_d", "usage": USAGE})
     await comm.receive_json_from()
@@ -205,9 +211,7 @@ async def test_a_page_gone_by_its_ack_does_not_take_the_dashboard_update_with_it
 
     monkeypatch.setattr(SessionUsageConsumer, "send_json", closed_on_ack)
     session = await session_for(alice)
-    layer = get_channel_layer()
-    channel = await layer.new_channel()
-    await layer.group_add(ALL_TEAMS_GROUP, channel)
+    layer, channel = await dashboard_listener()
     comm, _ = await connect(session, alice)
     await comm.send_json_to({"type": "usage.report", "response_id": "resp_gone", "usage": USAGE})
     event = await asyncio.wait_for(layer.receive(channel), 2)
