@@ -107,6 +107,9 @@ def test_deltas_applied_in_the_page_equal_a_reload(browser, server, simulator):
     wait_js(page, "document.getElementById('session-cost').dataset.verified === 'true'", timeout=20_000)
     talked = page.evaluate("window.voiceSession.session.id")
     page.get_by_role("button", name="Stop").click()
+    # Closed before the stop reaches the server, the conversation would end only when the sweep finds
+    # its page gone, later than this test waits.
+    page.get_by_role("status").filter(has_text="Session ended").wait_for()
     talker.close()
 
     # The page has caught up when its range figure is what the database holds.
