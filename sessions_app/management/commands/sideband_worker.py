@@ -1,4 +1,5 @@
 import asyncio
+import gc
 import signal
 
 from django.core.management.base import BaseCommand
@@ -13,6 +14,7 @@ class Command(BaseCommand):
         parser.add_argument("--poll", type=float, default=1.0, help="seconds between looks for new calls")
 
     def handle(self, *args, poll, **options):
+        gc.freeze()  # as the server does (voiceproject/asgi.py): full collections skip what is loaded
         asyncio.run(self._run(poll))
 
     async def _run(self, poll):
