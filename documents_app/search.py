@@ -170,7 +170,10 @@ def _postgres_documents(visible, query, limit):
 
 
 HEADLINE_OPTIONS = f"StartSel={MARK_START}, StopSel={MARK_END}, MaxWords={SNIPPET_WORDS}, MinWords=12"
-WINDOW_BEFORE, WINDOW = 160, 480  # characters of a passage given to ts_headline around its first match
+# Characters of a passage given to ts_headline around its first match: a snippet is at most
+# SNIPPET_WORDS words (about 170 characters), and the window holds that with room on both sides.
+# Parsing is what a headline costs: 480 characters took 6 ms for 50 results, 320 take 4.7.
+WINDOW_BEFORE, WINDOW = 100, 320
 
 
 def _postgres_headlines(passage_ids, query):
