@@ -32,13 +32,27 @@ def dashboard_groups(team_id):
     return [ALL_TEAMS_GROUP] + ([f"dashboard-team-{team_id}"] if team_id else [])
 
 
-class SpendBatcher:
+class KeptOnLayer:
+    """One instance per channel layer, kept on it (as `attribute`), so no state lives in this module."""
+
+    attribute = None
+
+    @classmethod
+    def of(cls, layer):
+        kept = getattr(layer, cls.attribute, None)
+        if kept is None:
+            kept = cls(layer)
+            setattr(layer, cls.attribute, kept)
+        return kept
+
+
+class SpendBatcher(KeptOnLayer):
     """Spend updates leave a process in batches: an update finding the batcher idle goes at once,
     and after that at most one layer message per group per GAP_SECONDS carries everything that
     arrived meanwhile, so the layer (one Redis list per receiving process) keeps up when hundreds of
-    reports arrive a second; each dashboard socket still sends one frame per update.
-    One per channel layer (kept on it), so no state lives in this module."""
+    reports arrive a second; each dashboard socket still sends one frame per update."""
 
+    attribute = "spend_batcher"
     GAP_SECONDS = 0.01
 
     def __init__(self, layer):
@@ -46,13 +60,6 @@ class SpendBatcher:
         self.pending = {}  # group -> updates
         self.flushing = None
         self.last_sent = float("-inf")  # loop time of the last batch
-
-    @classmethod
-    def of(cls, layer):
-        batcher = getattr(layer, "spend_batcher", None)
-        if batcher is None:
-            batcher = layer.spend_batcher = cls(layer)
-        return batcher
 
     def add(self, update):
         loop = asyncio.get_running_loop()
@@ -78,25 +85,18 @@ class SpendBatcher:
                 await tell(self.layer, group, {"type": "spend.batch", "updates": updates})
 
 
-class UsageRecorder:
+class UsageRecorder(KeptOnLayer):
     """The page reports of every socket in a process are stored together: while one batch is in the
     database, the next gathers (at most IN_FLIGHT batches at once, each at most MAX_BATCH reports). A
-    lone report goes at once; under load a transaction, its locks and its round trips serve many.
-    One per channel layer (kept on it, like SpendBatcher), so no state lives in this module."""
+    lone report goes at once; under load a transaction, its locks and its round trips serve many."""
 
+    attribute = "usage_recorder"
     MAX_BATCH = 200
     IN_FLIGHT = 2
 
-    def __init__(self):
+    def __init__(self, layer):
         self.waiting = []  # (usage.Report, future)
         self.workers = set()
-
-    @classmethod
-    def of(cls, layer):
-        recorder = getattr(layer, "usage_recorder", None)
-        if recorder is None:
-            recorder = layer.usage_recorder = cls()
-        return recorder
 
     async def record(self, report):
         loop = asyncio.get_running_loop()
