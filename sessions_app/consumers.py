@@ -169,7 +169,7 @@ async def announce_ended(channel_layer, session_ids):
     """Dashboards show a conversation's duration once it ends: send them its row."""
     @parallel_db
     def updates():
-        sessions = RealtimeSession.objects.select_related("user", "team").filter(pk__in=list(session_ids))
+        sessions = RealtimeSession.objects.listed().filter(pk__in=list(session_ids))
         return [usage.dashboard_update(session) for session in sessions]
 
     try:

@@ -223,7 +223,7 @@ def sessions_in(viewer, query):
         sessions = sessions.filter(user__username=query.filters["user"])
     if query.filters.get("model"):
         sessions = sessions.filter(model=query.filters["model"])
-    return sessions.select_related("user", "team").order_by("-first_billed_at", "-pk")
+    return sessions.listed().order_by("-first_billed_at", "-pk")
 
 
 def figures(viewer, query, page=1):

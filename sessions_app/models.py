@@ -73,6 +73,15 @@ class TurnMode(models.TextChoices):
 
 
 class SessionQuerySet(models.QuerySet):
+    # What a conversation carries for its calls, and nothing that lists it shows: the instructions (with
+    # every inline document in them, up to 300 KB), the minted session object (the same again) and
+    # pasted text.
+    LARGE_TEXTS = ("instructions", "session_config", "pasted_text")
+
+    def listed(self):
+        """Conversations as rows (dashboards, spend CSV, history, totals), without their large texts."""
+        return self.select_related("user", "team").defer(*self.LARGE_TEXTS)
+
     def readable_by(self, user):
         """What the user may read: their own conversations; a team admin's team's too; staff all."""
         if user.is_staff:
@@ -389,10 +398,9 @@ class Stored:
 
 def _store_usages(entries):
     ids = sorted({entry.session_id for entry in entries})
-    # Not the large texts: the totals, the dashboards' row and the budgets need none of them.
+    # Not the large texts (listed()): the totals, the dashboards' row and the budgets need none of them.
     sessions = {session.pk: session for session in RealtimeSession.objects.select_for_update(of=("self",))
-                .select_related("user", "team").defer("instructions", "pasted_text", "session_config")
-                .filter(pk__in=ids).order_by("pk")}
+                .listed().filter(pk__in=ids).order_by("pk")}
     current_calls = {}
     if any(entry.call is None for entry in entries):
         for call in Call.objects.filter(session_id__in=ids, status=Call.ACTIVE).order_by("session_id", "-number"):

@@ -543,7 +543,7 @@ HISTORY_PAGE_SIZE = 50
 @login_required
 @require_GET
 def history(request):
-    sessions = RealtimeSession.objects.filter(user=request.user).order_by("-created_at", "-pk")
+    sessions = RealtimeSession.objects.listed().filter(user=request.user).order_by("-created_at", "-pk")
     page = Paginator(sessions, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
     rows = [
         {

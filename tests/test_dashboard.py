@@ -438,3 +438,41 @@ def test_the_page_costs_a_fixed_number_of_queries(client, staff, spend, django_a
     for path in ("/dashboard/", "/dashboard/?format=json", "/dashboard/spend.csv"):
         with django_assert_max_num_queries(15):
             assert client.get(path).status_code == 200
+
+
+def test_lists_of_conversations_never_read_their_large_texts(client, staff, bob, spend, histories):
+    """The instructions hold every inline document (up to 300 KB) and the minted session object holds
+    them again: the dashboards, the spend CSV, the history and the report path read neither."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from sessions_app import usage
+
+    big = "An inline document. " * 1000
+    RealtimeSession.objects.update(instructions=big, session_config={"instructions": big}, pasted_text=big)
+    large = [f'"sessions_app_realtimesession"."{name}"' for name in ("instructions", "session_config", "pasted_text")]
+
+    def columns_read(action):
+        with CaptureQueriesContext(connection) as captured:
+            action()
+        sessions_read = [q["sql"] for q in captured if 'FROM "sessions_app_realtimesession"' in q["sql"]]
+        assert sessions_read, "no query read the conversations"
+        return [name for name in large for sql in sessions_read if name in sql.split(" FROM ")[0]]
+
+    login(client, staff)
+    assert columns_read(lambda: client.get("/dashboard/?format=json")) == []
+    assert columns_read(lambda: client.get("/dashboard/")) == []
+    assert columns_read(lambda: client.get("/dashboard/spend.csv")) == []
+    mine, _ = histories
+    login(client, bob)
+    assert columns_read(lambda: client.get("/sessions/")) == []
+    # A usage report reads the minted session object once, for its transcription model, and no more.
+    with CaptureQueriesContext(connection) as captured:
+        usage.record(mine.pk, "resp_large_texts", {
+            "total_tokens": 20, "input_tokens": 10, "output_tokens": 10,
+            "input_token_details": {"text_tokens": 10, "audio_tokens": 0, "cached_tokens": 0},
+            "output_token_details": {"text_tokens": 10, "audio_tokens": 0},
+        }, source=UsageRecord.CLIENT)
+    selects = [q["sql"].split(" FROM ")[0] for q in captured if 'FROM "sessions_app_realtimesession"' in q["sql"]]
+    assert not any(large[0] in sql or large[2] in sql for sql in selects)
+    assert sum(large[1] in sql for sql in selects) <= 1
