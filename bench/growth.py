@@ -15,6 +15,11 @@ page of the dashboard full, so the page's rendering is the same as at a million)
 and after `manage.py seed_usage` has made it 1,000,000 (GROWTH_RECORDS; its time is
 printed too). After each seeding VACUUM ANALYZE runs, as autovacuum would after
 such a load, so it does not run during the measuring.
+
+At 2,000 records the lists of conversations are read once more with every
+conversation's instructions and minted session object at LARGE_TEXT characters
+(a conversation with its inline documents): the dashboard's JSON and page and
+the spend CSV, side by side with the same reads with one-line instructions.
 """
 
 import asyncio
@@ -34,6 +39,7 @@ SMALL = 2_000  # enough history that every table and page of the dashboard is fu
 REPORTS = 300
 STARTS = 40
 READS = 15
+LARGE_TEXT = 300_000  # characters of instructions: a conversation carrying its inline documents
 
 SETUP = """
 from django.utils import timezone
@@ -108,6 +114,20 @@ async def measure(top, session_ids, tag):
     return result
 
 
+async def list_reads(top):
+    staff = await signed_in_client(top.bases[0], "benchstaff")
+    result = {"json": await reads(staff, "/dashboard/?format=json"), "page": await reads(staff, "/dashboard/"),
+              "csv": await reads(staff, "/dashboard/spend.csv")}
+    await staff.aclose()
+    return result
+
+
+def set_instructions(top, text):
+    top.sql("UPDATE sessions_app_realtimesession SET instructions = %s, "
+            "session_config = jsonb_build_object('type', 'realtime', 'instructions', %s::text)", (text, text))
+    top.sql("VACUUM ANALYZE sessions_app_realtimesession")
+
+
 def main():
     with simulator() as sim, topology(sim, users=4, shared=True, setup=SETUP) as top:
         session_ids = [str(row[0]) for row in top.sql(
@@ -124,6 +144,11 @@ def main():
         results = {"empty": asyncio.run(measure(top, session_ids, "empty"))}
         seed(SMALL)
         results["small"] = asyncio.run(measure(top, session_ids, "small"))
+        (conversations,) = top.sql("SELECT count(*) FROM sessions_app_realtimesession")[0]
+        lists = {"short": asyncio.run(list_reads(top))}
+        set_instructions(top, ("An inline document. " * (LARGE_TEXT // 20 + 1))[:LARGE_TEXT])
+        lists["large"] = asyncio.run(list_reads(top))
+        set_instructions(top, "Synthetic history.")  # as seed_usage writes them, for the next stage
         seeded = seed(HISTORY - SMALL)
         (records,) = top.sql("SELECT count(*) FROM sessions_app_usagerecord")[0]
         (rollup_rows,) = top.sql("SELECT count(*) FROM sessions_app_spendday")[0]
@@ -143,6 +168,14 @@ def main():
         shown = " | ".join(f"{cells[size][0]:.1f} / {cells[size][1]:.1f} ms" for size in ("empty", "small", "full"))
         print(f"| {name} | {shown} | {cells['full'][0] / cells['empty'][0]:.2f} "
               f"| {cells['full'][0] / cells['small'][0]:.2f} | {cells['full'][1] / cells['small'][1]:.2f} |")
+    print(f"lists of conversations at {SMALL:,} records ({conversations:,} conversations), instructions of one line "
+          f"and of {LARGE_TEXT:,} characters (each also in the minted session object)")
+    print("| request | one line p50 / p99 | large p50 / p99 | p50 ratio |")
+    print("| --- | ---: | ---: | ---: |")
+    for key, name in (("json", "dashboard JSON (30 days)"), ("page", "dashboard page"), ("csv", "spend CSV")):
+        short, large = lists["short"][key], lists["large"][key]
+        print(f"| {name} | {percentile(short, 50):.1f} / {percentile(short, 99):.1f} ms | {percentile(large, 50):.1f} / "
+              f"{percentile(large, 99):.1f} ms | {percentile(large, 50) / percentile(short, 50):.2f} |")
 
 
 if __name__ == "__main__":
