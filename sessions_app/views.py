@@ -145,7 +145,7 @@ def running_session(user):
     """
     connected = Q(page_connected_at__isnull=False) & (
         Q(page_left_at__isnull=True) | Q(page_left_at__lt=F("page_connected_at")))
-    return (RealtimeSession.objects.filter(user=user, status=RealtimeSession.ACTIVE).filter(connected)
+    return (RealtimeSession.objects.listed().filter(user=user, status=RealtimeSession.ACTIVE).filter(connected)
             .order_by("-created_at").first())
 
 

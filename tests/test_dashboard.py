@@ -454,9 +454,10 @@ def test_lists_of_conversations_never_read_their_large_texts(client, staff, bob,
 
     def columns_read(action):
         with CaptureQueriesContext(connection) as captured:
-            action()
+            responses = [action()]
         sessions_read = [q["sql"] for q in captured if 'FROM "sessions_app_realtimesession"' in q["sql"]]
         assert sessions_read, "no query read the conversations"
+        assert all(response.status_code == 200 for response in responses)
         return [name for name in large for sql in sessions_read if name in sql.split(" FROM ")[0]]
 
     login(client, staff)
@@ -466,6 +467,10 @@ def test_lists_of_conversations_never_read_their_large_texts(client, staff, bob,
     mine, _ = histories
     login(client, bob)
     assert columns_read(lambda: client.get("/sessions/")) == []
+    # The voice page (and every start) asks whether a conversation is running elsewhere: one is.
+    RealtimeSession.objects.filter(pk=mine.pk).update(
+        status=RealtimeSession.ACTIVE, ended_at=None, page_connected_at=timezone.now(), page_left_at=None)
+    assert columns_read(lambda: client.get("/")) == []
     # A usage report reads the minted session object once, for its transcription model, and no more.
     with CaptureQueriesContext(connection) as captured:
         usage.record(mine.pk, "resp_large_texts", {
