@@ -78,9 +78,13 @@ class SessionQuerySet(models.QuerySet):
     # pasted text.
     LARGE_TEXTS = ("instructions", "session_config", "pasted_text")
 
+    def without_texts(self):
+        """Conversations without their large texts (the history, the running-conversation check)."""
+        return self.defer(*self.LARGE_TEXTS)
+
     def listed(self):
-        """Conversations as rows (dashboards, spend CSV, history, totals), without their large texts."""
-        return self.select_related("user", "team").defer(*self.LARGE_TEXTS)
+        """Conversations as the rows that name their person and team (dashboards, spend CSV, totals)."""
+        return self.without_texts().select_related("user", "team")
 
     def readable_by(self, user):
         """What the user may read: their own conversations; a team admin's team's too; staff all."""

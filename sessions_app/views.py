@@ -145,7 +145,7 @@ def running_session(user):
     """
     connected = Q(page_connected_at__isnull=False) & (
         Q(page_left_at__isnull=True) | Q(page_left_at__lt=F("page_connected_at")))
-    return (RealtimeSession.objects.listed().filter(user=user, status=RealtimeSession.ACTIVE).filter(connected)
+    return (RealtimeSession.objects.without_texts().filter(user=user, status=RealtimeSession.ACTIVE).filter(connected)
             .order_by("-created_at").first())
 
 
@@ -543,7 +543,7 @@ HISTORY_PAGE_SIZE = 50
 @login_required
 @require_GET
 def history(request):
-    sessions = RealtimeSession.objects.listed().filter(user=request.user).order_by("-created_at", "-pk")
+    sessions = RealtimeSession.objects.without_texts().filter(user=request.user).order_by("-created_at", "-pk")
     page = Paginator(sessions, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
     rows = [
         {
