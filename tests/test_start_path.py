@@ -5,6 +5,8 @@ import asyncio
 import datetime
 import json
 import os
+import subprocess
+import sys
 from decimal import Decimal
 
 import pytest
@@ -129,11 +131,9 @@ def _close_connections():
 def test_the_server_process_keeps_what_it_loaded_out_of_full_collections():
     # A full collection walked every object of Django and the apps (20-40 ms with every request of the
     # process waiting); frozen at startup, they are skipped. A fresh interpreter, as the server starts.
-    import subprocess
-    import sys
-
     script = "import gc, voiceproject.asgi; print(gc.get_freeze_count())"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "DJANGO_SETTINGS_MODULE": "voiceproject.settings"})
     assert result.returncode == 0, result.stderr
-    assert int(result.stdout.strip().splitlines()[-1]) > 50_000  # Django and the apps (about 100,000 objects), not a handful
+    # Django and the apps (about 100,000 objects), not a handful.
+    assert int(result.stdout.strip().splitlines()[-1]) > 50_000
