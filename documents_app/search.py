@@ -16,11 +16,12 @@ import re
 import uuid
 from dataclasses import dataclass
 
+from django.contrib.auth import get_user_model
 from django.contrib.postgres.search import SearchQuery, SearchRank
 from django.db import connection, transaction
 from django.db.models import F
 
-from teams_app.models import Membership
+from teams_app.models import Membership, Team
 
 from .models import Document, Passage
 
@@ -89,7 +90,7 @@ def search_documents(user, query, limit=50):
     if not words:
         return []
     if _postgres():
-        hits = _postgres_documents(visible, query, limit)
+        hits = _postgres_documents(user, query, limit)
     else:
         hits = _sqlite_documents(user, words, limit)
     found = {hit.document.pk for hit in hits}
@@ -145,30 +146,6 @@ def _sqlite_documents(user, words, limit):
     return [DocumentHit(documents[uuid.UUID(doc_id)], snippets.get(chosen[doc_id][1], "")) for doc_id in ranked]
 
 
-def _postgres_documents(visible, query, limit):
-    tsquery = SearchQuery(clean(query), search_type="websearch", config="english")
-    # Ranking reads every matching passage's vector: a word in 20,000 passages cost a second and
-    # more. The index finds the matches; at most RANK_CANDIDATES of them are ranked.
-    candidates = (
-        Passage.objects.filter(document__in=visible, search=tsquery).order_by()
-        .annotate(rank=SearchRank(F("search"), tsquery)).values_list("document_id", "pk", "rank")[:RANK_CANDIDATES]
-    )
-    with transaction.atomic(), connection.cursor() as cursor:
-        # With a LIMIT the planner likes to scan the table and test each row's vector (100 ms on
-        # 400,000 passages) rather than ask the GIN index (15 ms): tell it not to, for this query.
-        cursor.execute("SET LOCAL enable_seqscan = off")
-        best = {}  # document -> its best passage (document, passage, rank)
-        for row in candidates:
-            if row[0] not in best or row[2] > best[row[0]][2]:
-                best[row[0]] = row
-    best = sorted(best.values(), key=lambda row: -row[2])[:limit]
-    if not best:
-        return []
-    snippets = _postgres_headlines([row[1] for row in best], clean(query))
-    documents = Document.objects.listed().in_bulk([row[0] for row in best])
-    return [DocumentHit(documents[doc_id], snippets.get(passage_id, "")) for doc_id, passage_id, _ in best]
-
-
 HEADLINE_OPTIONS = f"StartSel={MARK_START}, StopSel={MARK_END}, MaxWords={SNIPPET_WORDS}, MinWords=12"
 # Characters of a passage given to ts_headline around its first match: a snippet is at most
 # SNIPPET_WORDS words (about 170 characters), and the window holds that with room on both sides.
@@ -176,39 +153,77 @@ HEADLINE_OPTIONS = f"StartSel={MARK_START}, StopSel={MARK_END}, MaxWords={SNIPPE
 WINDOW_BEFORE, WINDOW = 100, 320
 
 
-def _postgres_headlines(passage_ids, query):
-    """{passage id: headline}. ts_headline parses all the text it is given, and that parsing was most
-    of a search's time (12 ms for 50 passages of 200 words), so it gets WINDOW characters from just
-    before the first place a word of the query shows in the passage, cut to whole words (from the
-    start where the passage matched by its title alone). Where a word is in the text but not as
-    stemmed (English stems mostly begin their words), or the window holds no match (the stem was
-    inside another word), it gets the whole passage, as before."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            r"""
-            SELECT id, CASE WHEN strpos(near, %s) > 0 OR NOT in_text THEN near
-                            ELSE ts_headline('english', text, q, %s) END
-            FROM (
-                SELECT p.id, p.text, q, tsvector_to_array(ts_filter(p.search, '{c}')) && stems.list AS in_text,
-                       ts_headline('english', regexp_replace(regexp_replace(
-                           substr(p.text, w.start, %s),
-                           CASE WHEN w.start > 1 THEN '^\S*\s+' ELSE '^$' END, ''),
-                           CASE WHEN w.start + %s <= length(p.text) THEN '\s+\S*$' ELSE '^$' END, ''), q, %s) AS near
-                FROM documents_app_passage p
-                CROSS JOIN websearch_to_tsquery('english', %s) q
-                CROSS JOIN (SELECT tsvector_to_array(to_tsvector('english', %s)) AS list) stems
-                CROSS JOIN LATERAL (
-                    SELECT greatest(1, min(nullif(strpos(lower(p.text), stem), 0)) - %s) AS start
-                    FROM unnest(stems.list) stem
-                ) w
-                WHERE p.id = ANY(%s)
-                OFFSET 0  -- computed once: inlined, each use of "near" would make it again
-            ) windows
-            """,
-            [MARK_START, HEADLINE_OPTIONS, WINDOW, WINDOW, HEADLINE_OPTIONS, query, query, WINDOW_BEFORE,
-             passage_ids],
+def _postgres_documents(user, query, limit):
+    """One statement: the candidate passages (at most RANK_CANDIDATES, found by the GIN index and
+    ranked), each document's best, the first `limit` documents with their owners and teams, and a
+    headline of each one's best passage. As separate queries these were five round trips and
+    model-building for rows the page shows only a few fields of."""
+    query = clean(query)
+    visible, visible_params = Document.objects.visible_to(user).order_by().values("id").query.sql_with_params()
+    people = get_user_model()
+    sql = rf"""
+        WITH candidates AS (
+            SELECT p.document_id, p.id, ts_rank(p.search, q) AS rank
+            FROM documents_app_passage p CROSS JOIN websearch_to_tsquery('english', %s) q
+            -- Asked of each candidate in turn (OFFSET 0 keeps it so): as a join, the planner liked to
+            -- hash every visible document first (4 ms at 10,000) to check a few hundred passages.
+            WHERE p.search @@ q AND EXISTS (SELECT FROM ({visible}) v WHERE v.id = p.document_id OFFSET 0)
+            LIMIT {RANK_CANDIDATES}
+        ), best AS (
+            SELECT DISTINCT ON (document_id) document_id, id, rank FROM candidates
+            ORDER BY document_id, rank DESC, id
+        ), top AS (
+            SELECT document_id, id, rank FROM best ORDER BY rank DESC, document_id LIMIT %s
+        ), windows AS (
+            SELECT top.document_id, top.rank, p.text, q,
+                   tsvector_to_array(ts_filter(p.search, '{{c}}')) && stems.list AS in_text,
+                   ts_headline('english', regexp_replace(regexp_replace(
+                       substr(p.text, w.start, {WINDOW}),
+                       CASE WHEN w.start > 1 THEN '^\S*\s+' ELSE '^$' END, ''),
+                       CASE WHEN w.start + {WINDOW} <= length(p.text) THEN '\s+\S*$' ELSE '^$' END, ''),
+                       q, %s) AS near
+            FROM top JOIN documents_app_passage p ON p.id = top.id
+            CROSS JOIN websearch_to_tsquery('english', %s) q
+            CROSS JOIN (SELECT tsvector_to_array(to_tsvector('english', %s)) AS list) stems
+            CROSS JOIN LATERAL (
+                SELECT greatest(1, min(nullif(strpos(lower(p.text), stem), 0)) - {WINDOW_BEFORE}) AS start
+                FROM unnest(stems.list) stem
+            ) w
+            OFFSET 0  -- computed once: inlined, each use of "near" would make it again
         )
-        return dict(cursor.fetchall())
+        SELECT d.id, d.title, d.tokens, d.kind, d.visibility, d.created_at, d.owner_id, u.{people.USERNAME_FIELD},
+               d.team_id, t.name,
+               CASE WHEN strpos(near, %s) > 0 OR NOT in_text THEN near ELSE ts_headline('english', windows.text, q, %s) END
+        FROM windows JOIN documents_app_document d ON d.id = windows.document_id
+        JOIN {people._meta.db_table} u ON u.id = d.owner_id JOIN {Team._meta.db_table} t ON t.id = d.team_id
+        ORDER BY windows.rank DESC, d.id
+    """
+    params = [query, *visible_params, limit, HEADLINE_OPTIONS, query, query, MARK_START, HEADLINE_OPTIONS]
+    with transaction.atomic(), connection.cursor() as cursor:
+        # With a LIMIT the planner likes to scan the table and test each row's vector (100 ms on
+        # 400,000 passages) rather than ask the GIN index (15 ms): tell it not to, for this query.
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    return [DocumentHit(_listed(row[:10]), row[10]) for row in rows]
+
+
+# What a listed document is read with: its own fields in the model's order, then its owner's and team's.
+_LISTED = tuple(f.attname for f in Document._meta.concrete_fields
+                if f.attname in ("id", "title", "tokens", "kind", "visibility", "created_at", "owner_id", "team_id"))
+
+
+def _listed(row):
+    """A Document as Document.objects.listed() reads it, from (id, title, tokens, kind, visibility,
+    created_at, owner id, owner's username, team id, team name)."""
+    pk, title, tokens, kind, visibility, created_at, owner_id, username, team_id, team_name = row
+    fields = {"id": pk, "title": title, "tokens": tokens, "kind": kind, "visibility": visibility,
+              "created_at": created_at, "owner_id": owner_id, "team_id": team_id}
+    document = Document.from_db(connection.alias, _LISTED, [fields[name] for name in _LISTED])
+    people = get_user_model()
+    document.owner = people.from_db(connection.alias, ("id", people.USERNAME_FIELD), (owner_id, username))
+    document.team = Team.from_db(connection.alias, ("id", "name"), (team_id, team_name))
+    return document
 
 
 # ---- passages, for the conversation's search tool ----

@@ -1,6 +1,7 @@
 """The search seam on whichever engine the database gives: SQLite FTS5 here, PostgreSQL full-text when
 `make test` runs this file again with DATABASE_URL on the machine's PostgreSQL."""
 
+import random
 import re
 
 import pytest
@@ -45,6 +46,30 @@ def test_the_engine_is_the_databases_own():
         else:
             cursor.execute("SELECT indexname FROM pg_indexes WHERE indexname = 'documents_passage_search_gin'")
         assert cursor.fetchall(), connection.vendor
+
+
+def test_what_a_search_reads_is_laid_out_for_it(library, bob):
+    """PostgreSQL: a passage's row keeps its vector and text (a ranked candidate is one row read, not
+    one more lookup in the TOAST table), and the title match the library falls back to can use the
+    trigram index. SQLite: every passage is in the FTS5 index."""
+    rng = random.Random(5)
+    words = ["".join(rng.choice(["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo"]) for _ in range(3)) for _ in range(400)]
+    text = "Supplier terms. " + " ".join(rng.choice(words) for _ in range(300))  # many words: a large vector
+    make(bob, "Supply contract", text)
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("SELECT count(*) FROM documents_passage_fts WHERE documents_passage_fts MATCH 'supplier'")
+            assert cursor.fetchone() == (1,)
+            return
+        cursor.execute("SELECT max(pg_column_size(p.*)) FROM documents_app_passage p")
+        assert cursor.fetchone()[0] > 2_100  # past the 2 KB at which PostgreSQL moves values out by default
+        cursor.execute("SELECT reltoastrelid::regclass::text FROM pg_class WHERE relname = 'documents_app_passage'")
+        cursor.execute(f"SELECT count(*) FROM {cursor.fetchone()[0]}")
+        assert cursor.fetchone() == (0,)
+        cursor.execute("SET LOCAL enable_seqscan = off")  # as a large library would: a table this small is read whole
+        titled = Document.objects.filter(title__icontains="upply con")
+        assert "documents_title_trigrams" in titled.explain()
+        assert [d.title for d in titled] == ["Supply contract"]
 
 
 def test_most_relevant_first_and_only_what_the_user_may_see(library, bob, alice):
