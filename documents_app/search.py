@@ -96,8 +96,8 @@ def search_documents(user, query, limit=50):
     found = {hit.document.pk for hit in hits}
     if len(hits) < limit:
         # Titles that contain what was typed so far ("Orbi" for "Orbit plan") come after.
-        titled = visible.listed().filter(title__icontains=clean(query)).exclude(pk__in=found)
-        hits += [DocumentHit(document, "") for document in titled[: limit - len(hits)]]
+        titled = visible.filter(title__icontains=clean(query)).exclude(pk__in=found).values_list(*_LISTED_COLUMNS)
+        hits += [DocumentHit(_listed(row), "") for row in titled[: limit - len(hits)]]
     return hits
 
 
@@ -142,8 +142,9 @@ def _sqlite_documents(user, words, limit):
             [MARK_START, MARK_END, match, min(passage_ids), max(passage_ids), *passage_ids],
         )
         snippets = dict(cursor.fetchall())
-    documents = Document.objects.listed().in_bulk([uuid.UUID(d) for d in ranked])
-    return [DocumentHit(documents[uuid.UUID(doc_id)], snippets.get(chosen[doc_id][1], "")) for doc_id in ranked]
+    rows = Document.objects.filter(pk__in=[uuid.UUID(d) for d in ranked]).values_list(*_LISTED_COLUMNS)
+    documents = {row[0].hex: _listed(row) for row in rows}
+    return [DocumentHit(documents[doc_id], snippets.get(chosen[doc_id][1], "")) for doc_id in ranked]
 
 
 HEADLINE_OPTIONS = f"StartSel={MARK_START}, StopSel={MARK_END}, MaxWords={SNIPPET_WORDS}, MinWords=12"
@@ -211,6 +212,9 @@ def _postgres_documents(user, query, limit):
 # What a listed document is read with: its own fields in the model's order, then its owner's and team's.
 _LISTED = tuple(f.attname for f in Document._meta.concrete_fields
                 if f.attname in ("id", "title", "tokens", "kind", "visibility", "created_at", "owner_id", "team_id"))
+# The same as a row (values_list), in the order _listed() takes.
+_LISTED_COLUMNS = ("id", "title", "tokens", "kind", "visibility", "created_at", "owner_id",
+                   f"owner__{get_user_model().USERNAME_FIELD}", "team_id", "team__name")
 
 
 def _listed(row):

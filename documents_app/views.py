@@ -17,7 +17,9 @@ from .models import Document
 from .tokens import count_tokens
 from .uploads import SizeLimitedUploadHandler
 
-MAX_RESULTS = 50
+# The API answers a search with the best PAGE_RESULTS (the voice page's picker shows them as you
+# type); `?limit=` asks for up to MAX_RESULTS.
+PAGE_RESULTS, MAX_RESULTS = 20, 50
 # Multipart framing around the file: a Content-Length this far past the limit
 # can be refused before a single byte of the body is read.
 FORM_OVERHEAD_BYTES = 64 * 1024
@@ -158,7 +160,10 @@ def api_documents(request):
     if not request.user.is_authenticated:
         return json_error("not_authenticated", "Sign in first.", 401)
     query = search.clean(request.GET.get("q", ""))[:200].strip()
-    found = _found(request.user, query, MAX_RESULTS)
+    limit = request.GET.get("limit", str(PAGE_RESULTS))
+    if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_RESULTS):
+        return json_error("invalid_request", f"limit must be a whole number from 1 to {MAX_RESULTS}.", 400)
+    found = _found(request.user, query, int(limit))
     return JsonResponse({"documents": [{**d.as_json(), **_snippet_json(runs)} for d, runs in found]})
 
 

@@ -96,6 +96,24 @@ def test_the_api_ranks_and_gives_snippets_with_highlights(csrf_client, library, 
     assert all(d["title"] != "Other team zephyr" for d in csrf_client.get("/api/documents/?q=zephyr").json()["documents"])
 
 
+def test_the_api_answers_a_page_of_the_best_and_more_when_asked(csrf_client, alice, bob):
+    for n in range(55):
+        make(alice, f"Orbit note {n}", "orbit " * (n % 7 + 1) + "and the rest of the note.")
+    login(csrf_client, bob)
+
+    def found(**params):
+        response = csrf_client.get("/api/documents/", {"q": "orbit", **params})
+        return response.status_code, [d["title"] for d in response.json().get("documents", [])]
+
+    status, page = found()
+    assert status == 200 and len(page) == 20
+    status, more = found(limit="50")
+    assert status == 200 and len(more) == 50 and more[:20] == page
+    for bad in ("0", "51", "-1", "ten", "", "1e2", "２"):
+        status, documents = found(limit=bad)
+        assert status == 400 and documents == [], bad
+
+
 @pytest.mark.parametrize("query, shown", [
     ("ventilation", "ventilation"),  # in the middle of a long passage
     ("happy", "happy"),  # its stem ("happi") is not how the word is written
