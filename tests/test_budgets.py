@@ -26,7 +26,7 @@ def fresh_rate_limits():
 @pytest.fixture
 def fake(monkeypatch):
     fake = FakeUpstream()
-    monkeypatch.setattr(upstream, "_client", fake.client)
+    monkeypatch.setattr(upstream, "_send", fake.send)
     return fake
 
 

@@ -4,7 +4,7 @@ among them, wherever in the upstream call the failure happens."""
 import asyncio
 import sys
 
-import httpx
+import aiohttp
 import pytest
 from django.test import RequestFactory
 from django.views.debug import technical_500_response
@@ -22,22 +22,31 @@ class Boom(RuntimeError):
 def test_a_technical_500_inside_an_upstream_call_does_not_show_the_key(settings, monkeypatch, where):
     settings.DEBUG = True
     settings.OPENAI_API_KEY = CANARY
+    settings.OPENAI_BASE_URL = "http://127.0.0.1:9"
 
-    def handler(request):
+    async def connect(self, request, *args, **kwargs):
         assert request.headers["Authorization"] == f"Bearer {CANARY}"  # the real value goes out
-        if where == "transport":
-            raise Boom("the network fell over")
-        return httpx.Response(200, content=b"{}")
+        raise Boom("the network fell over")  # deep in aiohttp, its frames holding the request's headers
 
-    monkeypatch.setattr(upstream, "_client", lambda: httpx.AsyncClient(
-        base_url="http://upstream.invalid", transport=httpx.MockTransport(handler)))
-    if where == "response":
+    async def answered(url, headers, body):
+        return upstream.Answer(200, {}, b"{}")
+
+    if where == "transport":
+        monkeypatch.setattr(aiohttp.TCPConnector, "connect", connect)
+    else:
         def broken(*args, **kwargs):
             raise Boom("could not read the answer")
 
-        monkeypatch.setattr(httpx.Response, "json", broken)
+        monkeypatch.setattr(upstream, "_send", answered)
+        monkeypatch.setattr(upstream.Answer, "json", broken)
+    async def mint():
+        try:
+            await upstream.create_client_secret({"session": {"type": "realtime"}}, "safety")
+        finally:
+            await upstream.close()
+
     try:
-        asyncio.run(upstream.create_client_secret({"session": {"type": "realtime"}}, "safety"))
+        asyncio.run(mint())
     except Boom:
         page = technical_500_response(RequestFactory().post("/api/sessions/"), *sys.exc_info()).content.decode()
     else:

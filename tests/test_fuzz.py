@@ -34,7 +34,7 @@ def fake(monkeypatch, settings):
     settings.OPENAI_API_KEY = "sk-test-FAKE-fuzz"
     settings.MINT_RATE_LIMIT = "100000/m"
     fake = FakeUpstream()
-    monkeypatch.setattr(upstream, "_client", fake.client)
+    monkeypatch.setattr(upstream, "_send", fake.send)
     return fake
 
 

@@ -28,7 +28,7 @@ def fake(monkeypatch, settings):
     settings.OPENAI_API_KEY = "sk-test-FAKE-hardening"
     cache.clear()
     fake = FakeUpstream()
-    monkeypatch.setattr(upstream, "_client", fake.client)
+    monkeypatch.setattr(upstream, "_send", fake.send)
     return fake
 
 

@@ -31,7 +31,7 @@ def fake_key(settings):
 @pytest.fixture
 def fake(monkeypatch):
     fake = FakeUpstream()
-    monkeypatch.setattr(upstream, "_client", fake.client)
+    monkeypatch.setattr(upstream, "_send", fake.send)
     return fake
 
 

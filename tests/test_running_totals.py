@@ -190,7 +190,7 @@ def test_a_report_a_mint_and_a_dashboard_read_cost_the_same_queries_with_history
     from tests.conftest import login
     from tests.upstream_fake import OFFER, FakeUpstream
 
-    monkeypatch.setattr(upstream, "_client", FakeUpstream().client)
+    monkeypatch.setattr(upstream, "_send", FakeUpstream().send)
     settings.MINT_RATE_LIMIT = "100000/m"
     Budget.objects.create(user=bob, monthly_limit_usd=1000)
     Budget.objects.create(team=bob.memberships.get().team, monthly_limit_usd=1000)

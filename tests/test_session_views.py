@@ -17,7 +17,7 @@ from tests.upstream_fake import ANSWER, OFFER, SECRET, FakeUpstream
 def fake(monkeypatch, settings):
     settings.OPENAI_API_KEY = "sk-test-FAKE-session-views"
     fake = FakeUpstream()
-    monkeypatch.setattr(upstream, "_client", fake.client)
+    monkeypatch.setattr(upstream, "_send", fake.send)
     return fake
 
 

@@ -26,7 +26,7 @@ from tests.upstream_fake import OFFER, FakeUpstream
 def fake(monkeypatch, settings):
     settings.MINT_RATE_LIMIT = "1000/m"
     fake = FakeUpstream()
-    monkeypatch.setattr(upstream, "_client", fake.client)
+    monkeypatch.setattr(upstream, "_send", fake.send)
     return fake
 
 

@@ -235,7 +235,7 @@ async def test_crossing_the_budget_ends_every_running_session_and_hangs_up(alice
     from tests.upstream_fake import FakeUpstream
 
     fake = FakeUpstream()
-    monkeypatch.setattr(upstream, "_client", fake.client)
+    monkeypatch.setattr(upstream, "_send", fake.send)
     budget = await Budget.objects.acreate(user=alice, monthly_limit_usd=Decimal("0.010"))
     talking, other = await session_for(alice), await session_for(alice)
     for s, call in ((talking, "rtc_talking"), (other, "rtc_other")):

@@ -1,10 +1,22 @@
-"""A fake upstream at the one seam (sessions_app.upstream._client), via httpx.MockTransport."""
+"""A fake upstream at the one HTTP seam (sessions_app.upstream._send): what the server sends is
+recorded, and each request gets an answer, or the error aiohttp would raise."""
 
+import asyncio
 import itertools
 import json
 import time
+from types import SimpleNamespace
+from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
+from multidict import CIMultiDict
+
+from sessions_app.upstream import Answer
+
+
+def answer(status, json_body=None, text=None, headers=None):
+    body = json.dumps(json_body).encode() if json_body is not None else (text or "").encode()
+    return Answer(status, CIMultiDict(headers or {}), body)
 
 # What Chromium offers for one microphone and the oai-events data channel (trimmed, as it arrives).
 OFFER = (
@@ -35,17 +47,21 @@ class FakeUpstream:
 
     def _failure(self, request, mode):
         if mode == "timeout":
-            raise httpx.ReadTimeout("timed out", request=request)
+            raise asyncio.TimeoutError()
         if mode == "connect_error":
-            raise httpx.ConnectError("refused", request=request)
+            raise aiohttp.ClientConnectionError("refused")
         if mode == "bad_json":
-            return httpx.Response(200, content=b"<html>not json</html>")
+            return answer(200, text="<html>not json</html>")
         if mode == "wrong_shape":
-            return httpx.Response(200, json={"client_secret": {"value": "ek_old", "expires_at": 1}})
+            return answer(200, {"client_secret": {"value": "ek_old", "expires_at": 1}})
         if isinstance(mode, int):
             body = {"error": {"message": "upstream says sk-secret-detail", "type": "x", "code": "y", "param": None}}
-            return httpx.Response(mode, json=body)
+            return answer(mode, body)
         return None
+
+    async def send(self, url, headers, body):
+        request = SimpleNamespace(url=urlsplit(url), headers=CIMultiDict(headers), content=body)
+        return self.handler(request)
 
     def handler(self, request):
         self.requests.append(request)
@@ -53,13 +69,13 @@ class FakeUpstream:
         if failed is not None:
             return failed
         if request.url.path.endswith("/hangup"):
-            return httpx.Response(200, json={})
+            return answer(200, {})
         if request.url.path == "/v1/realtime/calls":
             return self._call(request)
         body = json.loads(request.content)
-        return httpx.Response(
+        return answer(
             200,
-            json={
+            {
                 "value": SECRET,
                 "expires_at": int(time.time()) + 60,
                 "session": {"type": "realtime", "object": "realtime.session", "id": "sess_test1", **body["session"]},
@@ -68,17 +84,14 @@ class FakeUpstream:
 
     def _call(self, request):
         if self.calls_mode == "no_location":
-            return httpx.Response(201, text=ANSWER)
+            return answer(201, text=ANSWER)
         if self.calls_mode == "not_sdp":
-            return httpx.Response(201, text="<html>", headers={"Location": "/v1/realtime/calls/rtc_badanswer"})
+            return answer(201, text="<html>", headers={"Location": "/v1/realtime/calls/rtc_badanswer"})
         failed = self._failure(request, self.calls_mode)
         if failed is not None:
             return failed
         call_id = f"rtc_test{next(self._ids)}"
-        return httpx.Response(201, text=ANSWER, headers={"Location": f"/v1/realtime/calls/{call_id}"})
-
-    def client(self):
-        return httpx.AsyncClient(base_url="http://upstream.invalid", transport=httpx.MockTransport(self.handler))
+        return answer(201, text=ANSWER, headers={"Location": f"/v1/realtime/calls/{call_id}"})
 
     @property
     def secret_requests(self):

@@ -4,6 +4,7 @@ import signal
 
 from django.core.management.base import BaseCommand
 
+from sessions_app import upstream
 from sessions_app.sideband import SidebandWorker, supervise
 
 
@@ -24,4 +25,7 @@ class Command(BaseCommand):
             loop.add_signal_handler(sig, stop.set)
         self.stdout.write(f"sideband worker {SidebandWorker().name} running", ending="\n")
         self.stdout.flush()
-        await supervise(stop, poll_seconds=poll)
+        try:
+            await supervise(stop, poll_seconds=poll)
+        finally:
+            await upstream.close()
