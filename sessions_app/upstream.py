@@ -58,7 +58,10 @@ def _session():
     loop = asyncio.get_running_loop()
     session = _sessions.get(loop)
     if session is None or session.closed:
-        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_connect=5))
+        # No cap on connections: every running call's sideband holds one for its whole life, and
+        # aiohttp's default cap (100) made the 101st call's sideband, and every request after it, wait.
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                        timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_connect=5))
         _sessions[loop] = session
     return session
 

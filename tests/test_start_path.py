@@ -137,3 +137,39 @@ def test_the_server_process_keeps_what_it_loaded_out_of_full_collections():
     assert result.returncode == 0, result.stderr
     # Django and the apps (about 100,000 objects), not a handful.
     assert int(result.stdout.strip().splitlines()[-1]) > 50_000
+
+
+async def test_requests_still_go_out_with_more_sidebands_open_than_aiohttp_allows_by_default(settings):
+    """Every running call's sideband holds one of the upstream session's connections for its whole life:
+    past aiohttp's default cap (100) the next sideband, and every mint and hangup, would wait for one."""
+    from aiohttp import web
+
+    async def socket(request):
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for _ in ws:
+            pass
+        return ws
+
+    async def hangup(request):
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/v1/realtime", socket)
+    app.router.add_post("/v1/realtime/calls/{call}/hangup", hangup)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    settings.OPENAI_BASE_URL = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    settings.OPENAI_API_KEY = "sk-test-not-real"
+    sidebands = []
+    try:
+        for n in range(110):
+            sidebands.append(await upstream._session().ws_connect(upstream.sideband_url(f"rtc_{n}")))
+        await asyncio.wait_for(upstream.hangup("rtc_0"), timeout=5)
+    finally:
+        for ws in sidebands:
+            await ws.close()
+        await upstream.close()
+        await runner.cleanup()
