@@ -32,7 +32,7 @@ from pathlib import Path
 
 from realtime_sim.tests.rtc_client import RtcClient
 
-from .harness import ROOT, cpu_seconds, free_port, percentile, post_json, service, signed_in_client, simulator, wait_for
+from .harness import ROOT, Http1, cpu_seconds, free_port, percentile, post_json, service, signed_in_client, simulator, wait_for
 
 UPSTREAM_DELAY_MS = 50
 CLIENTS = 32
@@ -53,51 +53,6 @@ net.Server.prototype.listen = function (...args) {
   return listen.call(this, port, '127.0.0.1', ...args.filter((a) => typeof a === 'function'));
 };
 """
-
-
-class Http1:
-    """One keep-alive HTTP/1.1 connection on asyncio streams: the load generator's own CPU per request
-    stays a small part of what the servers spend (httpx spends about 2 ms)."""
-
-    def __init__(self, base, headers=None):
-        self.host, self.port = base.removeprefix("http://").split(":")
-        self.headers = {"Host": f"{self.host}:{self.port}", **(headers or {})}
-        self.reader = self.writer = None
-
-    async def post(self, path, body, content_type="application/json"):
-        head = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items())
-        request = (f"POST {path} HTTP/1.1\r\n{head}Content-Type: {content_type}\r\n"
-                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-        reused = self.writer is not None
-        if not reused:
-            self.reader, self.writer = await asyncio.open_connection(self.host, int(self.port))
-        self.writer.write(request)
-        try:
-            head = await self.reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, ConnectionResetError):
-            if not reused:
-                raise
-            # The server closed the idle connection (keep-alive timeout): once more on a new one.
-            await self.close()
-            return await self.post(path, body, content_type)
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-        if fields.get("transfer-encoding") == "chunked":
-            content = b""
-            while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
-                content += (await self.reader.readexactly(size + 2))[:-2]
-            await self.reader.readuntil(b"\r\n")
-        else:
-            content = await self.reader.readexactly(int(fields.get("content-length", 0)))
-        if fields.get("connection") == "close":
-            await self.close()
-        return status, content
-
-    async def close(self):
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
 
 
 async def make_offer():
