@@ -68,7 +68,7 @@ def test_the_page_never_receives_a_secret_and_the_server_creates_the_call(page, 
     # The upstream's call request came from the server, with the server's secret, not from a browser.
     created_by = simulator.call(call_id)["created_by"]
     assert created_by["auth"] == "ephemeral" and created_by["origin"] is None
-    assert "python-httpx" in created_by["user_agent"] and "Chrome" not in created_by["user_agent"]
+    assert "aiohttp" in created_by["user_agent"] and "Chrome" not in created_by["user_agent"]
 
 
 def test_the_call_id_is_on_the_record_before_the_page_has_the_answer(page, simulator, server):
