@@ -88,7 +88,9 @@ def _mint_preflight(request, user, req):
     usage = _mint_rate(request, user)
     if req is None or (usage and usage["should_limit"]):
         return usage, None, None, None, None, None
-    found = {d.pk: d for d in Document.objects.visible_to(user).filter(pk__in=req.document_ids)}
+    found = {}
+    if req.document_ids:  # building the visibility query cost a start without documents 0.8 ms for nothing
+        found = {d.pk: d for d in Document.objects.visible_to(user).filter(pk__in=req.document_ids)}
     # In the order chosen; None marks an id the user may not see (or that does not exist).
     documents = [found.get(i) for i in req.document_ids]
     membership = Membership.primary_for(user)
