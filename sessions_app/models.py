@@ -871,18 +871,37 @@ class SpendDay(models.Model):
 
     @classmethod
     def apply(cls, user_id, team_id, model, days):
-        """Add {day: amounts} to one user's rows in one team on one model (made when missing)."""
-        for day, amounts in sorted(days.items()):
-            updates = {name: F(name) + value for name, value in amounts.items() if value}
-            if not updates:
-                continue
-            key = {"day": day, "user_id": user_id, "team_key": team_id.hex if team_id else "", "model": model}
-            if not cls.objects.filter(**key).update(**updates):
-                try:
-                    with transaction.atomic():
-                        cls.objects.create(team_id=team_id, **key, **amounts)
-                except IntegrityError:  # another batch made the row first; ours waits for its lock
-                    cls.objects.filter(**key).update(**updates)
+        """Add {day: amounts} to one user's rows in one team on one model: per day, one statement that
+        makes the row or adds to the one there (ON CONFLICT on its unique key, on both engines, so two
+        batches cannot race to make it). It was an F() update, then a create where nothing was updated:
+        building those was 8% of the ingest servers' CPU."""
+        from django.db import connection
+
+        key = {"user": user_id, "team": team_id, "team_key": team_id.hex if team_id else "", "model": model}
+        with connection.cursor() as cursor:
+            for day, amounts in sorted(days.items()):
+                if not any(amounts.values()):
+                    continue
+                values = {"day": day, **key, **amounts}
+                names = tuple(values)
+                cursor.execute(cls._adding_upsert(connection.vendor, names),
+                               [cls._meta.get_field(name).get_db_prep_save(values[name], connection) for name in names])
+
+    @staticmethod
+    @functools.cache
+    def _adding_upsert(vendor, names):
+        """INSERT of `names` (fields), adding the amounts to the day's row where it exists (per backend)."""
+        from django.db import connections
+
+        meta, quote = SpendDay._meta, connections["default"].ops.quote_name
+        columns = [quote(meta.get_field(name).column) for name in names]
+        unique = ("day", "user", "team_key", "model")
+        target = ", ".join(quote(meta.get_field(name).column) for name in unique)
+        table = quote(meta.db_table)
+        adds = ", ".join(f"{column} = {table}.{column} + EXCLUDED.{column}"
+                         for name, column in zip(names, columns) if name not in unique and name != "team")
+        return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))}) "
+                f"ON CONFLICT ({target}) DO UPDATE SET {adds}")
 
     @staticmethod
     def as_json(days):
