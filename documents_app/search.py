@@ -23,7 +23,7 @@ from django.db.models import F
 
 from teams_app.models import Membership, Team
 
-from .models import Document, Passage
+from .models import Document, DocumentQuerySet, Passage
 
 MARK_START, MARK_END = "\ue000", "\ue001"
 MAX_QUERY_CHARS = 500
@@ -90,14 +90,14 @@ def search_documents(user, query, limit=50):
     if not words:
         return []
     if _postgres():
-        hits = _postgres_documents(user, query, limit)
+        hits = _postgres_documents(visible, query, limit)
     else:
         hits = _sqlite_documents(user, words, limit)
     found = {hit.document.pk for hit in hits}
     if len(hits) < limit:
         # Titles that contain what was typed so far ("Orbi" for "Orbit plan") come after.
-        titled = visible.filter(title__icontains=clean(query)).exclude(pk__in=found).values_list(*_LISTED_COLUMNS)
-        hits += [DocumentHit(_listed(row), "") for row in titled[: limit - len(hits)]]
+        titled = visible.filter(title__icontains=clean(query)).exclude(pk__in=found).listed_rows()
+        hits += [DocumentHit(Document.from_listed_row(row), "") for row in titled[: limit - len(hits)]]
     return hits
 
 
@@ -142,8 +142,8 @@ def _sqlite_documents(user, words, limit):
             [MARK_START, MARK_END, match, min(passage_ids), max(passage_ids), *passage_ids],
         )
         snippets = dict(cursor.fetchall())
-    rows = Document.objects.filter(pk__in=[uuid.UUID(d) for d in ranked]).values_list(*_LISTED_COLUMNS)
-    documents = {row[0].hex: _listed(row) for row in rows}
+    rows = Document.objects.filter(pk__in=[uuid.UUID(d) for d in ranked]).listed_rows()
+    documents = {row[0].hex: Document.from_listed_row(row) for row in rows}
     return [DocumentHit(documents[doc_id], snippets.get(chosen[doc_id][1], "")) for doc_id in ranked]
 
 
@@ -154,13 +154,13 @@ HEADLINE_OPTIONS = f"StartSel={MARK_START}, StopSel={MARK_END}, MaxWords={SNIPPE
 WINDOW_BEFORE, WINDOW = 100, 320
 
 
-def _postgres_documents(user, query, limit):
+def _postgres_documents(visible, query, limit):
     """One statement: the candidate passages (at most RANK_CANDIDATES, found by the GIN index and
     ranked), each document's best, the first `limit` documents with their owners and teams, and a
     headline of each one's best passage. As separate queries these were five round trips and
     model-building for rows the page shows only a few fields of."""
     query = clean(query)
-    visible, visible_params = Document.objects.visible_to(user).order_by().values("id").query.sql_with_params()
+    visible_sql, visible_params = visible.order_by().values("id").query.sql_with_params()
     people = get_user_model()
     sql = rf"""
         WITH candidates AS (
@@ -168,7 +168,7 @@ def _postgres_documents(user, query, limit):
             FROM documents_app_passage p CROSS JOIN websearch_to_tsquery('english', %s) q
             -- Asked of each candidate in turn (OFFSET 0 keeps it so): as a join, the planner liked to
             -- hash every visible document first (4 ms at 10,000) to check a few hundred passages.
-            WHERE p.search @@ q AND EXISTS (SELECT FROM ({visible}) v WHERE v.id = p.document_id OFFSET 0)
+            WHERE p.search @@ q AND EXISTS (SELECT FROM ({visible_sql}) v WHERE v.id = p.document_id OFFSET 0)
             LIMIT {RANK_CANDIDATES}
         ), best AS (
             SELECT DISTINCT ON (document_id) document_id, id, rank FROM candidates
@@ -192,8 +192,8 @@ def _postgres_documents(user, query, limit):
             ) w
             OFFSET 0  -- computed once: inlined, each use of "near" would make it again
         )
-        SELECT d.id, d.title, d.tokens, d.kind, d.visibility, d.created_at, d.owner_id, u.{people.USERNAME_FIELD},
-               d.team_id, t.name,
+        SELECT d.id, {", ".join(f"d.{name}" for name in DocumentQuerySet.LISTED)}, d.owner_id, u.username,
+               d.team_id, t.name,  -- as Document.objects.listed_rows() reads them
                CASE WHEN strpos(near, %s) > 0 OR NOT in_text THEN near ELSE ts_headline('english', windows.text, q, %s) END
         FROM windows JOIN documents_app_document d ON d.id = windows.document_id
         JOIN {people._meta.db_table} u ON u.id = d.owner_id JOIN {Team._meta.db_table} t ON t.id = d.team_id
@@ -206,28 +206,7 @@ def _postgres_documents(user, query, limit):
         cursor.execute("SET LOCAL enable_seqscan = off")
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    return [DocumentHit(_listed(row[:10]), row[10]) for row in rows]
-
-
-# What a listed document is read with: its own fields in the model's order, then its owner's and team's.
-_LISTED = tuple(f.attname for f in Document._meta.concrete_fields
-                if f.attname in ("id", "title", "tokens", "kind", "visibility", "created_at", "owner_id", "team_id"))
-# The same as a row (values_list), in the order _listed() takes.
-_LISTED_COLUMNS = ("id", "title", "tokens", "kind", "visibility", "created_at", "owner_id",
-                   f"owner__{get_user_model().USERNAME_FIELD}", "team_id", "team__name")
-
-
-def _listed(row):
-    """A Document as Document.objects.listed() reads it, from (id, title, tokens, kind, visibility,
-    created_at, owner id, owner's username, team id, team name)."""
-    pk, title, tokens, kind, visibility, created_at, owner_id, username, team_id, team_name = row
-    fields = {"id": pk, "title": title, "tokens": tokens, "kind": kind, "visibility": visibility,
-              "created_at": created_at, "owner_id": owner_id, "team_id": team_id}
-    document = Document.from_db(connection.alias, _LISTED, [fields[name] for name in _LISTED])
-    people = get_user_model()
-    document.owner = people.from_db(connection.alias, ("id", people.USERNAME_FIELD), (owner_id, username))
-    document.team = Team.from_db(connection.alias, ("id", "name"), (team_id, team_name))
-    return document
+    return [DocumentHit(Document.from_listed_row(row[:-1]), row[-1]) for row in rows]
 
 
 # ---- passages, for the conversation's search tool ----

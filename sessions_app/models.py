@@ -884,16 +884,16 @@ class SpendDay(models.Model):
                     continue
                 values = {"day": day, **key, **amounts}
                 names = tuple(values)
-                cursor.execute(cls._adding_upsert(connection.vendor, names),
+                cursor.execute(cls._adding_upsert(connection.alias, names),
                                [cls._meta.get_field(name).get_db_prep_save(values[name], connection) for name in names])
 
     @staticmethod
     @functools.cache
-    def _adding_upsert(vendor, names):
-        """INSERT of `names` (fields), adding the amounts to the day's row where it exists (per backend)."""
+    def _adding_upsert(alias, names):
+        """INSERT of `names` (fields), adding the amounts to the day's row where it exists (per database)."""
         from django.db import connections
 
-        meta, quote = SpendDay._meta, connections["default"].ops.quote_name
+        meta, quote = SpendDay._meta, connections[alias].ops.quote_name
         columns = [quote(meta.get_field(name).column) for name in names]
         unique = ("day", "user", "team_key", "model")
         target = ", ".join(quote(meta.get_field(name).column) for name in unique)
