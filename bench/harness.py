@@ -317,3 +317,11 @@ class Http1:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+async def signed_in_http1(base, username):
+    """An Http1 connection carrying the session and CSRF cookies of a sign-in through the login form."""
+    signed_in = await signed_in_client(base, username)
+    cookies = "; ".join(f"{k}={v}" for k, v in signed_in.cookies.items())
+    await signed_in.aclose()
+    return Http1(base, {"Cookie": cookies, "X-CSRFToken": signed_in.cookies["csrftoken"]})

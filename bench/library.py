@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
-from .harness import Http1, percentile, signed_in_client, simulator, topology
+from .harness import percentile, signed_in_http1, simulator, topology
 
 DOCUMENTS = 10_000
 PASSAGES = 40
@@ -143,12 +143,9 @@ _PREAMBLE = (
 
 
 async def _searches(base, queries, limit):
-    signed_in = await signed_in_client(base, "bench0")
-    cookies = "; ".join(f"{k}={v}" for k, v in signed_in.cookies.items())
-    await signed_in.aclose()
     # The load generator's own small client, as bench/start.py's: httpx spent 1-2 ms of CPU a
     # request, on the cores the server and PostgreSQL share.
-    client = Http1(base, {"Cookie": cookies})
+    client = await signed_in_http1(base, "bench0")
     extra = "" if limit is None else f"&limit={limit}"
 
     def path(query):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from realtime_sim.tests.rtc_client import RtcClient
 
-from .harness import ROOT, Http1, cpu_seconds, free_port, percentile, post_json, service, signed_in_client, simulator, wait_for
+from .harness import ROOT, Http1, cpu_seconds, free_port, percentile, post_json, service, signed_in_http1, simulator, wait_for
 
 UPSTREAM_DELAY_MS = 50
 CLIENTS = 32
@@ -112,12 +112,7 @@ async def measure(sim, sim_pid, pid, clients, path, body, settle):
 async def measure_ours(sim, sim_pid, top):
     base = top.bases[0]
     offer = await make_offer()
-    clients = []
-    for i in range(CLIENTS):
-        signed_in = await signed_in_client(base, f"bench{i}")
-        cookies = "; ".join(f"{k}={v}" for k, v in signed_in.cookies.items())
-        clients.append(Http1(base, {"Cookie": cookies, "X-CSRFToken": signed_in.cookies["csrftoken"]}))
-        await signed_in.aclose()
+    clients = [await signed_in_http1(base, f"bench{i}") for i in range(CLIENTS)]
     body = json.dumps({"model": "gpt-realtime-mini", "sdp": offer}).encode()
     return await measure(sim, sim_pid, top.servers[0].pid, clients, "/api/sessions/", body, settle=1.5)
 
