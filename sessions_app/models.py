@@ -129,10 +129,17 @@ class CallQuerySet(models.QuerySet):
         free = models.Q(sideband_lease_until__isnull=True) | models.Q(sideband_lease_until__lt=now)
         candidates = (self.filter(status=Call.ACTIVE).filter(free).exclude(pk__in=list(exclude))
                       .values_list("pk", flat=True)[:limit])
+        return self.claim_these(owner, lease, list(candidates), now)
+
+    def claim_these(self, owner, lease, pks, now=None):
+        """Take those of these calls that are running and free of a lease; returns their ids."""
+        now = now or timezone.now()
+        free = models.Q(sideband_lease_until__isnull=True) | models.Q(sideband_lease_until__lt=now)
         claimed = []
-        for pk in candidates:
+        for pk in pks:
             # The conditional update is the lock: only one worker's succeeds.
-            if self.filter(pk=pk).filter(free).update(sideband_owner=owner, sideband_lease_until=now + lease):
+            if self.filter(pk=pk, status=Call.ACTIVE).filter(free).update(sideband_owner=owner,
+                                                                         sideband_lease_until=now + lease):
                 claimed.append(pk)
         return claimed
 

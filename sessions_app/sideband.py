@@ -108,7 +108,10 @@ class SidebandWorker:
         self.take_over = take_over
         self.watching = {}  # call pk -> CallWatch
         self.woken = asyncio.Event()
-        self.ticks = 0
+        self.woken_calls = set()  # the calls the web processes named since the last look
+        # When (event loop time) the next full look, lease renewal and sweep are due: by the clock, so a
+        # burst of wake-ups costs one claim of the named call each and nothing across all the calls.
+        self.look_at = self.renew_at = self.police_at = 0.0
 
     async def run(self, stop):
         """Claim, watch and police calls until `stop` is set; then release them to the other workers."""
@@ -135,19 +138,26 @@ class SidebandWorker:
                 await wake_workers(watch.pk)
 
     async def tick(self):
-        self.ticks += 1
-        await self.guarded(self.claim_and_watch)
-        # A lease is several polls long: renewing on every other poll keeps it with room to spare.
-        if self.ticks % 2 == 1 or self.lease.total_seconds() < 3 * self.poll_seconds:
+        now = asyncio.get_running_loop().time()
+        named, self.woken_calls = self.woken_calls, set()
+        if now >= self.look_at:
+            self.look_at = now + self.poll_seconds
+            await self.guarded(self.claim_and_watch)
+        elif named:
+            await self.guarded(self.claim_and_watch, named)
+        if now >= self.renew_at:
+            # A lease is several polls long: renewing every other poll keeps it with room to spare.
+            self.renew_at = now + min(2 * self.poll_seconds, self.lease.total_seconds() / 3)
             await self.guarded(self.renew)
-        if self.ticks % SWEEP_EVERY == 1:
+        if now >= self.police_at:
+            self.police_at = now + SWEEP_EVERY * self.poll_seconds
             await self.guarded(self.police)
             await self.guarded(self.beat)
 
-    async def guarded(self, step):
+    async def guarded(self, step, *args):
         """A database or upstream fault in one step is logged; the worker goes on."""
         try:
-            await (step() if asyncio.iscoroutinefunction(step) else _db(step)())
+            await (step(*args) if asyncio.iscoroutinefunction(step) else _db(step)(*args))
         except db.Error as exc:
             log.warning("sideband worker %s: database error in %s (%s); retrying", self.name, step.__name__,
                         type(exc).__name__)
@@ -169,9 +179,11 @@ class SidebandWorker:
                         await layer.group_add(WAKE_GROUP, channel)
                         joined = asyncio.get_running_loop().time()
                     try:
-                        await asyncio.wait_for(layer.receive(channel), 60)
+                        message = await asyncio.wait_for(layer.receive(channel), 60)
                     except asyncio.TimeoutError:
                         continue
+                    if isinstance(message.get("call"), int):
+                        self.woken_calls.add(message["call"])
                     self.woken.set()
                     delay = BACKOFF_FIRST
             except asyncio.CancelledError:
@@ -183,13 +195,16 @@ class SidebandWorker:
 
     # ---- claims ----
 
-    async def claim_and_watch(self):
-        for pk in await _db(self.claim)():
+    async def claim_and_watch(self, only=None):
+        """Claim the running calls free of a lease (of these only, when the web processes named them)."""
+        for pk in await _db(self.claim)(only):
             watch = CallWatch(self, pk)
             self.watching[pk] = watch
             watch.task = asyncio.create_task(watch.run())
 
-    def claim(self):
+    def claim(self, only=None):
+        if only is not None:
+            return Call.objects.claim_these(self.name, self.lease, [pk for pk in only if pk not in self.watching])
         return Call.objects.claim(self.name, self.lease, exclude=self.watching)
 
     async def renew(self):

@@ -314,6 +314,53 @@ async def test_a_woken_worker_attaches_at_once(sim, alice):
     await task
 
 
+async def test_wake_ups_claim_the_calls_they_name_and_leave_the_sweeps_to_the_clock(sim, alice, monkeypatch):
+    """A burst of starts wakes the worker once per call: each wake claims the call it names, while lease
+    renewal, sweeps and the heartbeat stay on their clock, so a start's cost does not grow with the calls
+    already watched."""
+    steps = {"renew": 0, "police": 0, "beat": 0}
+    claims = []
+    real = {name: getattr(SidebandWorker, name) for name in ("renew", "police", "beat", "claim")}
+
+    async def renew(self):
+        steps["renew"] += 1
+        await real["renew"](self)
+
+    async def police(self):
+        steps["police"] += 1
+        await real["police"](self)
+
+    def beat(self):
+        steps["beat"] += 1
+        real["beat"](self)
+
+    def claim(self, only=None):
+        claims.append(None if only is None else set(only))
+        return real["claim"](self, only)
+
+    for name, step in (("renew", renew), ("police", police), ("beat", beat), ("claim", claim)):
+        monkeypatch.setattr(SidebandWorker, name, step)
+    stop = asyncio.Event()
+    lazy = SidebandWorker(name="lazy", poll_seconds=60)
+    task = asyncio.create_task(lazy.run(stop))
+    await until(lambda: claims)  # its first full look is behind it
+    started = []
+    for _ in range(4):
+        client, session = await start_call(sim, alice)
+        call = await database_sync_to_async(call_of)(session)
+        await wake_workers(call.pk)
+        await until(lambda: call_of(session).sideband_attached_at, timeout=2)
+        started.append((client, call.pk))
+    assert set(lazy.watching) == {pk for _, pk in started}
+    assert claims[0] is None and len(claims) >= 2
+    assert set().union(*claims[1:]) == {pk for _, pk in started}  # only the named calls, never a scan
+    assert steps == {"renew": 1, "police": 1, "beat": 1}
+    for client, _ in started:
+        await client.close()
+    stop.set()
+    await task
+
+
 async def test_a_stopped_worker_hands_its_calls_over_at_once(sim, alice):
     first_stop, second_stop = asyncio.Event(), asyncio.Event()
     first = SidebandWorker(name="first", poll_seconds=0.05)
@@ -341,11 +388,11 @@ async def test_database_errors_do_not_kill_the_worker(sim, alice, worker, monkey
     failures = {"claim": 3, "record": 2}
     real_claim, real_record = SidebandWorker.claim, usage.record
 
-    def flaky_claim(self):
+    def flaky_claim(self, only=None):
         if failures["claim"]:
             failures["claim"] -= 1
             raise OperationalError("terminating connection due to administrator command")
-        return real_claim(self)
+        return real_claim(self, only)
 
     def flaky_record(*args, **kwargs):
         if failures["record"]:
