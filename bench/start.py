@@ -15,8 +15,9 @@ is its 500 "Failed to create session": the same work, one upstream round trip an
 
 CPU per start is the server process's user + system CPU time over a level, divided by its starts;
 the simulator's is shown too, as it shares this machine's cores with the servers and the load
-generator (a small HTTP/1.1 client of its own, cheaper than httpx). The simulator is reset between
-levels so its peers do not pile up. Figures are noisy on a shared 2-core machine.
+generator (a small HTTP/1.1 client of its own, cheaper than httpx). Between levels the conversations
+started are ended (POST .../end, as a person would) and the simulator is reset, so its peers do not pile
+up and no call of an earlier level is still being watched. Figures are noisy on a shared 2-core machine.
 """
 
 import asyncio
@@ -63,21 +64,39 @@ async def make_offer():
         await client.close()
 
 
-async def start_loop(client, path, body, count, latencies, statuses):
+async def start_loop(client, path, body, count, latencies, statuses, started):
     for _ in range(count):
         began = time.perf_counter()
         status, content = await client.post(path, body)
         latencies.append((time.perf_counter() - began) * 1000)
         statuses[status] = statuses.get(status, 0) + 1
-        if status >= 500 and path == "/api/sessions/":
-            raise AssertionError((status, content[:300]))
+        if path == "/api/sessions/":
+            if status >= 500:
+                raise AssertionError((status, content[:300]))
+            if status == 201:
+                started.append((client, json.loads(content)["id"]))
 
 
-async def run_level(clients, path, body, per_client):
-    latencies, statuses = [], {}
+async def run_level(clients, path, body, per_client, started=None):
+    latencies, statuses, started = [], {}, [] if started is None else started
     began = time.perf_counter()
-    await asyncio.gather(*(start_loop(c, path, body, per_client, latencies, statuses) for c in clients))
+    await asyncio.gather(*(start_loop(c, path, body, per_client, latencies, statuses, started) for c in clients))
     return latencies, len(latencies) / (time.perf_counter() - began), statuses
+
+
+async def end_conversations(started):
+    """End what the last level started, as its people would (End), each on the client that started it."""
+    by_client = {}
+    for client, session_id in started:
+        by_client.setdefault(client, []).append(session_id)
+
+    async def end(client, ids):
+        for session_id in ids:
+            status, content = await client.post(f"/api/sessions/{session_id}/end", b"{}")
+            assert status == 200, (status, content[:300])
+
+    await asyncio.gather(*(end(client, ids) for client, ids in by_client.items()))
+    started.clear()
 
 
 def attach_delays(sim):
@@ -89,20 +108,25 @@ def attach_delays(sim):
 
 async def measure(sim, sim_pid, pid, clients, path, body, settle):
     """Each level's figures: latencies, starts/s, answers by status, CPU ms per start (server, simulator)."""
-    await run_level(clients[:4], path, body, 3)  # warm-up: connections, caches, tokenizer
+    started = []
+    await run_level(clients[:4], path, body, 3, started)  # warm-up: connections, caches, tokenizer
     results = {}
     for level, per_client in LEVELS:
-        await asyncio.sleep(settle)  # the warm-up's (or last level's) sideband attaches are not this level's
+        # The warm-up's (or last level's) conversations are ended and their sidebands let go before this
+        # level: left running, they would vanish at the reset and their retries would count against it.
+        await end_conversations(started)
+        await asyncio.sleep(settle)
         post_json(f"{sim}/_sim/reset", {})
         for endpoint in ("client_secrets", "calls"):
             post_json(f"{sim}/_sim/faults", {"endpoint": endpoint, "latency_ms": UPSTREAM_DELAY_MS})
         cpu_before, sim_before = cpu_seconds(pid), cpu_seconds(sim_pid)
-        latencies, throughput, statuses = await run_level(clients[:level], path, body, per_client)
+        latencies, throughput, statuses = await run_level(clients[:level], path, body, per_client, started)
         await asyncio.sleep(settle)  # the sideband attaches belong to these starts' cost
         cpu_ms = (cpu_seconds(pid) - cpu_before) * 1000 / len(latencies)
         sim_ms = (cpu_seconds(sim_pid) - sim_before) * 1000 / len(latencies)
         results[level] = {"latencies": latencies, "throughput": throughput, "statuses": statuses,
                           "cpu_ms": cpu_ms, "sim_ms": sim_ms, "attach": attach_delays(sim)}
+    await end_conversations(started)
     for c in clients:
         await c.close()
     post_json(f"{sim}/_sim/reset", {})
@@ -114,7 +138,8 @@ async def measure_ours(sim, sim_pid, top):
     offer = await make_offer()
     clients = [await signed_in_http1(base, f"bench{i}") for i in range(CLIENTS)]
     body = json.dumps({"model": "gpt-realtime-mini", "sdp": offer}).encode()
-    return await measure(sim, sim_pid, top.servers[0].pid, clients, "/api/sessions/", body, settle=1.5)
+    # settle: the sideband workers see an ended conversation at their next lease renewal (every 2 s).
+    return await measure(sim, sim_pid, top.servers[0].pid, clients, "/api/sessions/", body, settle=3)
 
 
 async def measure_bare(top):

@@ -270,6 +270,7 @@ class CallWatch:
         self.ws = None
         self.ended = None  # (reason, ended_at) once the record says the call ended
         self.hung_up = False
+        self.hanging_up = None  # the hangup under way since the record said the call ended
         self.expired = False
         self.pending_context = set()
         self.position = 0
@@ -287,14 +288,17 @@ class CallWatch:
     async def run(self):
         delay = BACKOFF_FIRST
         try:
+            # Read once: from here on the watch keeps what it changes, and the worker's lease renewal
+            # tells it when the record says the call ended (a retry costs no database work).
+            info = await self.retry_db(self.load)
+            if info is None:
+                return
+            self.info = info
+            if info["status"] == Call.ENDED:
+                self.ended = (info["end_reason"], info["ended_at"])
             while True:
-                info = await self.retry_db(self.load)
-                if info is None:
-                    return
-                self.info = info
-                if info["status"] == Call.ENDED:
-                    self.ended = self.ended or (info["end_reason"], info["ended_at"])
-                    await self.hang_up_when_due()
+                if self.ended is not None:
+                    await (self.hanging_up or self.hang_up_when_due())
                     return
                 outcome = await self.attach_and_listen()
                 if outcome == self.GONE:
@@ -303,7 +307,10 @@ class CallWatch:
                     await tell_page(info["session_id"], {"type": "call.ended", "call": info["number"], "reason": reason})
                     return
                 if outcome == self.CLOSED and not self.expired:
-                    delay = BACKOFF_FIRST  # it was up: look again at once, the call is most likely alive
+                    # It was up: look again at once, the call is most likely alive, unless the record
+                    # says it ended (the person pressed End and the server hung it up, which closed it).
+                    self.ended = self.ended or await self.retry_db(self.ended_on_record)
+                    delay = BACKOFF_FIRST
                     continue
                 await asyncio.sleep(delay)
                 delay = _backoff(delay)
@@ -314,7 +321,7 @@ class CallWatch:
         """The record says the call ended (stop, budget, page gone, replaced...): make sure it is hung up."""
         if self.ended is None:
             self.ended = (reason, ended_at)
-            asyncio.ensure_future(self.hang_up_when_due())
+            self.hanging_up = asyncio.ensure_future(self.hang_up_when_due())
 
     async def hang_up_when_due(self):
         """Hang up a call the server ended; a replaced call only once the page had time to close it."""
@@ -662,6 +669,11 @@ class CallWatch:
             "sideband_attached_at": call.sideband_attached_at, "context_ready_at": call.context_ready_at,
             "config": call.session.session_config,
         }
+
+    def ended_on_record(self):
+        """(end reason, ended at) if the call's record says it ended, else None."""
+        row = Call.objects.filter(pk=self.pk).values_list("status", "end_reason", "ended_at").first()
+        return None if row is None or row[0] != Call.ENDED else row[1:]
 
     def attached(self, credential):
         now = timezone.now()

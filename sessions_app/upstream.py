@@ -37,19 +37,22 @@ SAFETY_HEADER = "OpenAI-Safety-Identifier"
 
 
 class UpstreamError(Exception):
-    def __init__(self, status, code, message):
+    """`status` is for our own API's answer; `http_status` is the upstream's, when it answered."""
+
+    def __init__(self, status, code, message, http_status=None):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.http_status = http_status
 
 
 class SidebandRefused(UpstreamError):
     """The upstream answered the sideband handshake with an HTTP error (`http_status`)."""
 
     def __init__(self, http_status):
-        super().__init__(502, "upstream_error", f"The realtime service refused the sideband (HTTP {http_status}).")
-        self.http_status = http_status
+        super().__init__(502, "upstream_error", f"The realtime service refused the sideband (HTTP {http_status}).",
+                         http_status)
 
 
 def _session():
@@ -165,7 +168,7 @@ async def _post(path, what, headers, body=b"", content_type=None):
             message = "The realtime service refused this server's credentials. Tell an administrator."
         else:
             message = f"The realtime service refused the request (HTTP {response.status})."
-        raise UpstreamError(502, "upstream_error", message)
+        raise UpstreamError(502, "upstream_error", message, response.status)
     return response
 
 
@@ -208,8 +211,13 @@ async def create_call(secret, sdp, safety_id):
 
 
 async def hangup(call_id):
-    """POST /v1/realtime/calls/{id}/hangup: end the call upstream."""
-    await _post(f"/v1/realtime/calls/{call_id}/hangup", "hangup", _headers())
+    """POST /v1/realtime/calls/{id}/hangup: end the call upstream. A call the upstream no longer knows
+    (404 call_id_not_found) has ended already: that is not an error, and asking again would not help."""
+    try:
+        await _post(f"/v1/realtime/calls/{call_id}/hangup", "hangup", _headers())
+    except UpstreamError as exc:
+        if exc.http_status != 404:
+            raise
 
 
 @contextlib.asynccontextmanager

@@ -128,6 +128,19 @@ def test_end_survives_a_refused_hangup(csrf_client, alice, session, fake):
     assert session.status == "ended"
 
 
+@pytest.mark.parametrize("status, gone", [(404, True), (500, False), (401, False)])
+async def test_hanging_up_a_call_the_upstream_no_longer_knows_is_done(fake, status, gone):
+    """404 call_id_not_found: the call has ended already, nothing to retry; any other refusal is an error."""
+    fake.mode = status
+    if gone:
+        assert await upstream.hangup("rtc_gone") is None
+    else:
+        with pytest.raises(upstream.UpstreamError) as refused:
+            await upstream.hangup("rtc_gone")
+        assert refused.value.http_status == status and refused.value.status == 502
+    assert [r.url.path for r in fake.requests] == ["/v1/realtime/calls/rtc_gone/hangup"]
+
+
 def test_detail_for_owner_team_admin_and_staff(csrf_client, alice, bob, staff):
     own = RealtimeSession.objects.create(
         user=bob, team=bob.memberships.get().team, model="gpt-realtime", voice="marin", turn_detection="server_vad",

@@ -16,7 +16,7 @@ from realtime_sim.tests.rtc_client import RtcClient
 from sessions_app import context, upstream, usage
 from sessions_app.models import Call, RealtimeSession, SessionEvent, Source, ToolCall, TranscriptEntry, UsageRecord
 from sessions_app.pricing import TokenCounts
-from sessions_app.sideband import SidebandWorker, wake_workers
+from sessions_app.sideband import CallWatch, SidebandWorker, wake_workers
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 KEY = "sk-test-sideband-key"
@@ -468,15 +468,65 @@ async def test_a_dropped_sideband_comes_back_and_verified_usage_resumes(sim, ali
     await client.close()
 
 
-async def test_a_refused_sideband_is_retried_and_never_ends_the_call(sim, alice, worker):
+@pytest.fixture
+def loads(monkeypatch):
+    """How many times each call's record was read by a watch."""
+    counted, real = {}, CallWatch.load
+
+    def load(self):
+        counted[self.pk] = counted.get(self.pk, 0) + 1
+        return real(self)
+
+    monkeypatch.setattr(CallWatch, "load", load)
+    return counted
+
+
+async def test_a_refused_sideband_is_retried_and_never_ends_the_call(sim, alice, worker, loads):
     await sim_post(sim, "/_sim/faults", {"endpoint": "sideband", "status": 404, "count": 6})
     client, session = await start_call(sim, alice)
     # Refused with the API key and with the secret, three times over: "not verified yet", not "ended".
     call = await until(lambda: (c := call_of(session)).sideband_attached_at and c, timeout=15)
     assert call.status == "active"
     assert sim.state.faults.as_list() == []  # all six refusals were met, and retried past
+    assert loads == {call.pk: 1}  # the retries read nothing from the database
     await session.arefresh_from_db()
     assert session.status == "active"
+    await client.close()
+
+
+async def test_a_call_refused_over_and_over_stops_when_its_record_ends(sim, alice, worker, loads):
+    """Retrying a refused sideband costs no database work, and stops as soon as the lease renewal
+    sees the record ended (here the person pressed End while the upstream refused the sideband)."""
+    await sim_post(sim, "/_sim/faults", {"endpoint": "sideband", "status": 404, "count": 1000})
+    client, session = await start_call(sim, alice)
+    call = await database_sync_to_async(call_of)(session)
+    await until(lambda: sim.state.faults.as_list()[0]["count"] <= 994, timeout=15)  # three rounds refused
+    assert call.pk in worker.watching and loads == {call.pk: 1}
+    await database_sync_to_async(lambda: RealtimeSession.objects.get(pk=session.pk).end("user"))()
+    await until(lambda: call.pk not in worker.watching, timeout=10)
+    await until(lambda: sim.state.calls[client.call_id].hungup, timeout=5)
+    assert loads == {call.pk: 1}
+    await client.close()
+
+
+async def test_a_call_the_person_ended_is_let_go_without_trying_it_again(sim, alice, worker, monkeypatch):
+    """End: the view ends the record and hangs up, which closes the sideband; the watch reads the record
+    once more and goes, instead of knocking on a call that is gone."""
+    attaches, real = [], CallWatch.attach_and_listen
+
+    async def attach_and_listen(self):
+        attaches.append(self.pk)
+        return await real(self)
+
+    monkeypatch.setattr(CallWatch, "attach_and_listen", attach_and_listen)
+    client, session = await start_call(sim, alice)
+    call = await until(lambda: (c := call_of(session)).sideband_attached_at and c)
+    ended = await database_sync_to_async(lambda: RealtimeSession.objects.get(pk=session.pk).end("user"))()
+    await upstream.hangup(ended[0])
+    await until(lambda: call.pk not in worker.watching, timeout=5)
+    assert attaches == [call.pk]
+    await call.arefresh_from_db()
+    assert (call.status, call.end_reason) == ("ended", "user")
     await client.close()
 
 
