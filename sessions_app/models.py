@@ -80,7 +80,7 @@ class SessionQuerySet(models.QuerySet):
     LARGE_TEXTS = ("instructions", "session_config", "pasted_text")
 
     def without_texts(self):
-        """Conversations without their large texts (the history, the running-conversation check)."""
+        """Conversations without their large texts (the history, the lists)."""
         return self.defer(*self.LARGE_TEXTS)
 
     def listed(self):

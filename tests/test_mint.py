@@ -434,6 +434,8 @@ def test_a_second_conversation_while_one_is_running_is_409_naming_it(csrf_client
     error = refused.json()["error"]
     assert error["code"] == "session_running" and "already have a conversation running" in error["message"]
     assert error["session"]["id"] == str(running.pk) and error["session"]["url"] == f"/sessions/{running.pk}/"
+    assert error["session"]["created_at"] == running.created_at.isoformat()
+    assert error["session"]["cost_usd"] == f"{running.billed_cost_usd:.4f}"
     assert RealtimeSession.objects.filter(user=alice).count() == 2  # nothing stored for the refused one
     # Someone else is not blocked by it.
     login(csrf_client, bob)
