@@ -350,8 +350,8 @@ class CallWatch:
                 async with upstream.sideband(self.info["call_id"], secret=secret) as ws:
                     self.ws = ws
                     try:
-                        await self.retry_db(self.attached, credential)
-                        await self.listen(ws)
+                        events = await self.retry_db(self.attached, credential)
+                        await self.listen(ws, events)
                     finally:
                         self.ws = None
                 return self.GONE if self.expired else self.CLOSED
@@ -372,8 +372,8 @@ class CallWatch:
             options.reverse()
         return options
 
-    async def listen(self, ws):
-        await self.put_context(ws)
+    async def listen(self, ws, context_events):
+        await self.put_context(ws, context_events)
         async for message in ws:
             if message.type.name != "TEXT":
                 break
@@ -387,15 +387,17 @@ class CallWatch:
 
     # ---- the context: documents, and the earlier turns of a resumed call ----
 
-    async def put_context(self, ws):
-        if self.info["context_ready_at"]:
+    async def put_context(self, ws, events):
+        """Put the context `attached` read into the call; with nothing to put, the call was marked
+        ready in the same update, and the page hears it."""
+        if self.info["context_ready_at"] or events is None:  # None: the database kept failing; next attach
             return
-        events = await self.retry_db(self.context_events)
+        if not events:
+            await self.tell_ready()
+            return
         self.pending_context = {e["item"]["id"] for e in events}
         for event in events:
             await ws.send_str(context.encode_event(event).decode())
-        if not events:
-            await self.context_ready()
 
     def context_events(self):
         session = self.info["call"].session
@@ -423,6 +425,9 @@ class CallWatch:
 
     async def context_ready(self):
         await self.retry_db(self.mark, context_ready_at=timezone.now())
+        await self.tell_ready()
+
+    async def tell_ready(self):
         self.info["context_ready_at"] = True
         await tell_page(self.info["session_id"], {"type": "call.ready", "call": self.info["number"]})
 
@@ -676,11 +681,18 @@ class CallWatch:
         return None if row is None or row[0] != Call.ENDED else row[1:]
 
     def attached(self, credential):
+        """Record the attach; returns the context still to put into the call (documents, earlier turns).
+        With none, the call is marked ready in the same update: one trip to the database per attach."""
         now = timezone.now()
         first = self.info["sideband_attached_at"] or now
-        Call.objects.filter(pk=self.pk).update(sideband_credential=credential, sideband_attached_at=first)
+        fields = {"sideband_credential": credential, "sideband_attached_at": first}
+        events = [] if self.info["context_ready_at"] else self.context_events()
+        if not events and not self.info["context_ready_at"]:
+            fields["context_ready_at"] = now
+        Call.objects.filter(pk=self.pk).update(**fields)
         self.info["sideband_credential"] = credential
         self.info["sideband_attached_at"] = first
+        return events
 
     def mark(self, **fields):
         Call.objects.filter(pk=self.pk).update(**fields)

@@ -8,6 +8,7 @@ from decimal import Decimal
 import aiohttp
 import pytest
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from django.db import OperationalError
 from django.utils import timezone
 
@@ -16,6 +17,7 @@ from realtime_sim.tests.rtc_client import RtcClient
 from sessions_app import context, upstream, usage
 from sessions_app.models import Call, RealtimeSession, SessionEvent, Source, ToolCall, TranscriptEntry, UsageRecord
 from sessions_app.pricing import TokenCounts
+from sessions_app.consumers import session_group
 from sessions_app.sideband import CallWatch, SidebandWorker, wake_workers
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
@@ -357,6 +359,22 @@ async def test_wake_ups_claim_the_calls_they_name_and_leave_the_sweeps_to_the_cl
     assert steps == {"renew": 1, "police": 1, "beat": 1}
     for client, _ in started:
         await client.close()
+    stop.set()
+    await task
+
+
+async def test_a_call_without_context_is_ready_in_the_attach_update_and_the_page_hears_it(sim, alice):
+    client, session = await start_call(sim, alice)
+    layer = get_channel_layer()
+    page = await layer.new_channel()
+    await layer.group_add(session_group(session.pk), page)
+    stop = asyncio.Event()
+    task = asyncio.create_task(SidebandWorker(name="ready", poll_seconds=0.05).run(stop))
+    message = await asyncio.wait_for(layer.receive(page), 5)
+    assert message == {"type": "call.ready", "call": 1}
+    call = await database_sync_to_async(call_of)(session)
+    assert call.context_ready_at == call.sideband_attached_at is not None  # one update did both
+    await client.close()
     stop.set()
     await task
 
