@@ -123,23 +123,24 @@ class SessionQuerySet(models.QuerySet):
 class CallQuerySet(models.QuerySet):
     """The sideband workers' leases: a worker watches the calls it holds a lease on."""
 
+    def claimable(self, now):
+        """The running calls whose lease is free or lapsed."""
+        free = models.Q(sideband_lease_until__isnull=True) | models.Q(sideband_lease_until__lt=now)
+        return self.filter(status=Call.ACTIVE).filter(free)
+
     def claim(self, owner, lease, exclude=(), limit=50):
         """Take up to `limit` running calls whose lease is free or lapsed; returns their ids."""
         now = timezone.now()
-        free = models.Q(sideband_lease_until__isnull=True) | models.Q(sideband_lease_until__lt=now)
-        candidates = (self.filter(status=Call.ACTIVE).filter(free).exclude(pk__in=list(exclude))
-                      .values_list("pk", flat=True)[:limit])
+        candidates = self.claimable(now).exclude(pk__in=list(exclude)).values_list("pk", flat=True)[:limit]
         return self.claim_these(owner, lease, list(candidates), now)
 
     def claim_these(self, owner, lease, pks, now=None):
         """Take those of these calls that are running and free of a lease; returns their ids."""
         now = now or timezone.now()
-        free = models.Q(sideband_lease_until__isnull=True) | models.Q(sideband_lease_until__lt=now)
         claimed = []
         for pk in pks:
             # The conditional update is the lock: only one worker's succeeds.
-            if self.filter(pk=pk, status=Call.ACTIVE).filter(free).update(sideband_owner=owner,
-                                                                         sideband_lease_until=now + lease):
+            if self.claimable(now).filter(pk=pk).update(sideband_owner=owner, sideband_lease_until=now + lease):
                 claimed.append(pk)
         return claimed
 
