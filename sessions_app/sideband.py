@@ -34,6 +34,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from documents_app.models import Document
+from voiceproject.prepared import Prepared
 
 from . import context, tools, upstream, usage
 from .consumers import announce_ended, publish_usage, session_group, tell
@@ -80,6 +81,19 @@ def _db(func):
         return await asyncio.get_running_loop().run_in_executor(_DB_THREADS, work)
 
     return call
+
+
+def _watched(pk):
+    """A call with what its watch reads of it and of its conversation (not the whole conversation's row)."""
+    return Call.objects.select_related("session").only(
+        "call_id", "number", "status", "end_reason", "ended_at", "session_id", "sealed_secret", "sideband_credential",
+        "sideband_attached_at", "context_ready_at",
+        "session__session_config", "session__documents", "session__pasted_text",
+    ).filter(pk=pk)
+
+
+# Every attach reads its call: compiled once (0.9 ms of CPU a read, 0.06 compiled).
+_call_to_watch = Prepared(_watched, pk=int)
 
 
 async def wake_workers(call_pk):
@@ -661,7 +675,7 @@ class CallWatch:
         return None
 
     def load(self):
-        call = Call.objects.select_related("session").filter(pk=self.pk).first()
+        call = _call_to_watch.first(pk=self.pk)
         if call is None:
             return None
         if call.sideband_attached_at:  # a reattach: the turns placed so far come first

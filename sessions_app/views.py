@@ -23,6 +23,7 @@ from django_ratelimit.core import _split_rate, get_usage
 from documents_app.models import Document
 from documents_app.tokens import count_tokens
 from teams_app.models import Membership
+from voiceproject.prepared import Prepared
 from voiceproject.views import api_login_required, json_error
 
 from . import context, tools, upstream
@@ -95,7 +96,7 @@ def _mint_preflight(request, user, req):
     documents = [found.get(i) for i in req.document_ids]
     membership = Membership.primary_for(user)
     room = Budget.room_for(user, membership.team if membership else None)
-    return usage, ModelPrice.objects.filter(model=req.model).first(), membership, documents, room, running_session(user)
+    return usage, ModelPrice.for_model(req.model), membership, documents, room, running_session(user)
 
 
 def place_documents(library, room, search_only=False):
@@ -144,12 +145,20 @@ def running_session(user):
     """The user's conversation that a page is connected to right now, if any.
 
     A conversation whose page went away is not counted: the sideband ends it shortly. Only what the
-    refusal names is read (three columns instead of thirty: 0.6 ms instead of 1.0 on every start).
+    refusal names is read (three columns instead of thirty), by a read compiled once (every start
+    makes it).
     """
+    return _running_session.first(user_id=user.pk)
+
+
+def _running(user_id):
     connected = Q(page_connected_at__isnull=False) & (
         Q(page_left_at__isnull=True) | Q(page_left_at__lt=F("page_connected_at")))
     return (RealtimeSession.objects.only("id", "created_at", "billed_cost_usd")
-            .filter(user=user, status=RealtimeSession.ACTIVE).filter(connected).order_by("-created_at").first())
+            .filter(user_id=user_id, status=RealtimeSession.ACTIVE).filter(connected).order_by("-created_at")[:1])
+
+
+_running_session = Prepared(_running, user_id=int)
 
 
 def _already_running(session):
@@ -335,7 +344,7 @@ async def mint_session(request):
 def _resume_preflight(request, user, session_id):
     session = _get_session_for_user(user, session_id, manage=True)
     usage = _mint_rate(request, user)
-    price = ModelPrice.objects.filter(model=session.model).first()
+    price = ModelPrice.for_model(session.model)
     return usage, session, price, Budget.room_for(user, session.team)
 
 

@@ -3,6 +3,8 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from voiceproject.prepared import Prepared
+
 
 class TeamQuerySet(models.QuerySet):
     def spend_visible_to(self, user):
@@ -51,5 +53,11 @@ class Membership(models.Model):
 
     @classmethod
     def primary_for(cls, user):
-        """The membership a session is billed to: the user's oldest one."""
-        return cls.objects.filter(user=user).select_related("team").order_by("created_at", "pk").first()
+        """The membership a session is billed to: the user's oldest one (read on every start)."""
+        return _primary_membership.first(user_id=user.pk)
+
+
+_primary_membership = Prepared(
+    lambda user_id: Membership.objects.filter(user_id=user_id).select_related("team").order_by("created_at", "pk")[:1],
+    user_id=int,
+)

@@ -1,0 +1,129 @@
+"""The reads compiled once per process (voiceproject.prepared) answer what the ORM answers, value by value:
+a compiled read that kept its first values, or bound one in the wrong place, would show another person's rows."""
+
+import datetime
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
+from django.db.models import Q
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from sessions_app import sideband
+from sessions_app.models import Budget, Call, ModelPrice, RealtimeSession
+from sessions_app.views import running_session
+from teams_app.models import Membership, Team
+from tests.conftest import _user
+from tests.test_budgets import spend
+from voiceproject.prepared import Prepared
+
+
+def fields(obj):
+    return {k: v for k, v in vars(obj).items() if not k.startswith("_")}
+
+
+def test_the_billed_membership_is_each_persons_own(alice, charlie, staff, team_b):
+    Membership.objects.create(team=team_b, user=alice, role=Membership.MEMBER)  # newer: not the billed one
+    for user in (alice, charlie, staff, alice):
+        expected = Membership.objects.filter(user=user).select_related("team").order_by("created_at", "pk").first()
+        got = Membership.primary_for(user)
+        if expected is None:
+            assert got is None
+            continue
+        assert fields(got) == fields(expected)
+        with CaptureQueriesContext(connection) as read:
+            assert got.team.name == expected.team.name  # selected with it: no second read
+        assert len(read) == 0
+
+
+def test_budgets_with_their_spend_match_a_fresh_read_for_each_person_and_team(alice, bob, charlie, team_a, team_b):
+    Budget.objects.create(user=alice, monthly_limit_usd=10)
+    Budget.objects.create(user=charlie, monthly_limit_usd=20)
+    Budget.objects.create(team=team_a, monthly_limit_usd=30)
+    Budget.objects.create(team=team_b, monthly_limit_usd=40)
+    spend(alice, "1.25")
+    spend(bob, "0.5")
+    spend(charlie, "2")
+    for user, team in ((alice, team_a), (bob, team_a), (charlie, team_b), (alice, None), (bob, None), (charlie, team_a)):
+        query = Q(user=user) | Q(team=team) if team else Q(user=user)
+        expected = {b.pk: b.spent() for b in Budget.objects.filter(query)}
+        got = Budget.for_session(user, team)
+        assert {b.pk: b.month_spent for b in got} == expected
+        assert all(b.spent() == b.month_spent for b in got)
+    assert Budget.room_for(alice, team_a) == min(Decimal("10") - Decimal("1.25"), Decimal("30") - Decimal("1.75"))
+    assert Budget.room_for(bob, None) is None
+
+
+def test_a_price_is_the_named_models(db):
+    for model in ("gpt-realtime", "gpt-realtime-mini", "gpt-realtime"):
+        assert fields(ModelPrice.for_model(model)) == fields(ModelPrice.objects.get(model=model))
+    assert ModelPrice.for_model("no-such-model") is None
+
+
+def test_the_running_conversation_is_the_persons_own_and_connected(alice, bob):
+    now = timezone.now()
+
+    def conversation(user, **extra):
+        return RealtimeSession.objects.create(user=user, team=user.memberships.get().team, model="gpt-realtime",
+                                              voice="marin", turn_detection="server_vad", instructions="x", **extra)
+
+    mine = conversation(alice, page_connected_at=now)
+    conversation(alice, page_connected_at=now - datetime.timedelta(minutes=1), page_left_at=now)  # its page left
+    assert running_session(alice).pk == mine.pk
+    assert running_session(bob) is None
+    theirs = conversation(bob, page_connected_at=now)
+    assert running_session(bob).pk == theirs.pk
+    assert running_session(alice).pk == mine.pk
+    got = running_session(alice)
+    assert (got.created_at, got.billed_cost_usd) == (mine.created_at, mine.billed_cost_usd)
+
+
+def test_a_watched_call_is_read_whole_where_the_watch_reads_it(alice, bob):
+    calls = []
+    for n, user in enumerate((alice, bob)):
+        session = RealtimeSession.objects.create(
+            user=user, model="gpt-realtime", voice="marin", turn_detection="server_vad", instructions="x",
+            session_config={"instructions": f"for {user}"}, documents=[{"id": "pasted", "mode": "inline"}],
+            pasted_text=f"notes of {user}")
+        calls.append(Call.objects.create(session=session, number=n + 1, call_id=f"rtc_{n}", sealed_secret="s"))
+    for call in calls + calls[::-1]:
+        got = sideband._call_to_watch.first(pk=call.pk)
+        with CaptureQueriesContext(connection) as read:
+            seen = (got.call_id, got.number, got.status, got.session_id, got.session.session_config,
+                    got.session.documents, got.session.pasted_text)
+        assert len(read) == 0, "everything the watch reads was read with the call"
+        assert seen == (call.call_id, call.number, Call.objects.get(pk=call.pk).status, call.session_id,
+                        call.session.session_config, call.session.documents, call.session.pasted_text)
+    assert sideband._call_to_watch.first(pk=10**9) is None
+
+
+def test_values_lists_and_uuids_take_their_values(team_a, team_b):
+    names = Prepared(lambda team_id: Team.objects.filter(pk=team_id).values_list("name", "created_at"), team_id=uuid.UUID)
+    for team in (team_a, team_b, team_a):
+        assert names(team_id=team.pk) == [(team.name, team.created_at)]
+    assert names(team_id=uuid.uuid4()) == []
+
+
+def test_a_value_the_orm_would_convert_or_a_wrong_type_is_refused(db):
+    with pytest.raises(ImproperlyConfigured):
+        Prepared(lambda when: Team.objects.filter(created_at__gte=when), when=datetime.datetime)
+    lowered = Prepared(lambda name: Team.objects.filter(name__iexact=name.upper()), name=str)
+    with pytest.raises(ImproperlyConfigured, match="did not reach the SQL"):
+        lowered(name="demo")
+    by_name = Prepared(lambda name: Team.objects.filter(name=name), name=str)
+    with pytest.raises(TypeError):
+        by_name(name=1)
+    with pytest.raises(TypeError):
+        by_name(title="x")
+    assert by_name(name="none such") == []
+
+
+def test_a_user_created_later_reads_their_own(db, team_a):
+    first = _user("first", team_a, Membership.MEMBER)
+    assert Membership.primary_for(first).user_id == first.pk
+    later = _user("later", team_a, Membership.ADMIN)
+    assert Membership.primary_for(later).user_id == later.pk
+    assert Membership.primary_for(later).role == Membership.ADMIN
