@@ -127,3 +127,22 @@ def test_a_user_created_later_reads_their_own(db, team_a):
     later = _user("later", team_a, Membership.ADMIN)
     assert Membership.primary_for(later).user_id == later.pk
     assert Membership.primary_for(later).role == Membership.ADMIN
+
+
+def test_the_signed_in_user_is_read_by_their_session_and_an_inactive_one_is_signed_out(client, alice, bob):
+    from django.contrib.auth import get_user
+    from django.contrib.auth.models import AnonymousUser
+
+    for user in (alice, bob, alice):
+        client.force_login(user)
+        response = client.get("/api/budget")
+        assert response.status_code == 200
+        assert response.wsgi_request.user.pk == user.pk
+        assert get_user(response.wsgi_request).username == user.username
+    bob.is_active = False
+    bob.save()
+    client.force_login(alice)
+    client.force_login(bob)  # an inactive user's session does not sign them in
+    response = client.get("/api/budget")
+    assert response.status_code == 401
+    assert isinstance(get_user(response.wsgi_request), AnonymousUser)

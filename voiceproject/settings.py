@@ -209,6 +209,9 @@ else:
 
 # Sessions are read on every request: from the cache first, the database behind it.
 SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+# Django's ModelBackend with the signed-in user read by a compiled read (voiceproject/auth.py). A
+# session signed in under another backend's name is signed out once, and signs in again.
+AUTHENTICATION_BACKENDS = ["voiceproject.auth.UserBackend"]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
