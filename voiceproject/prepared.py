@@ -17,12 +17,13 @@ marker that did not reach the SQL.
 import threading
 import uuid
 
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import EmptyResultSet, ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models.query import ModelIterable, ValuesListIterable, get_related_populators
 
-# Far from any id or name a row holds, so a marker is never mistaken for a constant of the query.
-_INT_MARKER = -7_340_000_000_001
+# Far from any id or name a row holds, so a marker is never mistaken for a constant of the query, and
+# within a 32-bit integer column's range (on PostgreSQL the ORM turns a lookup past it into no query).
+_INT_MARKER = -2_073_400_001
 # How each kind of value may reach the SQL's parameters: as it is, or (a UUID on SQLite) as its hex.
 _FORMS = {int: (None,), str: (None,), uuid.UUID: (None, "hex")}
 
@@ -44,7 +45,10 @@ class _Plan:
 
     def __init__(self, queryset, markers):
         compiler = queryset.query.get_compiler(using=queryset.db)
-        self.sql, params = compiler.as_sql()
+        try:
+            self.sql, params = compiler.as_sql()
+        except EmptyResultSet:
+            raise ImproperlyConfigured("prepared read: the ORM compiles it to no query (a marker out of range?)") from None
         self.params = list(params)
         self.slots = []  # (position in params, parameter name, the form it takes there)
         found = set()
