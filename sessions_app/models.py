@@ -418,17 +418,28 @@ class Stored:
         self.record, self.created, self.session = record, created, session
 
 
+# The reads of every usage batch, compiled once per process (building them cost more than running them).
+# The conversations are locked, in order; not their large texts (listed()): the totals, the dashboards'
+# row and the budgets need none of them.
+_locked_for_usage = Prepared(
+    lambda ids: RealtimeSession.objects.select_for_update(of=("self",)).listed().filter(pk__in=ids).order_by("pk"),
+    ids=[uuid.UUID])
+_running_calls = Prepared(
+    lambda ids: Call.objects.filter(session_id__in=ids, status=Call.ACTIVE).order_by("session_id", "-number"),
+    ids=[uuid.UUID])
+_records_by_key = Prepared(
+    lambda ids, keys: UsageRecord.objects.filter(session_id__in=ids, response_id__in=keys), ids=[uuid.UUID], keys=[str])
+
+
 def _store_usages(entries):
     ids = sorted({entry.session_id for entry in entries})
-    # Not the large texts (listed()): the totals, the dashboards' row and the budgets need none of them.
-    sessions = {session.pk: session for session in RealtimeSession.objects.select_for_update(of=("self",))
-                .listed().filter(pk__in=ids).order_by("pk")}
+    sessions = {session.pk: session for session in _locked_for_usage(ids=ids)}
     current_calls = {}
     if any(entry.call is None for entry in entries):
-        for call in Call.objects.filter(session_id__in=ids, status=Call.ACTIVE).order_by("session_id", "-number"):
+        for call in _running_calls(ids=ids):
             current_calls.setdefault(call.session_id, call)
-    known = {(r.session_id, r.kind, r.response_id, r.source): r for r in UsageRecord.objects.filter(
-        session_id__in=ids, response_id__in={entry.key for entry in entries})}
+    known = {(r.session_id, r.kind, r.response_id, r.source): r
+             for r in _records_by_key(ids=ids, keys=sorted({str(entry.key) for entry in entries}))}
     new, plan = [], []
     for entry in entries:
         session = sessions[entry.session_id]  # a missing conversation is the caller's error, found before

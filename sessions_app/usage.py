@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from voiceproject.prepared import Prepared
+
 from .models import ModelPrice, RealtimeSession, SpendDay, TranscriptionPrice, UsageEntry, UsageRecord
 from .pricing import UsageError, cost_of, parse_transcription_usage, parse_usage, transcription_cost
 
@@ -59,10 +61,9 @@ def record_many(reports):
     for report in reports:
         report.session_id = as_id(report.session_id)
     # What pricing needs; the conversations are read again, locked, to be written.
-    sessions = RealtimeSession.objects.only("model", "session_config").in_bulk(
-        {r.session_id for r in reports if r.session_id})
-    realtime_models = {s.model for s in sessions.values()}
-    prices = {p.model: p for p in ModelPrice.objects.filter(model__in=realtime_models)}
+    ids = sorted({r.session_id for r in reports if r.session_id})
+    sessions = {s.pk: s for s in _pricing_reads(ids=ids)}
+    prices = {p.model: p for p in _prices_of(models=sorted({s.model for s in sessions.values()}))}
     transcription_prices = {}
     if any(r.kind != UsageRecord.RESPONSE for r in reports):
         wanted = {transcription_model(s) for s in sessions.values()}
@@ -89,6 +90,12 @@ def record_many(reports):
         team_id = str(session.team_id) if session.team_id else None
         results[index] = Recorded(one.record, one.created, session.totals(), team_id, stopped, update)
     return results
+
+
+# Every report batch reads these: compiled once (a batch's reads cost the ORM more than the database).
+_pricing_reads = Prepared(lambda ids: RealtimeSession.objects.only("model", "session_config").filter(pk__in=ids),
+                          ids=[uuid.UUID])
+_prices_of = Prepared(lambda models: ModelPrice.objects.filter(model__in=models), models=[str])
 
 
 def as_id(value):

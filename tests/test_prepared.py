@@ -146,3 +146,26 @@ def test_the_signed_in_user_is_read_by_their_session_and_an_inactive_one_is_sign
     response = client.get("/api/budget")
     assert response.status_code == 401
     assert isinstance(get_user(response.wsgi_request), AnonymousUser)
+
+
+def test_lists_take_each_length_and_an_empty_one_asks_nothing(db, monkeypatch):
+    from voiceproject import prepared
+
+    teams = [Team.objects.create(name=f"t{i}") for i in range(5)]
+    by_ids = Prepared(lambda ids, names: Team.objects.filter(pk__in=ids, name__in=names).order_by("name"),
+                      ids=[uuid.UUID], names=[str])
+    for chosen in ([0], [1, 3], [4, 2, 0], [0, 1, 2, 3, 4], [3], [2, 2]):
+        ids = [teams[i].pk for i in chosen]
+        got = by_ids(ids=ids, names=[t.name for t in teams])
+        assert [t.pk for t in got] == [t.pk for t in Team.objects.filter(pk__in=ids).order_by("name")]
+        # The second list filters too: only the named ones.
+        assert [t.name for t in by_ids(ids=ids, names=[teams[chosen[0]].name])] == [teams[chosen[0]].name]
+    with CaptureQueriesContext(connection) as read:
+        assert by_ids(ids=[], names=["t0"]) == []
+    assert len(read) == 0
+    with pytest.raises(TypeError):
+        by_ids(ids=[teams[0].pk, "not a uuid"], names=["t0"])
+    monkeypatch.setattr(prepared, "MAX_PLANS", 3)
+    for n in range(1, 6):  # past the bound the oldest plans go, and reads stay right
+        assert len(by_ids(ids=[t.pk for t in teams[:n]], names=[t.name for t in teams])) == n
+    assert len(by_ids._plans) <= 3

@@ -9,9 +9,11 @@ the rows as the queryset would have: model instances (with what it select_relate
 fields and its annotations) or, for values_list(), tuples. The ORM stays the one definition of
 each query.
 
-Parameters are ints, strings or UUIDs (ids, names): a value the ORM would convert otherwise on its
-way to the database (a date, a model instance) is refused when the read is first compiled, as is a
-marker that did not reach the SQL.
+Parameters are ints, strings or UUIDs (ids, names), or lists of one of those (declared `[uuid.UUID]`,
+for `__in`): a value the ORM would convert otherwise on its way to the database (a date, a model
+instance) is refused when the read is first compiled, as is a marker that did not reach the SQL. A
+read with a list is compiled once per length of that list, and a read with an empty one returns no
+rows without asking the database, as the ORM does.
 """
 
 import threading
@@ -24,6 +26,8 @@ from django.db.models.query import ModelIterable, ValuesListIterable, get_relate
 # Far from any id or name a row holds, so a marker is never mistaken for a constant of the query, and
 # within a 32-bit integer column's range (on PostgreSQL the ORM turns a lookup past it into no query).
 _INT_MARKER = -2_073_400_001
+# Plans kept per read: one per length of its lists, the oldest dropped past this many.
+MAX_PLANS = 64
 # How each kind of value may reach the SQL's parameters: as it is, or (a UUID on SQLite) as its hex.
 _FORMS = {int: (None,), str: (None,), uuid.UUID: (None, "hex")}
 
@@ -53,13 +57,13 @@ class _Plan:
         self.slots = []  # (position in params, parameter name, the form it takes there)
         found = set()
         for position, value in enumerate(self.params):
-            for name, marker in markers.items():
+            for name, marker in markers.items():  # name: (parameter, index in its list or None)
                 for form in _FORMS[type(marker)]:
                     shown = _form(marker, form)
                     if type(value) is type(shown) and value == shown:
                         self.slots.append((position, name, form))
                         found.add(name)
-        if missing := set(markers) - found:
+        if missing := {name for name, _ in set(markers) - found}:
             raise ImproperlyConfigured(
                 f"prepared read: {sorted(missing)} did not reach the SQL as given (a value the ORM converts "
                 "cannot be a prepared parameter)")
@@ -79,8 +83,8 @@ class _Plan:
 
     def run(self, connection, alias, values):
         params = list(self.params)
-        for position, name, form in self.slots:
-            params[position] = _form(values[name], form)
+        for position, (name, index), form in self.slots:
+            params[position] = _form(values[name] if index is None else values[name][index], form)
         with connection.cursor() as cursor:
             cursor.execute(self.sql, params)
             rows = cursor.fetchall()
@@ -108,37 +112,63 @@ class _Plan:
         return obj
 
 
+def _element_kind(kind):
+    """The kind of a list parameter's elements (declared as a one-element list), None for a scalar."""
+    return kind[0] if isinstance(kind, list) and len(kind) == 1 else None
+
+
 class Prepared:
     """A read compiled once per process and database: `build` takes the parameters (int, str or
-    uuid.UUID, by name, as declared in `kinds`) and returns the queryset; reading returns its rows as a list."""
+    uuid.UUID, or a list of one of them, by name, as declared in `kinds`) and returns the queryset;
+    reading returns its rows as a list."""
 
     def __init__(self, build, using=DEFAULT_DB_ALIAS, **kinds):
-        if any(kind not in _FORMS for kind in kinds.values()):
-            raise ImproperlyConfigured("prepared read: parameters are int, str or uuid.UUID")
+        if any((_element_kind(kind) or kind) not in _FORMS for kind in kinds.values()):
+            raise ImproperlyConfigured("prepared read: parameters are int, str or uuid.UUID, or a list of one")
         self.build = build
         self.using = using
         self.kinds = kinds
+        self.lists = [name for name, kind in kinds.items() if _element_kind(kind)]
         self._plans = {}
         self._lock = threading.Lock()
 
-    def _plan(self, connection):
-        # Keyed by the connection's settings, not the connection: each thread has its own.
-        key = (self.using, connection.vendor, connection.settings_dict["NAME"])
+    def _plan(self, connection, lengths):
+        # Keyed by the connection's settings, not the connection (each thread has its own), and by the
+        # lists' lengths (each length is its own SQL).
+        key = (self.using, connection.vendor, connection.settings_dict["NAME"], lengths)
         plan = self._plans.get(key)
         if plan is None:
             with self._lock:
-                markers = {name: _marker(kind, i) for i, (name, kind) in enumerate(self.kinds.items())}
-                plan = self._plans[key] = _Plan(self.build(**markers).using(self.using), markers)
+                markers, arguments, counter = {}, {}, iter(range(1_000_000))
+                for name, kind in self.kinds.items():
+                    element = _element_kind(kind)
+                    if element is None:
+                        markers[(name, None)] = arguments[name] = _marker(kind, next(counter))
+                    else:
+                        arguments[name] = [_marker(element, next(counter)) for _ in range(lengths[self.lists.index(name)])]
+                        markers.update({(name, i): m for i, m in enumerate(arguments[name])})
+                plan = _Plan(self.build(**arguments).using(self.using), markers)
+                while self._plans and len(self._plans) >= MAX_PLANS:
+                    self._plans.pop(next(iter(self._plans)))
+                self._plans[key] = plan
         return plan
 
     def __call__(self, **values):
         if values.keys() != self.kinds.keys():
             raise TypeError(f"prepared read takes {sorted(self.kinds)}, got {sorted(values)}")
         for name, value in values.items():
-            if type(value) is not self.kinds[name]:
-                raise TypeError(f"prepared read: {name} must be {self.kinds[name].__name__}, not {type(value).__name__}")
+            kind = self.kinds[name]
+            element = _element_kind(kind)
+            if element is None and type(value) is not kind:
+                raise TypeError(f"prepared read: {name} must be {kind.__name__}, not {type(value).__name__}")
+            if element is not None:
+                if not isinstance(value, (list, tuple)) or any(type(v) is not element for v in value):
+                    raise TypeError(f"prepared read: {name} must be a list of {element.__name__}")
+                if not value:
+                    return []  # nothing is in an empty list: no query, as the ORM
         connection = connections[self.using]
-        return self._plan(connection).run(connection, self.using, values)
+        lengths = tuple(len(values[name]) for name in self.lists)
+        return self._plan(connection, lengths).run(connection, self.using, values)
 
     def first(self, **values):
         rows = self(**values)
