@@ -165,6 +165,8 @@ def test_lists_take_each_length_and_an_empty_one_asks_nothing(db, monkeypatch):
     assert len(read) == 0
     with pytest.raises(TypeError):
         by_ids(ids=[teams[0].pk, "not a uuid"], names=["t0"])
+    with pytest.raises(TypeError):  # checked even when another list is empty
+        by_ids(ids=[], names="t0")
     monkeypatch.setattr(prepared, "MAX_PLANS", 3)
     for n in range(1, 6):  # past the bound the oldest plans go, and reads stay right
         assert len(by_ids(ids=[t.pk for t in teams[:n]], names=[t.name for t in teams])) == n

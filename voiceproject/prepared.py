@@ -16,6 +16,7 @@ read with a list is compiled once per length of that list, and a read with an em
 rows without asking the database, as the ORM does.
 """
 
+import itertools
 import threading
 import uuid
 
@@ -139,7 +140,7 @@ class Prepared:
         plan = self._plans.get(key)
         if plan is None:
             with self._lock:
-                markers, arguments, counter = {}, {}, iter(range(1_000_000))
+                markers, arguments, counter = {}, {}, itertools.count()
                 for name, kind in self.kinds.items():
                     element = _element_kind(kind)
                     if element is None:
@@ -161,13 +162,13 @@ class Prepared:
             element = _element_kind(kind)
             if element is None and type(value) is not kind:
                 raise TypeError(f"prepared read: {name} must be {kind.__name__}, not {type(value).__name__}")
-            if element is not None:
-                if not isinstance(value, (list, tuple)) or any(type(v) is not element for v in value):
-                    raise TypeError(f"prepared read: {name} must be a list of {element.__name__}")
-                if not value:
-                    return []  # nothing is in an empty list: no query, as the ORM
-        connection = connections[self.using]
+            if element is not None and (not isinstance(value, (list, tuple))
+                                        or any(type(v) is not element for v in value)):
+                raise TypeError(f"prepared read: {name} must be a list of {element.__name__}")
         lengths = tuple(len(values[name]) for name in self.lists)
+        if 0 in lengths:
+            return []  # nothing is in an empty list: no query, as the ORM
+        connection = connections[self.using]
         return self._plan(connection, lengths).run(connection, self.using, values)
 
     def first(self, **values):
