@@ -91,6 +91,7 @@ class Stats:
         self.last_update = 0.0
         self.dashboard_closes = []
         self.acked_by_socket = {}
+        self.resent_after_reopen = set()  # response_ids sent again on a reopened socket
 
 
 async def connect(http, base, path, cookie):
@@ -133,6 +134,7 @@ class Page:
                 self.stats.closed_by_server.append(code or type(exc).__name__)
                 self.ws = await self.reopen()
                 retry = True
+                self.stats.resent_after_reopen.add(response_id)
                 continue
             break
         stats = self.stats
@@ -293,6 +295,13 @@ def main():
             print(f"WARNING: the server closed {len(stats.closed_by_server)} usage sockets ({how or 'none'}) and "
                   f"the dashboard {len(stats.dashboard_closes)} times; reopened, and {stats.retry_acks} unacked "
                   f"reports sent again")
+        missed = sorted(set(stats.sent_at) - set(stats.updates))
+        if missed:
+            by_process = Counter(stats.origin[r] for r in missed)
+            print(f"{name}: missed on the dashboard: " + ", ".join(
+                f"{n} sent to process {p + 1}" for p, n in sorted(by_process.items())) +
+                f"; {len(set(missed) & stats.resent_after_reopen)} of them resent after a reopen; "
+                f"first: {', '.join(missed[:5])}")
         if stats.repeat_updates or stats.unknown_updates:
             print(f"WARNING: {stats.repeat_updates} spend.updates repeated, {stats.unknown_updates} for unknown reports")
         for failure in failures[:3]:

@@ -95,8 +95,10 @@ class UsageRecorder(KeptOnLayer):
     IN_FLIGHT = 2
 
     def __init__(self, layer):
+        self.layer = layer
         self.waiting = []  # (usage.Report, future)
         self.workers = set()
+        self.orphans = set()  # budget stops of reports whose socket went away before its answer
 
     async def record(self, report):
         loop = asyncio.get_running_loop()
@@ -116,12 +118,24 @@ class UsageRecorder(KeptOnLayer):
             except Exception as exc:  # the database itself failed: every report in the batch hears it
                 results = [exc] * len(batch)
             for (_, future), result in zip(batch, results):
-                if future.done():
-                    continue  # its socket went away
+                # The dashboards hear of it here, once it is stored: whether or not the socket that
+                # sent it is still waiting (a socket closing mid-report used to take its update along).
+                if isinstance(result, usage.Recorded):
+                    tell_dashboards(self.layer, result)
+                if future.done():  # its socket went away; a budget it crossed still ends what it must
+                    if isinstance(result, usage.Recorded) and result.stopped:
+                        task = asyncio.get_running_loop().create_task(self.stop_all(result.stopped))
+                        self.orphans.add(task)
+                        task.add_done_callback(self.orphans.discard)
+                    continue
                 if isinstance(result, BaseException):
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+
+    async def stop_all(self, stopped):
+        for session_id, call_ids in stopped:
+            await stop_for_budget(self.layer, session_id, call_ids)
 
 
 def session_group(session_id):
@@ -193,14 +207,21 @@ async def stop_for_budget(channel_layer, session_id, call_ids):
             log.warning("hangup of a session over budget was refused; the page was told to stop")
 
 
+def tell_dashboards(channel_layer, recorded):
+    """Queue a usage record's spend update for the dashboards, once (the recorder and publish_usage both
+    call this; whichever comes first sends it)."""
+    if recorded.update and not recorded.dashboards_told:
+        recorded.dashboards_told = True
+        SpendBatcher.of(channel_layer).add(recorded.update)
+
+
 async def publish_usage(channel_layer, session_id, recorded, ack_page=None):
     """After a usage record: the dashboards hear of new spend first (queued at once), then the page its
     ack (`ack_page`, for a page's own report) or the server's own figures, and a crossed budget ends
     what it must. A page that is gone by its ack (it closed on an earlier one, or the send fails) must
     not take the dashboards' update with it."""
     record = recorded.record
-    if recorded.update:
-        SpendBatcher.of(channel_layer).add(recorded.update)
+    tell_dashboards(channel_layer, recorded)
     if ack_page is not None:
         await ack_page()
     if recorded.created:

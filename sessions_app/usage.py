@@ -26,6 +26,7 @@ class Recorded:
     stopped: list = field(default_factory=list)
     # For the dashboards: what this record changed on the bill, as a delta they apply (None: nothing).
     update: dict | None = None
+    dashboards_told: bool = False
 
 
 class NoPrice(UsageError):

@@ -299,3 +299,53 @@ async def test_only_the_page_that_connected_last_marks_the_conversation_left(ali
     await newer.disconnect()
     await database_sync_to_async(session.refresh_from_db)()
     assert session.page_left_at is not None and session.page_left_at > session.page_connected_at
+
+
+async def test_a_socket_gone_while_its_report_is_stored_loses_neither_the_update_nor_the_budget_stop(
+        alice, monkeypatch):
+    """The socket that sent a report may close (its task cancelled) while the report's batch is in the
+    database: the report is stored, so the dashboards hear of it and a budget it crossed still ends the
+    conversation and hangs its call up."""
+    import threading
+
+    from sessions_app import upstream, usage
+    from sessions_app.consumers import UsageRecorder
+    from sessions_app.models import Budget
+    from tests.upstream_fake import FakeUpstream
+
+    fake = FakeUpstream()
+    monkeypatch.setattr(upstream, "_send", fake.send)
+    await Budget.objects.acreate(user=alice, monthly_limit_usd=Decimal("0.005"))  # one report crosses it
+    session = await session_for(alice)
+    await Call.objects.acreate(session=session, number=1, call_id="rtc_gone")
+    group_layer, group_channel = get_channel_layer(), await get_channel_layer().new_channel()
+    await group_layer.group_add(f"session-{session.pk}", group_channel)
+    layer, channel = await dashboard_listener()
+
+    in_database, release = threading.Event(), threading.Event()
+    record_many = usage.record_many
+
+    def held(reports):
+        in_database.set()
+        release.wait(5)
+        return record_many(reports)
+
+    monkeypatch.setattr(usage, "record_many", held)
+    waiting = asyncio.ensure_future(UsageRecorder.of(get_channel_layer()).record(
+        usage.Report(session.pk, "resp_orphan", USAGE, source=UsageRecord.CLIENT)))
+    assert await asyncio.to_thread(in_database.wait, 5)
+    waiting.cancel()  # the socket closes: its consumer stops waiting for the answer
+    release.set()
+
+    event = await asyncio.wait_for(layer.receive(channel), 5)
+    assert [u["response_id"] for u in event["updates"]] == ["resp_orphan"]
+    stop = await asyncio.wait_for(group_layer.receive(group_channel), 5)
+    assert stop["type"] == "budget.exceeded"
+    for _ in range(50):
+        if fake.requests:
+            break
+        await asyncio.sleep(0.05)
+    assert [r.url.path for r in fake.requests] == ["/v1/realtime/calls/rtc_gone/hangup"]
+    await session.arefresh_from_db()
+    assert session.status == "ended" and session.end_reason == "budget"
+    assert waiting.cancelled()
