@@ -1,10 +1,18 @@
-"""The Redis channel layer with a bounded connection pool.
+"""The Redis channel layer with a bounded connection pool and one reader per process.
 
 channels-redis opens as many connections as callers ask for at once: a burst of
 sockets connecting together opened hundreds and failed some. Here each process
 has at most CHANNEL_LAYER_POOL_SIZE connections to Redis, and a caller waits up
 to REDIS_TIMEOUT_SECONDS for one to come free; past that it gets an error the
 consumers answer by working without live pushes, never a 500.
+
+Every socket of a process receives through one Redis list. channels-redis lets
+whichever consumer is waiting pop from it for all the others, and cancels that pop
+when the consumer stops: the ingest benchmark's dashboard lost about one spend
+update in two runs that way (sent to Redis, never received), each as a usage
+socket of the same process closed. Here one task per process (the reader) pops
+and hands each message to its channel's queue; a consumer only ever waits on its
+own queue, so stopping it touches nothing in Redis.
 """
 
 import asyncio
@@ -17,8 +25,23 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
+RECONNECTED = {"type": "layer.reconnected"}
+
 
 class BoundedRedisChannelLayer(RedisChannelLayer):
+    # How long a channel whose wait was cancelled is still kept (its messages held for it): a timed
+    # wait that ran out waits again at once; a consumer that stopped never does.
+    FORGET_AFTER_SECONDS = 1.0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # This process's channels with a live consumer: from new_channel() (or a first wait) until
+        # FORGET_AFTER_SECONDS after a cancelled wait, if it does not wait again. Messages for any other
+        # channel (a socket that closed) are dropped instead of kept forever.
+        self.listening = set()
+        self.waiting = {}  # channel -> waits under way
+        self.reader = None
+
     def create_pool(self, index):
         host = dict(self.hosts[index])
         return redis.asyncio.BlockingConnectionPool.from_url(
@@ -28,29 +51,98 @@ class BoundedRedisChannelLayer(RedisChannelLayer):
             **host,
         )
 
-    async def receive(self, channel):
-        """A consumer's wait for its next message outlives a Redis outage.
+    async def new_channel(self, prefix="specific"):
+        channel = await super().new_channel(prefix)
+        self.listening.add(channel)
+        return channel
 
-        channels-redis hands a failed read to the one waiter that made it, and that
-        consumer dies with it. Here the waiter retries with backoff, and once Redis
-        answers again it gets {"type": "layer.reconnected"}: its groups may be gone
-        (a restarted Redis forgets them), so it joins them again.
+    async def receive(self, channel):
+        """The next message for `channel`; a wait outlives a Redis outage.
+
+        When Redis answers again after an outage every listening channel gets
+        {"type": "layer.reconnected"}: its groups may be gone (a restarted Redis
+        forgets them), so its consumer joins them again.
         """
-        delay = 0.25
+        assert self.require_valid_channel_name(channel)
+        if "!" not in channel:
+            return await self._receive_plain(channel)
+        self.listening.add(channel)
+        self._start_reader(self.non_local_name(channel))
+        queue = self.receive_buffer[channel]
+        self.waiting[channel] = self.waiting.get(channel, 0) + 1
+        try:
+            message = await queue.get()
+        except asyncio.CancelledError:
+            # Nothing was taken from the queue: what arrives meanwhile waits there for the next wait.
+            asyncio.get_running_loop().call_later(self.FORGET_AFTER_SECONDS, self._forget, channel)
+            raise
+        finally:
+            self.waiting[channel] -= 1
+            if not self.waiting[channel]:
+                del self.waiting[channel]
+        if queue.empty() and self.receive_buffer.get(channel) is queue:
+            del self.receive_buffer[channel]
+        return message
+
+    def _forget(self, channel):
+        if channel in self.waiting:
+            return  # it waits again
+        self.listening.discard(channel)
+        self.receive_buffer.pop(channel, None)
+        if not self.listening and self.reader is not None:
+            # Nobody is left to receive in this process: a message the reader is popping now has
+            # no one to go to.
+            self.reader.cancel()
+            self.reader = None
+
+    def _start_reader(self, real_channel):
+        loop = asyncio.get_running_loop()
+        if self.reader is not None and not self.reader.done():
+            reader_loop = self.reader.get_loop()
+            if reader_loop is loop:
+                return
+            if reader_loop.is_running():
+                raise RuntimeError("Two event loops are trying to receive() on one channel layer at once!")
+        self.reader = loop.create_task(self._read(real_channel), name="channel layer reader")
+
+    async def _read(self, real_channel):
+        """Pop this process's messages one by one and queue each for its channel."""
         while True:
             try:
-                return await super().receive(channel)
+                message_channel, message = await self.receive_single(real_channel)
             except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                if asyncio.current_task().cancelling():
+                    # The reader was stopped mid-pop, and redis-py's timeouts turned that into an error.
+                    raise asyncio.CancelledError from exc
                 log.warning("channel layer: Redis unreachable (%s); retrying", type(exc).__name__)
-            while True:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                if await self._reachable(channel):
-                    return {"type": "layer.reconnected"}
+                await self._until_reachable(real_channel)
+                for channel in self.listening:
+                    self.receive_buffer[channel].put_nowait(dict(RECONNECTED))
+                continue
+            except Exception:  # a message it cannot read: dropped, and the reader reads on
+                log.exception("channel layer: a message could not be read")
+                await asyncio.sleep(0.1)
+                continue
+            for channel in message_channel if isinstance(message_channel, list) else [message_channel]:
+                if channel in self.listening:
+                    self.receive_buffer[channel].put_nowait(message)
 
-    async def _reachable(self, channel):
+    async def _receive_plain(self, channel):
+        # A channel without a process part (none of ours): its own pop, retried over an outage.
         try:
-            await self.connection(self.consistent_hash(channel)).ping()
-        except (RedisError, OSError, asyncio.TimeoutError):
-            return False
-        return True
+            return await super().receive(channel)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            log.warning("channel layer: Redis unreachable (%s); retrying", type(exc).__name__)
+        await self._until_reachable(channel)
+        return dict(RECONNECTED)
+
+    async def _until_reachable(self, channel):
+        delay = 0.25
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            try:
+                await self.connection(self.consistent_hash(channel)).ping()
+                return
+            except (RedisError, OSError, asyncio.TimeoutError):
+                continue
