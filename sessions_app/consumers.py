@@ -374,6 +374,12 @@ class DashboardConsumer(GroupMember, AsyncJsonWebsocketConsumer):
     async def disconnect(self, code):
         await self.leave()
 
+    async def layer_reconnected(self, event):
+        # Redis is back: join the groups again, and have the page read the figures once more, since
+        # the updates sent while Redis was away never reached this socket.
+        await super().layer_reconnected(event)
+        await self.send_json({"type": "dashboard.resync"})
+
     async def receive_json(self, content, **kwargs):
         await self.send_json({"type": "error", "code": "read_only", "message": "This socket only sends."})
 

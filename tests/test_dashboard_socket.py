@@ -123,3 +123,18 @@ async def test_a_lone_update_goes_at_once_and_a_burst_goes_together(monkeypatch)
     await asyncio.wait_for(batcher.flushing, 2)
     assert [ids for _, ids in sent] == [["lone"], [f"burst{n}" for n in range(5)]]
     assert sent[1][0] - sent[0][0] >= SpendBatcher.GAP_SECONDS * 0.9
+
+
+async def test_after_a_channel_layer_outage_the_socket_rejoins_and_the_page_reads_again(staff, team_a):
+    """Updates sent while Redis was away never reached the socket: when the layer is back the
+    consumer joins its groups again and tells the page to read the figures once more."""
+    comm, connected = await listen(staff)
+    assert connected
+    layer = get_channel_layer()
+    (channel,) = layer.groups["dashboard-all"]
+    layer.groups.clear()  # a restarted Redis has forgotten every group
+    await layer.send(channel, {"type": "layer.reconnected"})
+    assert await comm.receive_json_from() == {"type": "dashboard.resync"}
+    await announce(team_a, "after")
+    assert (await comm.receive_json_from())["response_id"] == "after"
+    await comm.disconnect()

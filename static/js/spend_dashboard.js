@@ -1,7 +1,8 @@
 // The spend dashboard: the server renders the figures; this keeps them current.
 // On every (re)connect of /ws/dashboard/ it reads the figures once (reports may
-// have landed while no socket listened); after that each spend.update is a
-// delta applied here, with no request to the server.
+// have landed while no socket listened), and again when the server says its live
+// pushes were interrupted (dashboard.resync, after a Redis outage); after that each
+// spend.update is a delta applied here, with no request to the server.
 import { LiveSocket } from './dashboard/live_socket.js';
 import { applyUpdate } from './dashboard/figures.js';
 import { renderFigures, when } from './dashboard/render.js';
@@ -65,9 +66,31 @@ async function read() {
   }
 }
 
+// One read at a time; a resync asked for during a read reads again after it.
+let reading = null;
+let readAgain = false;
+function resync() {
+  if (reading) {
+    readAgain = true;
+    return reading;
+  }
+  reading = read().finally(() => {
+    reading = null;
+    if (readAgain) {
+      readAgain = false;
+      resync();
+    }
+  });
+  return reading;
+}
+
 const socket = new LiveSocket(live.ws_path, {
-  onOpen: read,
+  onOpen: resync,
   onMessage: (message) => {
+    if (message.type === 'dashboard.resync') {
+      resync();
+      return;
+    }
     if (message.type !== 'spend.update') return;
     if (buffered) buffered.push(message);
     else if (data) apply(message);

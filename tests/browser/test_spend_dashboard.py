@@ -139,3 +139,44 @@ def test_deltas_applied_in_the_page_equal_a_reload(browser, server, simulator):
     listed = {row["data"]["data-session"] for row in reloaded["sessions"]}
     assert all(session_id in listed for sessions in made.values() for session_id in sessions)
     watcher.close()
+
+
+def test_the_page_reads_the_figures_again_when_its_live_pushes_were_interrupted(browser, server, simulator):
+    """While Redis is away the dashboard's socket stays up but hears nothing; when Redis is back the
+    server sends dashboard.resync and the page reads the figures again, so what it missed shows."""
+    made = json.loads(server.manage("shell", "-c", MAKE_SESSIONS).strip().splitlines()[-1])
+    watcher = browser.new_context(base_url=server)
+    outage = {"on": False, "socket": None}
+
+    def through(ws):  # the dashboard's socket, passed through to the server unless the "outage" is on
+        to_server = ws.connect_to_server()
+        outage["socket"] = ws
+        to_server.on_message(lambda message: None if outage["on"] else ws.send(message))
+
+    watcher.route_web_socket("**/ws/dashboard/", through)
+    dashboard = watcher.new_page()
+    dashboard.set_default_timeout(20_000)
+    sign_in(dashboard, "admin")
+    dashboard.goto("/dashboard/")
+    dashboard.get_by_role("status").filter(has_text="Live").wait_for()
+    wait_js(dashboard, "window.spendDashboard.reads === 1")
+    start, end = dashboard.evaluate("[document.getElementById('start').value, document.getElementById('end').value]")
+    shown = dashboard.evaluate("document.querySelector('dd[data-figure=\"range\"]').dataset.costUsd")
+
+    outage["on"] = True
+    context = browser.new_context(base_url=server)
+    reporter = context.new_page()
+    sign_in(reporter, "bob")
+    rng = random.Random(11)
+    reporter.evaluate(REPORT, [made["bob"][0], [[f"resp_resync_{i}", usage_object(rng)] for i in range(3)]])
+    context.close()
+    expected = billed_in_range(server, start, end)
+    assert expected != shown
+    dashboard.wait_for_timeout(500)
+    assert dashboard.evaluate("document.querySelector('dd[data-figure=\"range\"]').dataset.costUsd") == shown
+
+    outage["on"] = False
+    outage["socket"].send(json.dumps({"type": "dashboard.resync"}))
+    wait_js(dashboard, "window.spendDashboard.reads === 2")
+    wait_js(dashboard, f"document.querySelector('dd[data-figure=\"range\"]').dataset.costUsd === '{expected}'")
+    watcher.close()

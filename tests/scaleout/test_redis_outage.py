@@ -108,6 +108,8 @@ async def test_a_redis_outage_degrades_and_recovers_without_a_restart(outage):
                 break
             await asyncio.sleep(0.5)
         assert body["redis"] == "ok"
+        # The dashboard missed the reports made during the outage: it is told to read the figures again.
+        await receive(dashboard, "dashboard.resync", timeout=30)
         # Live pushes resume: the dashboard on the other process hears a new report.
         deadline = time.monotonic() + 30
         number = 0
