@@ -102,6 +102,25 @@ async def wake_workers(call_pk):
     await tell(get_channel_layer(), WAKE_GROUP, {"type": "sideband.wake", "call": call_pk})
 
 
+async def hand_over(call):
+    """A call this process just created goes to its sideband worker: straight to the worker in this
+    process when the call was leased to it as it was made (no wake-up, claim or read), otherwise to
+    whichever worker claims it after a wake-up."""
+    worker = local_worker()
+    if worker is not None and call.sideband_owner == worker.name:
+        worker.adopt(call)
+    else:
+        await wake_workers(call.pk)
+
+
+def local_worker():
+    """The sideband worker running in this process's event loop (SIDEBAND_WORKER=inprocess), or None."""
+    worker = getattr(get_channel_layer(), "sideband_worker", None)
+    if worker is None or worker.loop is not asyncio.get_running_loop():
+        return None
+    return worker
+
+
 async def tell_page(session_id, message):
     """A live notice to the conversation's page (skipped while the layer is away)."""
     await tell(get_channel_layer(), session_group(session_id), message)
@@ -112,8 +131,12 @@ def _backoff(delay):
 
 
 class SidebandWorker:
-    def __init__(self, name=None, poll_seconds=1.0, lease_seconds=None, page_grace_seconds=None, take_over=False):
+    def __init__(self, name=None, poll_seconds=1.0, lease_seconds=None, page_grace_seconds=None, take_over=False,
+                 local=False):
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        # The worker inside a web process: that process's new calls are leased to it as they are made.
+        self.local = local
+        self.loop = None
         self.poll_seconds = poll_seconds
         self.lease = datetime.timedelta(seconds=lease_seconds or settings.SIDEBAND_LEASE_SECONDS)
         grace = settings.PAGE_GONE_SECONDS if page_grace_seconds is None else page_grace_seconds
@@ -129,6 +152,10 @@ class SidebandWorker:
 
     async def run(self, stop):
         """Claim, watch and police calls until `stop` is set; then release them to the other workers."""
+        self.loop = asyncio.get_running_loop()
+        layer = get_channel_layer()
+        if self.local:
+            layer.sideband_worker = self
         listener = asyncio.create_task(self.listen())
         if self.take_over:
             await self.guarded(self.release_all)
@@ -141,6 +168,8 @@ class SidebandWorker:
                 for waiter in waiters:
                     waiter.cancel()
         finally:
+            if getattr(layer, "sideband_worker", None) is self:
+                layer.sideband_worker = None
             listener.cancel()
             watches = list(self.watching.values())
             for watch in watches:
@@ -216,6 +245,15 @@ class SidebandWorker:
             self.watching[pk] = watch
             watch.task = asyncio.create_task(watch.run())
 
+    def adopt(self, call):
+        """Watch a call made in this process and leased to this worker in the same insert; the call's
+        row (with its conversation) is what the watch would have read."""
+        if call.pk in self.watching:
+            return
+        watch = CallWatch(self, call.pk, call)
+        self.watching[call.pk] = watch
+        watch.task = asyncio.create_task(watch.run())
+
     def claim(self, only=None):
         if only is not None:
             return Call.objects.claim_these(self.name, self.lease, [pk for pk in only if pk not in self.watching])
@@ -277,9 +315,10 @@ class CallWatch:
     CLOSED = "closed"
     REFUSED = "refused"
 
-    def __init__(self, worker, pk):
+    def __init__(self, worker, pk, row=None):
         self.worker = worker
         self.pk = pk
+        self.row = row  # the call as its creator saved it (adopted): no need to read it
         self.task = None
         self.ws = None
         self.ended = None  # (reason, ended_at) once the record says the call ended
@@ -304,7 +343,8 @@ class CallWatch:
         try:
             # Read once: from here on the watch keeps what it changes, and the worker's lease renewal
             # tells it when the record says the call ended (a retry costs no database work).
-            info = await self.retry_db(self.load)
+            info = self.describe(self.row) if self.row is not None else await self.retry_db(self.load)
+            self.row = None
             if info is None:
                 return
             self.info = info
@@ -681,6 +721,10 @@ class CallWatch:
         if call.sideband_attached_at:  # a reattach: the turns placed so far come first
             last = TranscriptEntry.objects.filter(session_id=call.session_id, call_number=call.number)
             self.position = last.aggregate(p=Max("position"))["p"] or 0
+        return self.describe(call)
+
+    @staticmethod
+    def describe(call):
         return {
             "call": call, "call_id": call.call_id, "number": call.number, "status": call.status,
             "end_reason": call.end_reason, "ended_at": call.ended_at, "session_id": call.session_id,
@@ -755,5 +799,6 @@ class InProcessWorker:
 
     async def __call__(self, scope, receive, send):
         if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(supervise(asyncio.Event(), take_over=True))
+            self.task = asyncio.get_running_loop().create_task(
+                supervise(asyncio.Event(), take_over=True, local=True))
         return await self.app(scope, receive, send)

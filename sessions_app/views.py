@@ -33,7 +33,7 @@ from .exports import transcript_rows
 from .forms import BudgetForm, RequestError, parse_mint_request, parse_resume_request
 from .models import Budget, Call, EndReason, ModelPrice, RealtimeSession, SpendDay
 from .pricing import text_input_cost
-from .sideband import tell_page, wake_workers
+from .sideband import hand_over, local_worker, tell_page
 from .templatetags.display import usd
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,12 @@ def _unsaved_call():
     return json_error("unavailable", "The call could not be saved, so it was ended. Try again.", 503)
 
 
-def _new_session(user, team, req, config, documents, doc_tokens, call_id, secret):
+def _new_session(user, team, req, config, documents, doc_tokens, call_id, secret, worker=None):
+    """The conversation and its first call, in one transaction; the call leased to `worker` (this
+    process's own sideband worker) when there is one, so it watches the call without claiming it."""
+    lease = {}
+    if worker is not None:
+        lease = {"sideband_owner": worker.name, "sideband_lease_until": timezone.now() + worker.lease}
     with transaction.atomic():
         session = RealtimeSession.objects.create(
             user=user,
@@ -222,7 +227,8 @@ def _new_session(user, team, req, config, documents, doc_tokens, call_id, secret
             pasted_text=req.document_text,
             connected_at=timezone.now(),
         )
-        call = Call.objects.create(session=session, number=1, call_id=call_id, sealed_secret=upstream.seal(secret))
+        call = Call.objects.create(session=session, number=1, call_id=call_id, sealed_secret=upstream.seal(secret),
+                                   **lease)
     return session, call
 
 
@@ -319,13 +325,13 @@ async def mint_session(request):
     # The call exists upstream: it is on the record before the page hears of it, or it is hung up.
     try:
         session, call = await sync_to_async(_new_session)(
-            user, team, req, config, documents, inline_tokens, call_id, secret
+            user, team, req, config, documents, inline_tokens, call_id, secret, local_worker()
         )
     except DatabaseError:
         log.exception("a new session could not be saved; hanging its call up")
         await _hang_up_quietly([call_id], "unsaved session")
         return _unsaved_call()
-    await wake_workers(call.pk)
+    await hand_over(call)
     return JsonResponse(
         {
             "id": str(session.pk),
@@ -392,7 +398,7 @@ async def resume_session(request, session_id):
     if call is None:
         await _hang_up_quietly([call_id], "conversation ended meanwhile")
         return json_error("session_ended", "This conversation has ended; start a new one.", 409)
-    await wake_workers(call.pk)
+    await hand_over(call)
     # A tab still holding the call before (another tab continued it here) lets go of the conversation.
     await tell_page(session.pk, {"type": "call.ended", "call": call.number - 1, "reason": EndReason.REPLACED})
     return JsonResponse({"sdp": answer, "call": call.number}, status=201)

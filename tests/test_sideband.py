@@ -614,3 +614,41 @@ async def test_the_model_searches_and_the_sideband_answers_with_the_passages(sim
     assert not [e for e, src in zip(detail["client_events"], detail["client_event_sources"])
                 if src == "datachannel" and e.get("item", {}).get("type") == "function_call_output"]
     await client.close()
+
+
+async def test_a_call_started_in_this_process_is_watched_by_its_own_worker_without_a_claim(sim, alice, monkeypatch):
+    """With the worker inside the web process, a start leases the new call to it in the call's own insert
+    and hands it the row: no wake-up through the channel layer, no claim, no read of the call."""
+    from django.test import AsyncClient
+
+    from sessions_app import sideband
+
+    woken, loads = [], []
+
+    async def wake_workers(pk):
+        woken.append(pk)
+
+    monkeypatch.setattr(sideband, "wake_workers", wake_workers)
+    load = CallWatch.load
+    monkeypatch.setattr(CallWatch, "load", lambda self: loads.append(self.pk) or load(self))
+    stop = asyncio.Event()
+    own = SidebandWorker(name="own", poll_seconds=60, local=True)
+    task = asyncio.create_task(own.run(stop))
+    await asyncio.sleep(0.2)  # its first look at the database is behind it; the next is a minute away
+
+    browser = RtcClient()
+    client = AsyncClient()
+    await client.aforce_login(alice)
+    response = await client.post("/api/sessions/", {"sdp": await browser.offer(), "turn_detection": "push_to_talk"},
+                                 content_type="application/json")
+    assert response.status_code == 201, response.content
+    await browser.accept(response.json()["sdp"])
+    session = await RealtimeSession.objects.aget(pk=response.json()["id"])
+    call = await until(lambda: (c := call_of(session)).sideband_attached_at and c)
+    assert call.sideband_owner == "own" and call.sideband_lease_until > timezone.now()
+    assert list(own.watching) == [call.pk]
+    assert woken == [] and loads == []
+    await browser.close()
+    stop.set()
+    await task
+    assert woken == [call.pk]  # stopping, it gave the call back and woke the others to take it
