@@ -124,7 +124,7 @@ class UsageRecorder(KeptOnLayer):
                     tell_dashboards(self.layer, result)
                 if future.done():  # its socket went away; a budget it crossed still ends what it must
                     if isinstance(result, usage.Recorded) and result.stopped:
-                        task = asyncio.get_running_loop().create_task(self.stop_all(result.stopped))
+                        task = asyncio.get_running_loop().create_task(stop_for_budget(self.layer, result.stopped))
                         self.orphans.add(task)
                         task.add_done_callback(self.orphans.discard)
                     continue
@@ -132,10 +132,6 @@ class UsageRecorder(KeptOnLayer):
                     future.set_exception(result)
                 else:
                     future.set_result(result)
-
-    async def stop_all(self, stopped):
-        for session_id, call_ids in stopped:
-            await stop_for_budget(self.layer, session_id, call_ids)
 
 
 def session_group(session_id):
@@ -193,18 +189,20 @@ async def announce_ended(channel_layer, session_ids):
         log.exception("could not tell the dashboards that a conversation ended")
 
 
-async def stop_for_budget(channel_layer, session_id, call_ids):
-    """Tell the session's pages it is over budget and hang its calls up upstream."""
-    await announce_ended(channel_layer, [session_id])
-    await tell(
-        channel_layer, session_group(session_id),
-        {"type": "budget.exceeded", "message": "The spending limit was reached, so this session was ended."},
-    )
-    for call_id in call_ids:
-        try:
-            await upstream.hangup(call_id)
-        except upstream.UpstreamError:
-            log.warning("hangup of a session over budget was refused; the page was told to stop")
+async def stop_for_budget(channel_layer, stopped):
+    """For each conversation a crossed budget ended ([(session id, [upstream call ids])]): tell its pages
+    and hang its calls up upstream."""
+    for session_id, call_ids in stopped:
+        await announce_ended(channel_layer, [session_id])
+        await tell(
+            channel_layer, session_group(session_id),
+            {"type": "budget.exceeded", "message": "The spending limit was reached, so this session was ended."},
+        )
+        for call_id in call_ids:
+            try:
+                await upstream.hangup(call_id)
+            except upstream.UpstreamError:
+                log.warning("hangup of a session over budget was refused; the page was told to stop")
 
 
 def tell_dashboards(channel_layer, recorded):
@@ -230,8 +228,7 @@ async def publish_usage(channel_layer, session_id, recorded, ack_page=None):
                 "type": "usage.verified", "response_id": record.response_id, "kind": record.kind,
                 "cost_usd": f"{record.cost_usd:.6f}", "session": recorded.totals,
             })
-    for stopped_id, call_ids in recorded.stopped:
-        await stop_for_budget(channel_layer, stopped_id, call_ids)
+    await stop_for_budget(channel_layer, recorded.stopped)
 
 
 class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
