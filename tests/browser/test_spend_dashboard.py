@@ -68,6 +68,22 @@ REPORT = """async ([sessionId, reports]) => {
 }"""
 
 
+# The dashboard's figure for its date range, exact (data-cost-usd).
+RANGE_SHOWN = "document.querySelector('dd[data-figure=\"range\"]').dataset.costUsd"
+
+
+def open_dashboard(context):
+    """An admin's dashboard, live, with the figures read once: (page, range start, range end)."""
+    dashboard = context.new_page()
+    dashboard.set_default_timeout(20_000)
+    sign_in(dashboard, "admin")
+    dashboard.goto("/dashboard/")
+    dashboard.get_by_role("status").filter(has_text="Live").wait_for()
+    wait_js(dashboard, "window.spendDashboard.reads === 1")
+    start, end = dashboard.evaluate("[document.getElementById('start').value, document.getElementById('end').value]")
+    return dashboard, start, end
+
+
 def billed_in_range(server, start, end):
     (total,) = server.sql("SELECT coalesce(sum(cost_usd), 0) FROM sessions_app_spendday WHERE day BETWEEN ? AND ?",
                           (start, end))[0]
@@ -77,13 +93,7 @@ def billed_in_range(server, start, end):
 def test_deltas_applied_in_the_page_equal_a_reload(browser, server, simulator):
     made = json.loads(server.manage("shell", "-c", MAKE_SESSIONS).strip().splitlines()[-1])
     watcher = browser.new_context(base_url=server)
-    dashboard = watcher.new_page()
-    dashboard.set_default_timeout(20_000)
-    sign_in(dashboard, "admin")
-    dashboard.goto("/dashboard/")
-    dashboard.get_by_role("status").filter(has_text="Live").wait_for()
-    wait_js(dashboard, "window.spendDashboard.reads === 1")
-    start, end = dashboard.evaluate("[document.getElementById('start').value, document.getElementById('end').value]")
+    dashboard, start, end = open_dashboard(watcher)
 
     # A real conversation: its answers are reported by the page and verified by the server.
     talker = browser.new_context(base_url=server)
@@ -114,8 +124,7 @@ def test_deltas_applied_in_the_page_equal_a_reload(browser, server, simulator):
 
     # The page has caught up when its range figure is what the database holds.
     expected = billed_in_range(server, start, end)
-    wait_js(dashboard, f"document.querySelector('dd[data-figure=\"range\"]').dataset.costUsd === '{expected}'",
-            timeout=20_000)
+    wait_js(dashboard, f"{RANGE_SHOWN} === '{expected}'", timeout=20_000)
     # The conversation's end reaches the dashboard after its last record: its row (when on the first page)
     # shows a duration.
     wait_js(dashboard, f"(() => {{ const row = document.querySelector('tr[data-session=\"{talked}\"]'); "
@@ -154,14 +163,8 @@ def test_the_page_reads_the_figures_again_when_its_live_pushes_were_interrupted(
         to_server.on_message(lambda message: None if outage["on"] else ws.send(message))
 
     watcher.route_web_socket("**/ws/dashboard/", through)
-    dashboard = watcher.new_page()
-    dashboard.set_default_timeout(20_000)
-    sign_in(dashboard, "admin")
-    dashboard.goto("/dashboard/")
-    dashboard.get_by_role("status").filter(has_text="Live").wait_for()
-    wait_js(dashboard, "window.spendDashboard.reads === 1")
-    start, end = dashboard.evaluate("[document.getElementById('start').value, document.getElementById('end').value]")
-    shown = dashboard.evaluate("document.querySelector('dd[data-figure=\"range\"]').dataset.costUsd")
+    dashboard, start, end = open_dashboard(watcher)
+    shown = dashboard.evaluate(RANGE_SHOWN)
 
     outage["on"] = True
     context = browser.new_context(base_url=server)
@@ -173,10 +176,10 @@ def test_the_page_reads_the_figures_again_when_its_live_pushes_were_interrupted(
     expected = billed_in_range(server, start, end)
     assert expected != shown
     dashboard.wait_for_timeout(500)
-    assert dashboard.evaluate("document.querySelector('dd[data-figure=\"range\"]').dataset.costUsd") == shown
+    assert dashboard.evaluate(RANGE_SHOWN) == shown
 
     outage["on"] = False
     outage["socket"].send(json.dumps({"type": "dashboard.resync"}))
     wait_js(dashboard, "window.spendDashboard.reads === 2")
-    wait_js(dashboard, f"document.querySelector('dd[data-figure=\"range\"]').dataset.costUsd === '{expected}'")
+    wait_js(dashboard, f"{RANGE_SHOWN} === '{expected}'")
     watcher.close()
