@@ -14,8 +14,9 @@ body (`{"model": ...}` is not a GA client_secrets body, as the real API refuses 
 is its 500 "Failed to create session": the same work, one upstream round trip and a JSON answer.
 
 CPU per start is the server process's user + system CPU time over a level, divided by its starts;
-the simulator's is shown too, as it shares this machine's cores with the servers and the load
-generator (a small HTTP/1.1 client of its own, cheaper than httpx). Between levels the conversations
+the simulator's and the load generator's (this process: a small HTTP/1.1 client of its own, cheaper
+than httpx) are shown too, as the three share this machine's cores. Their sum spread over the cores
+is the CPU-bound limit: the starts/s the machine could give at best, whatever the upstream's delay. Between levels the conversations
 started are ended (POST .../end, as a person would) and the simulator is reset, so its peers do not pile
 up and no call of an earlier level is still being watched. Figures are noisy on a shared 2-core machine.
 """
@@ -119,13 +120,14 @@ async def measure(sim, sim_pid, pid, clients, path, body, settle):
         post_json(f"{sim}/_sim/reset", {})
         for endpoint in ("client_secrets", "calls"):
             post_json(f"{sim}/_sim/faults", {"endpoint": endpoint, "latency_ms": UPSTREAM_DELAY_MS})
-        cpu_before, sim_before = cpu_seconds(pid), cpu_seconds(sim_pid)
+        cpu_before, sim_before, load_before = cpu_seconds(pid), cpu_seconds(sim_pid), cpu_seconds(os.getpid())
         latencies, throughput, statuses = await run_level(clients[:level], path, body, per_client, started)
+        load_ms = (cpu_seconds(os.getpid()) - load_before) * 1000 / len(latencies)
         await asyncio.sleep(settle)  # the sideband attaches belong to these starts' cost
         cpu_ms = (cpu_seconds(pid) - cpu_before) * 1000 / len(latencies)
         sim_ms = (cpu_seconds(sim_pid) - sim_before) * 1000 / len(latencies)
         results[level] = {"latencies": latencies, "throughput": throughput, "statuses": statuses,
-                          "cpu_ms": cpu_ms, "sim_ms": sim_ms, "attach": attach_delays(sim)}
+                          "cpu_ms": cpu_ms, "sim_ms": sim_ms, "load_ms": load_ms, "attach": attach_delays(sim)}
     await end_conversations(started)
     for c in clients:
         await c.close()
@@ -200,13 +202,19 @@ def _wait_for_port(port, proc, timeout=30):
     raise RuntimeError("the tutorial's server did not listen")
 
 
+def machine_bound(r):
+    """The starts/s this machine's cores could give if they did nothing but this level's work: the CPU a
+    start cost the server, the simulator and the load generator together, spread over every core."""
+    return (os.cpu_count() or 1) * 1000 / (r["cpu_ms"] + r["sim_ms"] + r["load_ms"])
+
+
 def _row(name, upstream_requests, level, r):
     limit = level * 1000 / (upstream_requests * UPSTREAM_DELAY_MS)
     lat = r["latencies"]
     answers = ", ".join(f"{n}x{status}" for status, n in sorted(r["statuses"].items()))
     print(f"| {name} | {level} | {len(lat)} | {r['throughput']:.1f} | {r['throughput'] / limit:.0%} of {limit:.0f} | "
           f"{percentile(lat, 50):.1f} ms | {percentile(lat, 95):.1f} ms | {r['cpu_ms']:.2f} ms | "
-          f"{r['sim_ms']:.2f} ms | {answers} |")
+          f"{r['sim_ms']:.2f} ms | {r['load_ms']:.2f} ms | {machine_bound(r):.0f} | {answers} |")
 
 
 def main():
@@ -228,9 +236,10 @@ def main():
     print(f"start a call against the simulator, {UPSTREAM_DELAY_MS} ms per upstream request: this server "
           f"(POST /api/sessions/: mint + create the call, sideband attach included) beside the tutorial's "
           f"Express token server (POST /session: the mint only)")
-    print("| server | clients | starts | starts/s | upstream-bound limit | latency p50 | latency p95 "
-          "| server CPU per start | simulator CPU per start | answers |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    print(f"| server | clients | starts | starts/s | upstream-bound limit | latency p50 | latency p95 "
+          f"| server CPU per start | simulator CPU per start | load generator CPU per start "
+          f"| CPU-bound limit on {os.cpu_count()} cores | answers |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for name, levels in results.items():
         for level, r in levels.items():
             _row(name, 1 if name.startswith("tutorial") else 2, level, r)
