@@ -143,6 +143,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # A pooled connection the server terminated is found out before use, not by a failed request.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Django's backend, with the process's writers queued on a lock of its own (voiceproject/sqlite).
+    DATABASES["default"]["ENGINE"] = "voiceproject.sqlite"
     # WAL lets readers (a second process, a management command) work beside
     # the server's writes, and NORMAL sync keeps a commit from costing an fsync.
     DATABASES["default"]["OPTIONS"] = {

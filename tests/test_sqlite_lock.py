@@ -1,0 +1,101 @@
+"""SQLite's writers of one process queue on the process's lock (voiceproject/sqlite): a writer waits for
+the one before it instead of meeting SQLite's lock and sleeping. Each thread here tells SQLite not to
+wait at all (busy_timeout 0), so a write that reached SQLite's lock while another held it would fail
+at once with "database is locked"."""
+
+import threading
+
+import pytest
+from django.db import connection, transaction
+
+from teams_app.models import Team
+from voiceproject.sqlite.base import _lock_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def process_lock():
+    return _lock_for(connection.settings_dict["NAME"])
+
+
+def impatient():
+    """This thread's connection, told to fail at once where SQLite's lock is taken."""
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA busy_timeout = 0")
+
+
+def test_a_transaction_holds_the_lock_until_it_commits_or_rolls_back():
+    with transaction.atomic():
+        Team.objects.create(name="inside")
+        assert process_lock().locked()
+    assert not process_lock().locked()
+    with pytest.raises(ZeroDivisionError), transaction.atomic():
+        Team.objects.create(name="rolled back")
+        1 / 0
+    assert not process_lock().locked()
+    Team.objects.create(name="outside a transaction")
+    assert not process_lock().locked()
+    assert sorted(Team.objects.values_list("name", flat=True)) == ["inside", "outside a transaction"]
+
+
+def test_a_write_waits_for_the_transaction_before_it():
+    began, finish, errors, done = threading.Event(), threading.Event(), [], threading.Event()
+
+    def holder():
+        try:
+            with transaction.atomic():
+                Team.objects.create(name="first")
+                began.set()
+                finish.wait(10)
+        finally:
+            connection.close()
+
+    def writer():
+        try:
+            impatient()
+            began.wait(10)
+            Team.objects.create(name="second")  # outside a transaction
+        except Exception as exc:  # noqa: BLE001  (the test reports it)
+            errors.append(exc)
+        finally:
+            done.set()
+            connection.close()
+
+    threads = [threading.Thread(target=holder), threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    assert began.wait(10)
+    assert not done.wait(0.3)  # the writer waits for the transaction to end
+    finish.set()
+    for t in threads:
+        t.join(10)
+    assert errors == []
+    assert sorted(Team.objects.values_list("name", flat=True)) == ["first", "second"]
+
+
+def test_many_writers_on_threads_all_succeed_without_sqlite_waiting():
+    errors, per_thread, threads = [], 25, 8
+
+    def work(n):
+        try:
+            impatient()
+            for i in range(per_thread):
+                if i % 2:
+                    Team.objects.create(name=f"t{n}-{i}")
+                else:
+                    with transaction.atomic():
+                        Team.objects.create(name=f"t{n}-{i}")
+                        Team.objects.filter(name=f"t{n}-{i}").update(name=f"t{n}-{i}")
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(60)
+    assert errors == []
+    assert Team.objects.count() == threads * per_thread
+    assert not process_lock().locked()
