@@ -11,7 +11,9 @@ from django.db import connection, transaction
 from teams_app.models import Team
 from voiceproject.sqlite.base import _lock_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Transactional: the writers are threads with connections of their own. serialized_rollback, as in the
+# other transactional modules, leaves the database as the next module expects it.
+pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
 
 def process_lock():
