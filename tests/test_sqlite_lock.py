@@ -4,11 +4,14 @@ wait at all (busy_timeout 0), so a write that reached SQLite's lock while anothe
 at once with "database is locked"."""
 
 import threading
+import uuid
 
 import pytest
-from django.db import connection, transaction
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.db import IntegrityError, connection, transaction
 
-from teams_app.models import Team
+from teams_app.models import Membership, Team
 from voiceproject.sqlite.base import _lock_for
 
 # Transactional: the writers are threads with connections of their own. serialized_rollback, as in the
@@ -83,7 +86,10 @@ def test_many_writers_on_threads_all_succeed_without_sqlite_waiting():
             impatient()
             for i in range(per_thread):
                 if i % 2:
+                    # Outside a transaction; a Group's insert returns its id (INSERT ... RETURNING), and
+                    # SQLite holds the database until that row is read.
                     Team.objects.create(name=f"t{n}-{i}")
+                    Group.objects.create(name=f"g{n}-{i}")
                 else:
                     with transaction.atomic():
                         Team.objects.create(name=f"t{n}-{i}")
@@ -100,4 +106,38 @@ def test_many_writers_on_threads_all_succeed_without_sqlite_waiting():
         t.join(60)
     assert errors == []
     assert Team.objects.count() == threads * per_thread
+    assert Group.objects.count() == threads * (per_thread // 2)
     assert not process_lock().locked()
+
+
+def test_a_refused_commit_keeps_the_lock_until_its_rollback(monkeypatch):
+    """SQLite checks foreign keys at COMMIT and, refusing it, keeps the transaction open: the lock
+    stays with it until Django rolls it back, and is free after."""
+    user = get_user_model().objects.create_user("lock-owner")
+    seen = []
+    rollback = connection._rollback
+
+    def watched_rollback():
+        seen.append((process_lock().locked(), connection.connection.in_transaction))
+        return rollback()
+
+    monkeypatch.setattr(connection, "_rollback", watched_rollback)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Membership.objects.create(team_id=uuid.uuid4(), user=user, role=Membership.MEMBER)
+    assert seen == [(True, True)]
+    assert not process_lock().locked()
+    errors = []
+
+    def writer():
+        try:
+            impatient()
+            Team.objects.create(name="after")
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    t.join(10)
+    assert errors == []

@@ -6,8 +6,16 @@ unlocked while the next writer slept. Here a thread takes the process's lock bef
 BEGIN, for a transaction, or around a single write outside one) and gives it back when the write is
 done, so the next writer of this process starts the moment the last one finished. Writers in other
 processes (a management command, a second server) still meet at SQLite's own lock, as before.
+
+A transaction holds the lock from its BEGIN (IMMEDIATE, see settings) until SQLite says it ended:
+after its commit, its rollback, or its connection's close (a COMMIT that fails, on a deferred foreign
+key, leaves the transaction open, and the lock with it, until the rollback). A write outside a
+transaction holds it until SQLite has finished the statement, so the rows an INSERT ... RETURNING
+gives back are read before the lock is let go. Transactions Django does not begin (set_autocommit(False),
+a raw BEGIN) are not covered: neither this project nor Django's own code on SQLite makes them.
 """
 
+import collections
 import contextlib
 import threading
 
@@ -28,19 +36,51 @@ def _lock_for(name):
 
 
 class CursorWrapper(base.SQLiteCursorWrapper):
-    """A write outside a transaction holds the process's lock while it runs."""
+    """A write outside a transaction holds the process's lock until SQLite has finished it."""
+
+    returned = None  # the rows a locked write gave back (RETURNING), read while it held the lock
 
     def execute(self, query, params=None):
+        self.returned = None
         if self.connection.in_transaction or query.lstrip()[:9].upper().startswith(_NO_LOCK):
             return super().execute(query, params)
         with self.connection.django_wrapper.write_lock():
-            return super().execute(query, params)
+            super().execute(query, params)
+            # SQLite ends the statement, and its hold on the database, only once its rows are read.
+            if self.description is not None:
+                self.returned = collections.deque(super().fetchall())
+            return self
 
     def executemany(self, query, param_list):
+        self.returned = None
         if self.connection.in_transaction:
             return super().executemany(query, param_list)
         with self.connection.django_wrapper.write_lock():
             return super().executemany(query, param_list)
+
+    def fetchone(self):
+        if self.returned is None:
+            return super().fetchone()
+        return self.returned.popleft() if self.returned else None
+
+    def fetchmany(self, size=None):
+        if self.returned is None:
+            return super().fetchmany(self.arraysize if size is None else size)
+        count = min(len(self.returned), self.arraysize if size is None else size)
+        return [self.returned.popleft() for _ in range(count)]
+
+    def fetchall(self):
+        if self.returned is None:
+            return super().fetchall()
+        rows, self.returned = list(self.returned), collections.deque()
+        return rows
+
+    def __next__(self):
+        if self.returned is None:
+            return super().__next__()
+        if not self.returned:
+            raise StopIteration
+        return self.returned.popleft()
 
 
 class Connection(base.Database.Connection):
@@ -52,7 +92,7 @@ class Connection(base.Database.Connection):
 class DatabaseWrapper(base.DatabaseWrapper):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.holds_write_lock = False
+        self.held_lock = None  # the process's lock, while this connection holds it
 
     def get_connection_params(self):
         return {**super().get_connection_params(), "factory": Connection}
@@ -68,7 +108,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
     @contextlib.contextmanager
     def write_lock(self):
         """The lock for one statement, unless this connection holds it already (for its transaction)."""
-        if self.holds_write_lock:
+        if self.held_lock is not None:
             yield
             return
         self._acquire()
@@ -90,13 +130,13 @@ class DatabaseWrapper(base.DatabaseWrapper):
         try:
             return super()._commit()
         finally:
-            self._release()
+            self._release_when_ended()
 
     def _rollback(self):
         try:
             return super()._rollback()
         finally:
-            self._release()
+            self._release_when_ended()
 
     def _close(self):
         try:
@@ -105,14 +145,19 @@ class DatabaseWrapper(base.DatabaseWrapper):
             self._release()
 
     def _acquire(self):
-        if self.holds_write_lock:
+        if self.held_lock is not None:
             return
-        timeout = self.settings_dict["OPTIONS"].get("timeout", 5)
-        if not _lock_for(self.settings_dict["NAME"]).acquire(timeout=timeout):
+        lock = _lock_for(self.settings_dict["NAME"])
+        if not lock.acquire(timeout=self.settings_dict["OPTIONS"].get("timeout", 5)):
             raise OperationalError("database is locked")
-        self.holds_write_lock = True
+        self.held_lock = lock
 
     def _release(self):
-        if self.holds_write_lock:
-            self.holds_write_lock = False
-            _lock_for(self.settings_dict["NAME"]).release()
+        lock, self.held_lock = self.held_lock, None
+        if lock is not None:
+            lock.release()
+
+    def _release_when_ended(self):
+        """Let the lock go unless SQLite still has the transaction open (a COMMIT it refused)."""
+        if self.connection is None or not self.connection.in_transaction:
+            self._release()
