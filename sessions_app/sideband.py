@@ -241,17 +241,17 @@ class SidebandWorker:
     async def claim_and_watch(self, only=None):
         """Claim the running calls free of a lease (of these only, when the web processes named them)."""
         for pk in await _db(self.claim)(only):
-            watch = CallWatch(self, pk)
-            self.watching[pk] = watch
-            watch.task = asyncio.create_task(watch.run())
+            self.watch(pk)
 
     def adopt(self, call):
         """Watch a call made in this process and leased to this worker in the same insert; the call's
         row (with its conversation) is what the watch would have read."""
-        if call.pk in self.watching:
-            return
-        watch = CallWatch(self, call.pk, call)
-        self.watching[call.pk] = watch
+        if call.pk not in self.watching:
+            self.watch(call.pk, call)
+
+    def watch(self, pk, row=None):
+        watch = CallWatch(self, pk, row)
+        self.watching[pk] = watch
         watch.task = asyncio.create_task(watch.run())
 
     def claim(self, only=None):
