@@ -137,10 +137,10 @@ class CallQuerySet(models.QuerySet):
         free = models.Q(sideband_lease_until__isnull=True) | models.Q(sideband_lease_until__lt=now)
         return self.filter(status=Call.ACTIVE).filter(free)
 
-    def claim(self, owner, lease, exclude=(), limit=50):
+    def claim(self, owner, lease, limit=50):
         """Take up to `limit` running calls whose lease is free or lapsed; returns their ids."""
         now = timezone.now()
-        candidates = self.claimable(now).exclude(pk__in=list(exclude)).values_list("pk", flat=True)[:limit]
+        candidates = self.claimable(now).values_list("pk", flat=True)[:limit]
         return self.claim_these(owner, lease, list(candidates), now)
 
     def claim_these(self, owner, lease, pks, now=None):

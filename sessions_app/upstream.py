@@ -14,6 +14,7 @@ created here, and a secret kept for the sideband is sealed.
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -118,7 +119,13 @@ def _headers(safety_identifier=None, secret=None):
 
 
 def _fernet():
-    key = salted_hmac("sessions_app.upstream.sealed-secret", "v1", algorithm="sha256").digest()
+    return _fernet_for(settings.SECRET_KEY)
+
+
+@functools.lru_cache(maxsize=4)
+def _fernet_for(secret_key):
+    # Derived once per SECRET_KEY, not on every seal and unseal (each start seals, each attach may unseal).
+    key = salted_hmac("sessions_app.upstream.sealed-secret", "v1", secret=secret_key, algorithm="sha256").digest()
     return Fernet(base64.urlsafe_b64encode(key))
 
 
@@ -139,7 +146,12 @@ def unseal(sealed):
 
 def safety_identifier(user):
     """A stable, non-reversible id for the user, as OpenAI asks multi-user apps to send."""
-    digest = salted_hmac("openai-safety-identifier", str(user.pk)).hexdigest()
+    return _safety_identifier(user.pk, settings.SECRET_KEY)
+
+
+@functools.lru_cache(maxsize=1024)
+def _safety_identifier(pk, secret_key):
+    digest = salted_hmac("openai-safety-identifier", str(pk), secret=secret_key).hexdigest()
     return hashlib.sha256(digest.encode()).hexdigest()[:32]
 
 

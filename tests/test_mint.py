@@ -70,7 +70,7 @@ def _only_known_keys(instance, schema, doc, path="$"):
             _only_known_keys(value, props[key], doc, f"{path}.{key}")
 
 
-def test_mint_creates_the_call_and_answers_with_its_sdp(csrf_client, alice, fake, schema_doc):
+def test_mint_creates_the_call_and_answers_with_its_sdp(csrf_client, alice, fake, schema_doc, settings):
     login(csrf_client, alice)
     response = mint(csrf_client, {"model": "gpt-realtime", "voice": "cedar", "turn_detection": "semantic_vad",
                                   "document_text": "The launch is on 3 March."})
@@ -120,6 +120,10 @@ def test_mint_creates_the_call_and_answers_with_its_sdp(csrf_client, alice, fake
     assert call.number == 1 and call.call_id == "rtc_test1" and call.status == "active"
     assert SECRET not in call.sealed_secret and upstream.unseal(call.sealed_secret) == SECRET
     assert FAKE_KEY not in response.content.decode()
+    # Both come from SECRET_KEY (derived once per key): another key reads nothing and names the user differently.
+    safety = upstream.safety_identifier(alice)
+    settings.SECRET_KEY = "another-secret-key-for-this-test-only-0123456789"
+    assert upstream.unseal(call.sealed_secret) is None and upstream.safety_identifier(alice) != safety
 
 
 def test_push_to_talk_turns_detection_off(csrf_client, bob, fake):

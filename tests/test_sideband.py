@@ -456,11 +456,17 @@ async def sim_post(sim, path, body):
 
 
 @pytest.mark.parametrize("auth, credential", [("call_secret_only", "call_secret"), ("api_key_only", "api_key")])
-async def test_the_sideband_attaches_with_whichever_credential_the_upstream_takes(sim, alice, worker, auth, credential):
+async def test_the_sideband_attaches_with_whichever_credential_the_upstream_takes(sim, alice, worker, auth, credential,
+                                                                                  monkeypatch):
+    unsealed = []
+    real_unseal = upstream.unseal
+    monkeypatch.setattr(upstream, "unseal", lambda sealed: unsealed.append(sealed) or real_unseal(sealed))
     await sim_post(sim, "/_sim/config", {"sideband_auth": auth})
     client, session = await start_call(sim, alice)
     call = await until(lambda: (c := call_of(session)).sideband_attached_at and c)
     assert call.sideband_credential == credential
+    # The call's own secret is unsealed only when the API key was refused.
+    assert len(unsealed) == (credential == "call_secret")
     attaches = sim.state.calls[client.call_id].summary()["sideband_attaches"]
     assert [a["auth"] for a in attaches] == [credential]
     done = await ask(client)
@@ -652,3 +658,37 @@ async def test_a_call_started_in_this_process_is_watched_by_its_own_worker_witho
     stop.set()
     await task
     assert woken == [call.pk]  # stopping, it gave the call back and woke the others to take it
+
+
+def _calls_leased(user, count, owner="", lease_until=None):
+    session = RealtimeSession.objects.create(
+        user=user, team=user.memberships.get().team, model="gpt-realtime", voice="marin",
+        turn_detection="push_to_talk", instructions="", session_config=CONFIG, connected_at=timezone.now())
+    return [Call.objects.create(session=session, number=n + 1, call_id=f"rtc_lease{session.pk}_{n}",
+                                sideband_owner=owner, sideband_lease_until=lease_until).pk for n in range(count)]
+
+
+@pytest.mark.parametrize("watched", [3, 60])
+def test_a_poll_claims_the_free_calls_and_takes_back_a_lapsed_one_of_its_own_without_watching_it_twice(
+        alice, watched):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    worker = SidebandWorker(name="poll-worker")
+    now = timezone.now()
+    held = _calls_leased(alice, watched, "poll-worker", now + datetime.timedelta(minutes=5))
+    lapsed = _calls_leased(alice, 1, "poll-worker", now - datetime.timedelta(seconds=1))
+    free = _calls_leased(alice, 2)
+    others = _calls_leased(alice, 1, "other-worker", now + datetime.timedelta(minutes=5))
+    worker.watching = dict.fromkeys(held + lapsed)
+    with CaptureQueriesContext(connection) as queries:
+        claimed = worker.claim()
+    assert sorted(claimed) == sorted(free)  # the lapsed one of its own is not handed out to watch again
+    leases = dict(Call.objects.values_list("pk", "sideband_owner"))
+    assert all(leases[pk] == "poll-worker" for pk in held + lapsed + free)
+    assert leases[others[0]] == "other-worker"
+    assert Call.objects.get(pk=lapsed[0]).sideband_lease_until > now  # taken back: its lease runs again
+    # The look for claimable calls does not list the watched calls: its SQL is the same at 3 and at 60.
+    look = queries.captured_queries[0]["sql"]
+    assert " IN (" not in look.upper()
+    assert len(queries) == 1 + len(free) + len(lapsed)
