@@ -34,13 +34,18 @@ from pathlib import Path
 
 from realtime_sim.tests.rtc_client import RtcClient
 
-from .harness import ROOT, Http1, cpu_seconds, free_port, percentile, post_json, service, signed_in_http1, simulator, wait_for
+from .harness import (ROOT, Http1, cpu_seconds, free_port, percentile, post_json, service, signed_in_http1, simulator,
+                      topology)
 
 UPSTREAM_DELAY_MS = 50
 CLIENTS = 32
 # Starts per level: one client in a row, then CLIENTS side by side.
 LEVELS = ((1, 60), (CLIENTS, 10))
 SERVERS = ("uvicorn", "daphne")
+# The deployment past one machine as the README describes it, on this machine: two uvicorn processes
+# and a sideband worker process on PostgreSQL and Redis. Its CPU per start is the three processes'.
+SHARED = True
+SHARED_NAME = "this server (2 x uvicorn + sideband worker, PostgreSQL + Redis)"
 SEED = ROOT.parent / "shared" / "seed"
 
 # Ours, not the tutorial's: where its fetch and its listen go, so it stays on loopback.
@@ -107,8 +112,34 @@ def attach_delays(sim):
     return [c["sideband_attaches"][0]["at_ms"] - c["created_at_ms"] for c in calls if c["sideband_attaches"]]
 
 
-async def measure(sim, sim_pid, pid, clients, path, body, settle):
-    """Each level's figures: latencies, starts/s, answers by status, CPU ms per start (server, simulator)."""
+def cpu_of(pids):
+    """The CPU seconds these processes have used so far; a process gone meanwhile counts as 0."""
+    total = {}
+    for pid in pids:
+        try:
+            total[pid] = cpu_seconds(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+def spent(before, after):
+    """CPU seconds used between two readings, by the processes alive at both."""
+    return sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
+
+
+def database_pids():
+    """PostgreSQL's and Redis's processes on this machine (a shared topology's database work)."""
+    found = []
+    for name in ("postgres", "redis-server"):
+        result = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True)
+        found += [int(pid) for pid in result.stdout.split()]
+    return found
+
+
+async def measure(sim, sim_pid, pids, clients, path, body, settle, shared=False):
+    """Each level's figures: latencies, starts/s, answers by status, CPU ms per start (the server's
+    processes together, the simulator, the load generator, and with `shared` PostgreSQL and Redis)."""
     started = []
     await run_level(clients[:4], path, body, 3, started)  # warm-up: connections, caches, tokenizer
     results = {}
@@ -120,14 +151,16 @@ async def measure(sim, sim_pid, pid, clients, path, body, settle):
         post_json(f"{sim}/_sim/reset", {})
         for endpoint in ("client_secrets", "calls"):
             post_json(f"{sim}/_sim/faults", {"endpoint": endpoint, "latency_ms": UPSTREAM_DELAY_MS})
-        cpu_before, sim_before, load_before = cpu_seconds(pid), cpu_seconds(sim_pid), cpu_seconds(os.getpid())
+        db_pids = database_pids() if shared else []
+        cpu_before, sim_before, load_before, db_before = cpu_of(pids), cpu_seconds(sim_pid), cpu_seconds(os.getpid()), cpu_of(db_pids)
         latencies, throughput, statuses = await run_level(clients[:level], path, body, per_client, started)
         load_ms = (cpu_seconds(os.getpid()) - load_before) * 1000 / len(latencies)
         await asyncio.sleep(settle)  # the sideband attaches belong to these starts' cost
-        cpu_ms = (cpu_seconds(pid) - cpu_before) * 1000 / len(latencies)
+        cpu_ms = spent(cpu_before, cpu_of(pids)) * 1000 / len(latencies)
         sim_ms = (cpu_seconds(sim_pid) - sim_before) * 1000 / len(latencies)
-        results[level] = {"latencies": latencies, "throughput": throughput, "statuses": statuses,
-                          "cpu_ms": cpu_ms, "sim_ms": sim_ms, "load_ms": load_ms, "attach": attach_delays(sim)}
+        db_ms = spent(db_before, cpu_of(db_pids)) * 1000 / len(latencies)
+        results[level] = {"latencies": latencies, "throughput": throughput, "statuses": statuses, "cpu_ms": cpu_ms,
+                          "sim_ms": sim_ms, "load_ms": load_ms, "db_ms": db_ms, "attach": attach_delays(sim)}
     await end_conversations(started)
     for c in clients:
         await c.close()
@@ -135,13 +168,14 @@ async def measure(sim, sim_pid, pid, clients, path, body, settle):
     return results
 
 
-async def measure_ours(sim, sim_pid, top):
-    base = top.bases[0]
+async def measure_ours(sim, sim_pid, top, shared=False):
     offer = await make_offer()
-    clients = [await signed_in_http1(base, f"bench{i}") for i in range(CLIENTS)]
+    # The clients take turns between the server processes, as a load balancer would spread them.
+    clients = [await signed_in_http1(top.bases[i % len(top.bases)], f"bench{i}") for i in range(CLIENTS)]
     body = json.dumps({"model": "gpt-realtime-mini", "sdp": offer}).encode()
+    pids = [proc.pid for proc in top.servers + top.workers]
     # settle: the sideband workers see an ended conversation at their next lease renewal (every 2 s).
-    return await measure(sim, sim_pid, top.servers[0].pid, clients, "/api/sessions/", body, settle=3)
+    return await measure(sim, sim_pid, pids, clients, "/api/sessions/", body, settle=3, shared=shared)
 
 
 async def measure_bare(top):
@@ -182,7 +216,7 @@ async def measure_tutorial(sim, sim_pid):
             base = f"http://127.0.0.1:{port}"
             await asyncio.to_thread(_wait_for_port, port, node)
             clients = [Http1(base) for _ in range(CLIENTS)]
-            return await measure(sim, sim_pid, node.pid, clients, "/session", b"{}", settle=0.3)
+            return await measure(sim, sim_pid, [node.pid], clients, "/session", b"{}", settle=0.3)
         finally:
             node.terminate()
             node.wait(10)
@@ -205,7 +239,7 @@ def _wait_for_port(port, proc, timeout=30):
 def machine_bound(r):
     """The starts/s this machine's cores could give if they did nothing but this level's work: the CPU a
     start cost the server, the simulator and the load generator together, spread over every core."""
-    return (os.cpu_count() or 1) * 1000 / (r["cpu_ms"] + r["sim_ms"] + r["load_ms"])
+    return (os.cpu_count() or 1) * 1000 / (r["cpu_ms"] + r["sim_ms"] + r["load_ms"] + r["db_ms"])
 
 
 def _row(name, upstream_requests, level, r):
@@ -214,7 +248,7 @@ def _row(name, upstream_requests, level, r):
     answers = ", ".join(f"{n}x{status}" for status, n in sorted(r["statuses"].items()))
     print(f"| {name} | {level} | {len(lat)} | {r['throughput']:.1f} | {r['throughput'] / limit:.0%} of {limit:.0f} | "
           f"{percentile(lat, 50):.1f} ms | {percentile(lat, 95):.1f} ms | {r['cpu_ms']:.2f} ms | "
-          f"{r['sim_ms']:.2f} ms | {r['load_ms']:.2f} ms | {machine_bound(r):.0f} | {answers} |")
+          f"{r['sim_ms']:.2f} ms | {r['load_ms']:.2f} ms | {r['db_ms']:.2f} ms | {machine_bound(r):.0f} | {answers} |")
 
 
 def main():
@@ -226,6 +260,9 @@ def main():
             with service(sim, CLIENTS, server=server) as top:
                 results[f"this server ({server})"] = asyncio.run(measure_ours(sim, sim_pid, top))
                 bare[server] = asyncio.run(measure_bare(top))
+        if SHARED:
+            with topology(sim, CLIENTS, processes=2, shared=True, workers=1) as top:
+                results[SHARED_NAME] = asyncio.run(measure_ours(sim, sim_pid, top, shared=True))
         if shutil.which("node") and shutil.which("npm"):
             try:
                 results["tutorial (Express)"] = asyncio.run(measure_tutorial(sim, sim_pid))
@@ -238,8 +275,8 @@ def main():
           f"Express token server (POST /session: the mint only)")
     print(f"| server | clients | starts | starts/s | upstream-bound limit | latency p50 | latency p95 "
           f"| server CPU per start | simulator CPU per start | load generator CPU per start "
-          f"| CPU-bound limit on {os.cpu_count()} cores | answers |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+          f"| PostgreSQL + Redis CPU per start | CPU-bound limit on {os.cpu_count()} cores | answers |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for name, levels in results.items():
         for level, r in levels.items():
             _row(name, 1 if name.startswith("tutorial") else 2, level, r)
