@@ -101,9 +101,10 @@ class Topology:
     def manage(self, *args, **kwargs):
         return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True, **kwargs)
 
-    def start_worker(self):
-        """One more `manage.py sideband_worker` process; it names itself host:pid."""
-        proc = subprocess.Popen([sys.executable, "manage.py", "sideband_worker", "--poll", "0.2"],
+    def start_worker(self, poll=0.2):
+        """One more `manage.py sideband_worker` process, looking at the database every `poll` seconds;
+        it names itself host:pid."""
+        proc = subprocess.Popen([sys.executable, "manage.py", "sideband_worker", "--poll", str(poll)],
                                 cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL)
         self.workers.append(proc)
         return proc

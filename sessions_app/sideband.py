@@ -11,7 +11,7 @@ refusal, and ends a call only when the upstream says it is gone: a refused or
 dropped sideband means "not verified for now", never "the call ended".
 
 Workers find calls in the database and claim each with a renewable lease;
-web processes wake them through the channel layer when they create a call, and
+web processes wake them with a notice on the channel layer when they create a call, and
 the periodic look at the database is the safety net. A stopped worker releases
 its calls so another takes them at once; a killed one's lapse. Database and
 upstream errors are logged and retried, never fatal.
@@ -45,7 +45,7 @@ from .pricing import UsageError
 
 log = logging.getLogger(__name__)
 
-WAKE_GROUP = "sideband-workers"
+WAKE_TOPIC = "sideband-wake"
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
 DB_RETRIES = 4
 # A replaced call is the page's to close once its next call is up; after this the server hangs it up.
@@ -96,10 +96,13 @@ def _watched(pk):
 _call_to_watch = Prepared(_watched, pk=int)
 
 
-async def wake_workers(call_pk):
-    """Tell the sideband workers a call was created, so one attaches at once (if the layer is away,
-    their look at the database every poll finds it anyway)."""
-    await tell(get_channel_layer(), WAKE_GROUP, {"type": "sideband.wake", "call": call_pk})
+async def wake_workers(*call_pks):
+    """Tell the sideband workers these calls were created (or let go), so one attaches at once. With
+    the layer away the wake-up is skipped: their look at the database every poll finds the calls anyway."""
+    try:
+        await get_channel_layer().publish(WAKE_TOPIC, {"calls": list(call_pks)})
+    except Exception as exc:  # the layer's own errors vary (Redis away, a timeout); all mean "not now"
+        log.warning("sideband wake-up skipped: %s", type(exc).__name__)
 
 
 async def hand_over(call):
@@ -177,8 +180,8 @@ class SidebandWorker:
             await asyncio.gather(listener, *(w.task for w in watches), return_exceptions=True)
             await self.guarded(self.release)
             # The others take the released calls now rather than at their next look.
-            for watch in watches:
-                await wake_workers(watch.pk)
+            if watches:
+                await wake_workers(*(watch.pk for watch in watches))
 
     async def tick(self):
         now = asyncio.get_running_loop().time()
@@ -212,23 +215,14 @@ class SidebandWorker:
         delay = BACKOFF_FIRST
         while True:
             try:
-                layer = get_channel_layer()
-                channel = await layer.new_channel()
-                await layer.group_add(WAKE_GROUP, channel)
-                joined = asyncio.get_running_loop().time()
-                while True:
-                    # The membership expires in the layer; renew it now and then.
-                    if asyncio.get_running_loop().time() - joined > 600:
-                        await layer.group_add(WAKE_GROUP, channel)
-                        joined = asyncio.get_running_loop().time()
-                    try:
-                        message = await asyncio.wait_for(layer.receive(channel), 60)
-                    except asyncio.TimeoutError:
-                        continue
-                    if isinstance(message.get("call"), int):
-                        self.woken_calls.add(message["call"])
-                    self.woken.set()
-                    delay = BACKOFF_FIRST
+                async with get_channel_layer().subscribe(WAKE_TOPIC) as wake_up:
+                    while True:
+                        message = await wake_up()
+                        calls = message.get("calls") if isinstance(message, dict) else None
+                        if isinstance(calls, list):
+                            self.woken_calls.update(pk for pk in calls if isinstance(pk, int))
+                        self.woken.set()
+                        delay = BACKOFF_FIRST
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the layer (Redis) is away: the database poll still finds calls

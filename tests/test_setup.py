@@ -42,7 +42,7 @@ def test_healthz_says_which_part_is_missing(client):
     data = client.get("/healthz").json()
     # No sideband worker has said it is alive: still answering (200), but degraded.
     assert data["status"] == "degraded" and data["database"] == "ok" and data["sideband_workers"] == 0
-    assert data["redis"] == "not used" and data["channel_layer"] == "InMemoryChannelLayer"
+    assert data["redis"] == "not used" and data["channel_layer"] == "LocalChannelLayer"
     assert data["upstream"] == "simulator"
     WorkerBeat.objects.create(name="worker-1", seen_at=timezone.now())
     response = client.get("/healthz")

@@ -96,3 +96,33 @@ async def test_a_closed_sockets_late_messages_are_dropped_not_kept(layer, monkey
     await layer.send(alive, {"type": "x"})
     assert await asyncio.wait_for(layer.receive(alive), 5) == {"type": "x"}
     assert gone not in layer.receive_buffer
+
+
+async def test_a_notice_reaches_every_subscriber_of_its_topic_and_no_one_else(layer):
+    """The sideband workers' wake-ups: one PUBLISH, heard by each worker subscribed at that moment."""
+    async with layer.subscribe("wake") as first, layer.subscribe("wake") as second, layer.subscribe("other") as other:
+        await layer.publish("wake", {"calls": [1, 2]})
+        await layer.publish("wake", {"calls": [3]})
+        for get in (first, second):
+            assert await asyncio.wait_for(get(), 5) == {"calls": [1, 2]}
+            assert await asyncio.wait_for(get(), 5) == {"calls": [3]}
+        late = asyncio.ensure_future(other())
+        await asyncio.sleep(0.2)
+        assert not late.done()  # nothing was published on its topic
+        late.cancel()
+    # Nobody subscribed: the notice is kept for no one, and publishing it is no error.
+    await layer.publish("wake", {"calls": [4]})
+    client = redis.Redis.from_url(URL, socket_timeout=5)
+    assert not list(client.scan_iter(f"{layer.prefix}*notice*"))
+
+
+async def test_a_subscriber_waits_past_the_connections_socket_timeout(monkeypatch):
+    """A quiet topic outlives the Redis connection's read timeout (the layer's is 30 s; 1 s here)."""
+    quick = BoundedRedisChannelLayer(hosts=[{"address": URL, "socket_timeout": 1}], prefix=f"layertest-{uuid.uuid4().hex[:8]}")
+    async with quick.subscribe("wake") as get:
+        waiting = asyncio.ensure_future(get())
+        await asyncio.sleep(2.5)
+        assert not waiting.done()
+        await quick.publish("wake", {"calls": [7]})
+        assert await asyncio.wait_for(waiting, 5) == {"calls": [7]}
+    await quick.close_pools()

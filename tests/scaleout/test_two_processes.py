@@ -198,3 +198,22 @@ async def test_terminated_database_connections_do_not_kill_the_worker(shared):
     assert all(w.poll() is None for w in live)
     await browser.close()
     await member.aclose()
+
+
+async def test_a_worker_that_looks_at_the_database_rarely_is_woken_through_redis():
+    """The web process's wake-up (a Redis notice) alone gets new calls attached: the worker's own look at
+    the database comes every 30 s, and each call is attached well before it."""
+    with simulator() as sim, topology(sim, users=3, shared=True) as top:
+        worker = top.start_worker(poll=30)
+        # Its first look (and its subscription) is behind it once its heartbeat is in the database.
+        await eventually(lambda: top.sql("SELECT count(*) FROM sessions_app_workerbeat")[0][0])
+        await asyncio.sleep(0.5)
+        for number in range(2):
+            member = await signed_in_client(top.bases[0], f"bench{number}")
+            browser, minted = await start(member, {"turn_detection": "push_to_talk"})
+            call_id = (await member.get(f"/api/sessions/{minted['id']}")).json()["calls"][0]["call_id"]
+            attaches = await eventually(lambda: sim_call(sim, call_id)["sideband_attaches"], timeout=10)
+            assert attaches[0]["at_ms"] - sim_call(sim, call_id)["created_at_ms"] < 2000
+            await browser.close()
+            await member.aclose()
+        assert worker.poll() is None
