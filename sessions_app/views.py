@@ -85,10 +85,17 @@ def _rate_limited(usage):
     return None
 
 
-def _mint_preflight(request, user, req):
+def _mint_preflight(request):
+    """A start's work before the upstream, on the thread that read the user: its body parsed, the
+    attempt counted against the rate limit (every attempt counts, valid or not), and its reads."""
+    user = request.user
+    try:
+        req, bad_request = parse_mint_request(_json_body(request)), None
+    except RequestError as exc:
+        req, bad_request = None, exc
     usage = _mint_rate(request, user)
     if req is None or (usage and usage["should_limit"]):
-        return usage, None, None, None, None, None
+        return req, bad_request, usage, None, None, None, None, None
     found = {}
     if req.document_ids:  # building the visibility query cost a start without documents 0.8 ms for nothing
         found = {d.pk: d for d in Document.objects.visible_to(user).filter(pk__in=req.document_ids)}
@@ -96,7 +103,7 @@ def _mint_preflight(request, user, req):
     documents = [found.get(i) for i in req.document_ids]
     membership = Membership.primary_for(user)
     room = Budget.room_for(user, membership.team if membership else None)
-    return usage, ModelPrice.for_model(req.model), membership, documents, room, running_session(user)
+    return req, None, usage, ModelPrice.for_model(req.model), membership, documents, room, running_session(user)
 
 
 def place_documents(library, room, search_only=False):
@@ -271,17 +278,12 @@ def voice_page(request):
 
 
 @require_POST
-@api_login_required
+@api_login_required(first=_mint_preflight)
 async def mint_session(request):
     user = await request.auser()
-    try:
-        req, bad_request = parse_mint_request(_json_body(request)), None
-    except RequestError as exc:
-        req, bad_request = None, exc
-    # Every attempt counts against the rate limit, valid or not. The limit's
-    # cache calls (blocking I/O with Redis) and the reads share one trip to
-    # this request's worker thread instead of blocking the event loop.
-    usage, price, membership, library, room, running = await sync_to_async(_mint_preflight)(request, user, req)
+    # The rate limit's cache calls (blocking I/O with Redis) and the reads were made on the thread
+    # that read the user, instead of blocking the event loop.
+    req, bad_request, usage, price, membership, library, room, running = request.first
     if limited := _rate_limited(usage):
         return limited
     if req is None:
@@ -347,7 +349,8 @@ async def mint_session(request):
     )
 
 
-def _resume_preflight(request, user, session_id):
+def _resume_preflight(request, session_id):
+    user = request.user
     session = _get_session_for_user(user, session_id, manage=True)
     usage = _mint_rate(request, user)
     price = ModelPrice.for_model(session.model)
@@ -366,7 +369,7 @@ def _next_call(session, call_id, secret):
 
 
 @require_POST
-@api_login_required
+@api_login_required(first=_resume_preflight)
 async def resume_session(request, session_id):
     """The conversation goes on in a new call (after the 60-minute cap, or a lost connection)."""
     user = await request.auser()
@@ -374,7 +377,7 @@ async def resume_session(request, session_id):
         sdp, bad_request = parse_resume_request(_json_body(request)), None
     except RequestError as exc:
         sdp, bad_request = None, exc
-    usage, session, price, room = await sync_to_async(_resume_preflight)(request, user, session_id)
+    usage, session, price, room = request.first
     if limited := _rate_limited(usage):
         return limited
     if sdp is None:

@@ -51,6 +51,25 @@ def test_a_start_reads_the_user_membership_budgets_and_price_once_then_writes_tw
     assert [q.split()[2].strip('"') for q in writes] == ["sessions_app_realtimesession", "sessions_app_call"]
 
 
+def test_a_start_goes_to_a_thread_twice_once_before_the_upstream_and_once_after(csrf_client, bob, fake, monkeypatch):
+    """Reading the user and the start's own reads share one trip; saving the conversation is the other."""
+    from asgiref.sync import SyncToAsync
+
+    trips = []
+    real = SyncToAsync.__call__
+
+    async def counted(self, *args, **kwargs):
+        trips.append(getattr(self.func, "__name__", ""))
+        return await real(self, *args, **kwargs)
+
+    login(csrf_client, bob)
+    start_queries(csrf_client)
+    monkeypatch.setattr(SyncToAsync, "__call__", counted)
+    start_queries(csrf_client)
+    ours = {"sign_in", "get_user", "_mint_preflight", "_new_session"}
+    assert [name for name in trips if name in ours] == ["sign_in", "_new_session"]
+
+
 def test_budgets_cost_one_query_however_many_apply(csrf_client, bob, fake):
     login(csrf_client, bob)
     start_queries(csrf_client)
