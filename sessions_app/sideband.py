@@ -34,7 +34,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from documents_app.models import Document
-from voiceproject.prepared import Prepared
+from voiceproject.prepared import Prepared, PreparedUpdate
 
 from . import context, tools, upstream, usage
 from .consumers import announce_ended, publish_usage, session_group, tell
@@ -92,8 +92,9 @@ def _watched(pk):
     ).filter(pk=pk)
 
 
-# Every attach reads its call: compiled once (0.9 ms of CPU a read, 0.06 compiled).
+# Every attach reads its call: compiled once (0.9 ms of CPU a read, 0.06 compiled); and writes it.
 _call_to_watch = Prepared(_watched, pk=int)
+_update_call = PreparedUpdate(Call)
 
 
 async def wake_workers(*call_pks):
@@ -749,13 +750,13 @@ class CallWatch:
         events = [] if self.info["context_ready_at"] else self.context_events()
         if not events and not self.info["context_ready_at"]:
             fields["context_ready_at"] = now
-        Call.objects.filter(pk=self.pk).update(**fields)
+        _update_call(self.pk, **fields)
         self.info["sideband_credential"] = credential
         self.info["sideband_attached_at"] = first
         return events
 
     def mark(self, **fields):
-        Call.objects.filter(pk=self.pk).update(**fields)
+        _update_call(self.pk, **fields)
 
     def end_call(self, reason):
         """The upstream says the call is gone. The conversation goes on: the page may resume it."""

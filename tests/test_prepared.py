@@ -18,7 +18,7 @@ from sessions_app.views import running_session
 from teams_app.models import Membership, Team
 from tests.conftest import _user
 from tests.test_budgets import spend
-from voiceproject.prepared import Prepared
+from voiceproject.prepared import Prepared, PreparedUpdate
 
 
 def fields(obj):
@@ -98,6 +98,33 @@ def test_a_watched_call_is_read_whole_where_the_watch_reads_it(alice, bob):
         assert seen == (call.call_id, call.number, Call.objects.get(pk=call.pk).status, call.session_id,
                         call.session.session_config, call.session.documents, call.session.pasted_text)
     assert sideband._call_to_watch.first(pk=10**9) is None
+
+
+def test_a_prepared_update_writes_what_the_orms_update_writes(alice):
+    """Two calls, one written by the ORM's update and one by the prepared one, with the same values: a
+    time with microseconds in another zone, a choice, and a time set back to nothing."""
+    session = RealtimeSession.objects.create(user=alice, model="gpt-realtime", voice="marin",
+                                             turn_detection="server_vad", instructions="x", session_config={})
+    by_orm, prepared = (Call.objects.create(session=session, number=n, call_id=f"rtc_u{n}", sealed_secret="s",
+                                            context_ready_at=timezone.now()) for n in (1, 2))
+    when = datetime.datetime(2026, 12, 7, 23, 59, 58, 123456, tzinfo=datetime.timezone(datetime.timedelta(hours=-5)))
+    values = {"sideband_credential": Call.CALL_SECRET, "sideband_attached_at": when, "context_ready_at": None}
+    Call.objects.filter(pk=by_orm.pk).update(**values)
+    update = PreparedUpdate(Call)
+    with CaptureQueriesContext(connection) as written:
+        assert update(prepared.pk, **values) == 1
+    assert len(written) == 1 and written[0]["sql"].startswith("UPDATE")
+    fields = ("sideband_credential", "sideband_attached_at", "context_ready_at", "call_id", "status")
+    a, b = (Call.objects.values_list(*fields).get(pk=pk) for pk in (by_orm.pk, prepared.pk))
+    assert a[:3] == b[:3] == (Call.CALL_SECRET, when, None)
+    assert b[3:] == ("rtc_u2", prepared.status)  # the other columns, and the other row, untouched
+    assert update(10**9, sideband_credential=Call.API_KEY) == 0
+    with pytest.raises(ImproperlyConfigured):
+        update(prepared.pk, id=5)
+    from django.db.models import F
+
+    with pytest.raises(TypeError):
+        update(prepared.pk, number=F("number") + 1)
 
 
 def test_values_lists_and_uuids_take_their_values(team_a, team_b):

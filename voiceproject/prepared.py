@@ -1,4 +1,5 @@
-"""Reads on the hot paths whose SQL the ORM compiles once per process instead of on every read.
+"""Reads (and writes by primary key) on the hot paths whose SQL is compiled once per process instead
+of on every use.
 
 Building and compiling a queryset costs the ORM 0.2-0.6 ms of CPU per read, where SQLite runs a
 small indexed read in 0.01 ms; a start made five such reads and its sideband one more. A Prepared
@@ -14,6 +15,12 @@ for `__in`): a value the ORM would convert otherwise on its way to the database 
 instance) is refused when the read is first compiled, as is a marker that did not reach the SQL. A
 read with a list is compiled once per length of that list, and a read with an empty one returns no
 rows without asking the database, as the ORM does.
+
+A PreparedUpdate writes named fields of one row found by its primary key, as
+`Model.objects.filter(pk=pk).update(**values)` would: the same SQL, each value made ready for the
+database by its field as the ORM's update does (so dates and times reach each database in its own
+form), built once per set of fields instead of compiling a queryset on every write (a sideband attach
+wrote its call that way: 0.4 ms of CPU a start).
 """
 
 import itertools
@@ -174,3 +181,35 @@ class Prepared:
     def first(self, **values):
         rows = self(**values)
         return rows[0] if rows else None
+
+
+class PreparedUpdate:
+    """`model`'s UPDATE of named fields of the row with primary key `pk`; returns the rows changed (0 or 1)."""
+
+    def __init__(self, model, using=DEFAULT_DB_ALIAS):
+        self.model = model
+        self.using = using
+        self._sql = {}
+
+    def __call__(self, pk, **values):
+        connection = connections[self.using]
+        names = tuple(sorted(values))
+        key = (connection.vendor, names)
+        built = self._sql.get(key)
+        if built is None:
+            meta = self.model._meta
+            fields = [meta.get_field(name) for name in names]
+            if not fields or any(not f.concrete or f.primary_key or f.many_to_many for f in fields):
+                raise ImproperlyConfigured("prepared update: name one or more of the row's own columns, not its key")
+            quote = connection.ops.quote_name
+            sql = (f"UPDATE {quote(meta.db_table)} SET {', '.join(f'{quote(f.column)} = %s' for f in fields)} "
+                   f"WHERE {quote(meta.pk.column)} = %s")
+            built = self._sql[key] = (sql, fields)
+        sql, fields = built
+        if any(hasattr(values[f.name], "resolve_expression") for f in fields):
+            raise TypeError("prepared update: values only (an expression needs the ORM's update)")
+        params = [f.get_db_prep_save(values[f.name], connection) for f in fields]
+        params.append(self.model._meta.pk.get_db_prep_value(pk, connection))
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.rowcount
