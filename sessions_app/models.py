@@ -153,14 +153,21 @@ class CallQuerySet(models.QuerySet):
                 claimed.append(pk)
         return claimed
 
-    def renew(self, owner, pks, lease):
-        """Extend the owner's leases on these calls: (the ids it still holds, {id: (end reason, ended at)}
-        for those of them that ended meanwhile)."""
-        rows = list(self.filter(pk__in=pks, sideband_owner=owner).values_list("pk", "status", "end_reason", "ended_at"))
-        self.filter(pk__in=[row[0] for row in rows]).update(sideband_lease_until=timezone.now() + lease)
-        owned = {row[0] for row in rows}
-        ended = {pk: (reason, ended_at) for pk, status, reason, ended_at in rows if status == Call.ENDED}
-        return owned, ended
+    def renew(self, owner, watched, lease):
+        """Extend the owner's leases on its running calls. Returns (the calls it holds: running, or among
+        `watched` ended since, {id: (end reason, ended at)} for those of `watched` that ended).
+
+        The renewal names no call: it reads and extends the owner's running calls (the status index
+        holds the running ones only), and reads by id only the watched calls no longer among them (most
+        renewals none). Naming every watched call cost a parameter each, twice, every renewal."""
+        held = self.filter(status=Call.ACTIVE, sideband_owner=owner)
+        running = set(held.values_list("pk", flat=True))
+        held.update(sideband_lease_until=timezone.now() + lease)
+        gone = [pk for pk in watched if pk not in running]
+        rows = self.filter(pk__in=gone, sideband_owner=owner).values_list("pk", "status", "end_reason", "ended_at")
+        ended = {pk: (reason, ended_at) for pk, status, reason, ended_at in (rows if gone else ())
+                 if status == Call.ENDED}
+        return running | set(ended), ended
 
     def release(self, owner=None):
         """Give the owner's leases back (every running call's, without an owner) for another worker."""

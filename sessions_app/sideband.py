@@ -258,8 +258,6 @@ class SidebandWorker:
         return [pk for pk in Call.objects.claim(self.name, self.lease) if pk not in self.watching]
 
     async def renew(self):
-        if not self.watching:
-            return
         owned, ended = await _db(self._renew)(list(self.watching))
         for pk, watch in list(self.watching.items()):
             if pk not in owned:
@@ -267,6 +265,10 @@ class SidebandWorker:
                 watch.task.cancel()
             elif pk in ended:
                 watch.record_ended(*ended[pk])
+        for pk in owned - self.watching.keys() - ended.keys():
+            # A running call leased to this worker that it does not watch (its watch ended early, or
+            # the call was leased to it as it was made and is about to be adopted): watched now.
+            self.watch(pk)
 
     def _renew(self, pks):
         return Call.objects.renew(self.name, pks, self.lease)

@@ -15,7 +15,9 @@ from django.utils import timezone
 from realtime_sim import start_simulator
 from realtime_sim.tests.rtc_client import RtcClient
 from sessions_app import context, upstream, usage
-from sessions_app.models import Call, RealtimeSession, SessionEvent, Source, ToolCall, TranscriptEntry, UsageRecord
+from sessions_app.models import (
+    Call, EndReason, RealtimeSession, SessionEvent, Source, ToolCall, TranscriptEntry, UsageRecord,
+)
 from sessions_app.pricing import TokenCounts
 from sessions_app.consumers import session_group
 from sessions_app.sideband import CallWatch, SidebandWorker, wake_workers
@@ -692,3 +694,34 @@ def test_a_poll_claims_the_free_calls_and_takes_back_a_lapsed_one_of_its_own_wit
     look = queries.captured_queries[0]["sql"]
     assert " IN (" not in look.upper()
     assert len(queries) == 1 + len(free) + len(lapsed)
+
+
+@pytest.mark.parametrize("watched", [3, 60])
+def test_a_lease_renewal_names_no_call_unless_one_it_watches_is_no_longer_running(alice, watched):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    lease = datetime.timedelta(seconds=30)
+    soon = timezone.now() + datetime.timedelta(seconds=5)
+    held = _calls_leased(alice, watched, "renewer", soon)
+    theirs = _calls_leased(alice, 1, "other-worker", soon)
+    with CaptureQueriesContext(connection) as queries:
+        owned, ended = Call.objects.renew("renewer", held, lease)
+    assert owned == set(held) and ended == {}
+    assert all(" IN (" not in q["sql"].upper() for q in queries.captured_queries)  # the same SQL at 3 and 60
+    leases = dict(Call.objects.values_list("pk", "sideband_lease_until"))
+    assert all(leases[pk] > soon for pk in held) and leases[theirs[0]] == soon
+    # One of its calls ended, and another worker took one over: only those two are read by id.
+    Call.objects.get(pk=held[0]).end(EndReason.USER)
+    Call.objects.filter(pk=held[1]).update(sideband_owner="other-worker")
+    owned, ended = Call.objects.renew("renewer", held, lease)
+    assert owned == set(held) - {held[1]} and set(ended) == {held[0]} and ended[held[0]][0] == EndReason.USER
+
+
+async def test_a_running_call_leased_to_the_worker_that_it_does_not_watch_is_watched_at_the_renewal(alice, monkeypatch):
+    worker = SidebandWorker(name="renewer")
+    pks = await database_sync_to_async(_calls_leased)(alice, 2, "renewer", timezone.now() + datetime.timedelta(seconds=30))
+    watched = []
+    monkeypatch.setattr(worker, "watch", lambda pk, row=None: watched.append(pk))
+    await worker.renew()
+    assert sorted(watched) == sorted(pks)
