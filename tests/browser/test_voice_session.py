@@ -240,6 +240,7 @@ def test_autoplay_blocked_offers_a_play_button(browser, server, simulator):
     assert "blocked" in message
     assert page.get_by_role("button", name="Play the assistant's audio").is_visible()
     page.get_by_role("button", name="Stop").click()
+    page.get_by_role("status").filter(has_text="Session ended").wait_for()
     context.close()
 
 
@@ -264,6 +265,9 @@ def test_reports_made_while_the_socket_is_down_are_resent(page, simulator):
     assert totals["reported_responses"] == 1 and totals["responses"] == 1 and not totals["usage_mismatch"]
     assert totals["cost_usd"] == page.locator("#session-cost").get_attribute("data-exact")
     page.get_by_role("button", name="Stop").click()
+    # Ended on the record before the page goes: the next test's start must not find it running.
+    page.get_by_role("status").filter(has_text="Session ended").wait_for()
+    assert api_session(page, session_id)["status"] == "ended"
 
 
 def upload(page, tmp_path, filename, text, title):
