@@ -163,10 +163,11 @@ class CallQuerySet(models.QuerySet):
         held = self.filter(status=Call.ACTIVE, sideband_owner=owner)
         running = set(held.values_list("pk", flat=True))
         held.update(sideband_lease_until=timezone.now() + lease)
+        ended = {}
         gone = [pk for pk in watched if pk not in running]
-        rows = self.filter(pk__in=gone, sideband_owner=owner).values_list("pk", "status", "end_reason", "ended_at")
-        ended = {pk: (reason, ended_at) for pk, status, reason, ended_at in (rows if gone else ())
-                 if status == Call.ENDED}
+        if gone:
+            rows = self.filter(pk__in=gone, sideband_owner=owner).values_list("pk", "status", "end_reason", "ended_at")
+            ended = {pk: (reason, ended_at) for pk, status, reason, ended_at in rows if status == Call.ENDED}
         return running | set(ended), ended
 
     def release(self, owner=None):

@@ -36,6 +36,8 @@ def api_login_required(view=None, *, first=None):
     """
     if view is None:
         return functools.partial(api_login_required, first=first)
+    if first is not None and not inspect.iscoroutinefunction(view):
+        raise TypeError("api_login_required(first=...) is for async views")
     if inspect.iscoroutinefunction(view):
 
         @functools.wraps(view)
