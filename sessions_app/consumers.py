@@ -249,8 +249,11 @@ class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
     async def disconnect(self, code):
         if self.groups_joined:
             await self.leave()
-            # The sideband worker ends a call whose page stays away too long.
-            await self.mark_page(connected=False)
+            # The sideband worker ends a call whose page stays away too long: a mark lost to a database
+            # hiccup would leave the conversation looking held, and billed, until the upstream's cap.
+            from .sideband import retry_db  # the sideband builds on this module
+
+            await retry_db(self.mark_page, f"session {self.session_id} page left", connected=False)
 
     @database_sync_to_async
     def mark_page(self, connected):

@@ -73,6 +73,21 @@ def _in_db_thread(func, args, kwargs):
         raise
 
 
+async def retry_db(work, what, *args, **kwargs):
+    """Await `work` (ORM work on a thread), retried with backoff through a database hiccup (a lock,
+    a dropped connection); None if it keeps failing."""
+    delay = BACKOFF_FIRST
+    for attempt in range(DB_RETRIES):
+        try:
+            return await work(*args, **kwargs)
+        except db.Error as exc:
+            log.warning("%s: database error (%s), attempt %d", what, type(exc).__name__, attempt + 1)
+            if attempt + 1 < DB_RETRIES:
+                await asyncio.sleep(delay)
+                delay = _backoff(delay)
+    return None
+
+
 def _db(func):
     """Run ORM work on the worker's database threads (calls are watched side by side)."""
 
@@ -709,15 +724,7 @@ class CallWatch:
 
     async def retry_db(self, func, *args, **kwargs):
         """ORM work on a thread, retried through a database hiccup; None if it keeps failing."""
-        delay = BACKOFF_FIRST
-        for attempt in range(DB_RETRIES):
-            try:
-                return await _db(func)(*args, **kwargs)
-            except db.Error as exc:
-                log.warning("call %s: database error (%s), attempt %d", self.pk, type(exc).__name__, attempt + 1)
-                await asyncio.sleep(delay)
-                delay = _backoff(delay)
-        return None
+        return await retry_db(_db(func), f"call {self.pk}", *args, **kwargs)
 
     def load(self):
         call = _call_to_watch.first(pk=self.pk)

@@ -301,6 +301,32 @@ async def test_only_the_page_that_connected_last_marks_the_conversation_left(ali
     assert session.page_left_at is not None and session.page_left_at > session.page_connected_at
 
 
+async def test_the_page_left_mark_is_retried_through_a_database_error(alice, monkeypatch):
+    """A page that goes while the database refuses a write (locked, a dropped connection) is still marked
+    gone, so the sideband worker ends its call instead of billing it until the upstream's cap."""
+    from django.db import OperationalError
+    from django.db.models import QuerySet
+
+    from sessions_app import sideband
+
+    monkeypatch.setattr(sideband, "BACKOFF_FIRST", 0.01)
+    session = await session_for(alice)
+    comm, _ = await connect(session, alice)
+    refusals = []
+    update = QuerySet.update
+
+    def flaky_update(queryset, **values):
+        if "page_left_at" in values and len(refusals) < 2:
+            refusals.append(values)
+            raise OperationalError("database is locked")
+        return update(queryset, **values)
+
+    monkeypatch.setattr(QuerySet, "update", flaky_update)
+    await comm.disconnect()
+    await database_sync_to_async(session.refresh_from_db)()
+    assert len(refusals) == 2
+    assert session.page_left_at is not None and session.page_left_at > session.page_connected_at
+
 async def test_a_socket_gone_while_its_report_is_stored_loses_neither_the_update_nor_the_budget_stop(
         alice, monkeypatch):
     """The socket that sent a report may close (its task cancelled) while the report's batch is in the
