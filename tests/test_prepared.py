@@ -7,7 +7,8 @@ from decimal import Decimal
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
+from django.db.models import signals
 from django.db.models import Q
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -18,7 +19,7 @@ from sessions_app.views import running_session
 from teams_app.models import Membership, Team
 from tests.conftest import _user
 from tests.test_budgets import spend
-from voiceproject.prepared import Prepared, PreparedUpdate
+from voiceproject.prepared import Prepared, PreparedInsert, PreparedUpdate
 
 
 def fields(obj):
@@ -126,6 +127,72 @@ def test_a_prepared_update_writes_what_the_orms_update_writes(alice):
     with pytest.raises(TypeError):
         update(prepared.pk, number=F("number") + 1)
 
+
+
+def _columns(model, pk):
+    return model.objects.values().get(pk=pk)
+
+
+def test_a_prepared_insert_writes_what_the_orms_create_writes(alice, team_a):
+    """A conversation (a UUID key made by the model) and its call (a key the database gives back), each
+    inserted by the ORM and by the prepared insert with the same values: every column the same, but the
+    keys and the creation times; the instances as saved as the ORM's."""
+    when = datetime.datetime(2026, 12, 7, 23, 59, 58, 123456, tzinfo=datetime.timezone(datetime.timedelta(hours=-5)))
+    values = {"user": alice, "team": team_a, "model": "gpt-realtime", "voice": "marin", "turn_detection": "semantic_vad",
+              "instructions": "Answer from the documents.\nQuoted: \"x\" \u00e9", "connected_at": when,
+              "session_config": {"audio": {"output": {"voice": "marin"}}, "tools": [1, 2.5, None, True]},
+              "documents": [{"id": "pasted", "tokens": 12}], "document_tokens": 12, "pasted_text": "notes"}
+    insert_session, insert_call = PreparedInsert(RealtimeSession), PreparedInsert(Call)
+    for _ in range(2):  # the first insert compiles, the second reuses
+        by_orm = RealtimeSession.objects.create(**values)
+        with CaptureQueriesContext(connection) as written:
+            prepared = insert_session(**values)
+        assert len(written) == 1 and written[0]["sql"].startswith("INSERT")
+        assert isinstance(prepared.pk, uuid.UUID) and prepared.pk != by_orm.pk
+        assert not prepared._state.adding and prepared._state.db == by_orm._state.db
+        a, b = _columns(RealtimeSession, by_orm.pk), _columns(RealtimeSession, prepared.pk)
+        for row in (a, b):
+            assert abs(row.pop("created_at") - timezone.now()) < datetime.timedelta(seconds=30)
+            row.pop("id")
+        assert a == b
+        assert b["connected_at"] == when and b["cost_usd"] == Decimal(0) and b["status"] == RealtimeSession.ACTIVE
+        lease = {"sideband_owner": "w1", "sideband_lease_until": when}
+        call_orm = Call.objects.create(session=by_orm, number=1, call_id=f"rtc_o{by_orm.pk.hex}", sealed_secret="s", **lease)
+        call = insert_call(session=prepared, number=1, call_id=f"rtc_p{prepared.pk.hex}", sealed_secret="s", **lease)
+        assert isinstance(call.pk, int) and call.pk == Call.objects.get(call_id=call.call_id).pk
+        c, d = _columns(Call, call_orm.pk), _columns(Call, call.pk)
+        for row, session in ((c, by_orm), (d, prepared)):
+            assert row.pop("session_id") == session.pk
+            assert row.pop("call_id").endswith(session.pk.hex)
+            row.pop("id"), row.pop("created_at")
+        assert c == d and d["sideband_lease_until"] == when
+        assert call.session is prepared and list(prepared.calls.all()) == [call]
+
+
+def test_a_prepared_insert_refused_by_the_database_leaves_nothing_and_listeners_still_hear(alice):
+    session = PreparedInsert(RealtimeSession)(user=alice, model="gpt-realtime", voice="marin",
+                                             turn_detection="server_vad", instructions="x")
+    insert_call = PreparedInsert(Call)
+    insert_call(session=session, number=1, call_id="rtc_same", sealed_secret="s")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        insert_call(session=session, number=2, call_id="rtc_same", sealed_secret="s")
+    assert Call.objects.filter(session=session).count() == 1
+    from django.db.models import F
+
+    with pytest.raises(TypeError):
+        insert_call(session=session, number=F("number"), call_id="rtc_f", sealed_secret="s")
+    heard = []
+
+    def listener(sender, instance, created, **kwargs):
+        heard.append((instance.call_id, created))
+
+    signals.post_save.connect(listener, sender=Call)
+    try:
+        insert_call(session=session, number=3, call_id="rtc_heard", sealed_secret="s")
+    finally:
+        signals.post_save.disconnect(listener, sender=Call)
+    assert heard == [("rtc_heard", True)]
+    assert sorted(Call.objects.filter(session=session).values_list("number", flat=True)) == [1, 3]
 
 def test_values_lists_and_uuids_take_their_values(team_a, team_b):
     names = Prepared(lambda team_id: Team.objects.filter(pk=team_id).values_list("name", "created_at"), team_id=uuid.UUID)
