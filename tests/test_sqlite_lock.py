@@ -141,3 +141,25 @@ def test_a_refused_commit_keeps_the_lock_until_its_rollback(monkeypatch):
     t.start()
     t.join(10)
     assert errors == []
+
+
+def test_placeholders_are_converted_as_djangos_backend_converts_them():
+    """The statements' ? placeholders, kept per statement, are the ones Django's own conversion gives,
+    with a literal % kept and a long statement converted each time; and the kept ones run."""
+    from django.db.backends.sqlite3.base import SQLiteCursorWrapper
+
+    from voiceproject.sqlite.base import _KEPT_QUERY_CHARS, _qmark
+
+    statements = ["SELECT %s", "SELECT name FROM t WHERE name LIKE '%%x' AND id = %s", "UPDATE t SET a = %s, b = %s",
+                  "INSERT INTO t VALUES " + ", ".join(["(%s, %s)"] * 1000)]
+    assert len(statements[-1]) > _KEPT_QUERY_CHARS
+    _qmark.cache_clear()
+    with connection.cursor() as wrapper:
+        cursor = wrapper.cursor
+        for query in statements * 2:
+            ours = cursor.convert_query(query)
+            assert ours == SQLiteCursorWrapper.convert_query(cursor, query) and "%s" not in ours
+        assert _qmark.cache_info().currsize == len(statements) - 1  # the long one is not kept
+        assert cursor.convert_query("SELECT %(a)s", param_names=["a"]) == "SELECT :a"
+    names = {Team.objects.create(name=f"kept {i}").name for i in range(3)}
+    assert set(Team.objects.filter(name__startswith="kept").values_list("name", flat=True)) == names
