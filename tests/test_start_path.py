@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from decimal import Decimal
 
 import pytest
@@ -96,16 +97,17 @@ def test_room_is_each_budgets_limit_less_its_month_as_spent_sums_it(alice, bob):
     assert Budget.room_for(bob, team) is None
 
 
-async def _get(app, path):
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+async def _request(app, method, path, body=b"", headers=()):
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
              "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "headers": [(b"host", b"127.0.0.1")], "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
+             "headers": [(b"host", b"127.0.0.1"), (b"content-length", str(len(body)).encode()), *headers],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
     sent = []
 
     async def receive():
         if not sent:
             sent.append(True)
-            return {"type": "http.request", "body": b"", "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": False}
         await asyncio.Event().wait()  # no disconnect: Django stops listening once it has answered
 
     statuses = []
@@ -116,6 +118,10 @@ async def _get(app, path):
 
     await app(scope, receive, send)
     return statuses[0]
+
+
+async def _get(app, path):
+    return await _request(app, "GET", path)
 
 
 @pytest.mark.django_db
@@ -192,3 +198,70 @@ async def test_requests_still_go_out_with_more_sidebands_open_than_aiohttp_allow
             await ws.close()
         await upstream.close()
         await runner.cleanup()
+
+
+@pytest.mark.django_db
+async def test_a_request_goes_to_its_thread_for_its_work_and_its_end_only(monkeypatch):
+    """Django's request_started receivers took every request to its thread and back for them alone; their
+    work is done at request_finished, on the request's thread, which leaves the connection it keeps to
+    be health-checked at its next use."""
+    from asgiref.sync import SyncToAsync
+
+    from voiceproject.asgi import django_asgi_app
+
+    trips = []
+    real = SyncToAsync.__call__
+
+    async def counted(self, *args, **kwargs):
+        trips.append(getattr(self.func, "__name__", ""))
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncToAsync, "__call__", counted)
+    try:
+        assert await _get(django_asgi_app, "/healthz") == 200
+        assert "sync_send" not in trips, trips  # a signal's sync receivers
+        assert trips.count("close") == 1, trips  # the response's close: request_finished, on the thread
+
+        def kept():
+            from django.db import connection
+
+            return connection.connection is not None, connection.health_check_done
+
+        thread = django_asgi_app.idle_threads[-1]
+        assert thread.submit(kept).result() == (True, False)
+    finally:
+        for thread in django_asgi_app.idle_threads:
+            thread.submit(_close_connections).result()
+
+
+
+@pytest.mark.django_db
+async def test_csrf_is_checked_on_the_loop_and_a_forms_body_on_a_thread(monkeypatch):
+    """The CSRF hook runs on the loop (no trip) but for a form's body, which it parses on a thread; it
+    refuses a POST without the token either way, and lets one with it through."""
+    from asgiref.sync import SyncToAsync
+
+    from voiceproject.asgi import django_asgi_app
+
+    trips = []
+    real = SyncToAsync.__call__
+
+    async def counted(self, *args, **kwargs):
+        trips.append(getattr(self.func, "__name__", ""))
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncToAsync, "__call__", counted)
+    delete = f"/documents/{uuid.uuid4()}/delete"
+    as_json = [(b"content-type", b"application/json")]
+    try:
+        assert await _request(django_asgi_app, "POST", delete, b"{}", as_json) == 403
+        assert "process_view" not in trips, trips
+        form = [(b"content-type", b"application/x-www-form-urlencoded")]
+        assert await _request(django_asgi_app, "POST", delete, b"confirm=1", form) == 403
+        assert "process_view" in trips, trips
+        token = "a" * 32
+        with_token = as_json + [(b"cookie", f"csrftoken={token}".encode()), (b"x-csrftoken", token.encode())]
+        assert await _request(django_asgi_app, "POST", delete, b"{}", with_token) == 302  # on to the sign-in
+    finally:
+        for thread in django_asgi_app.idle_threads:
+            thread.submit(_close_connections).result()

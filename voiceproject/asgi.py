@@ -18,13 +18,23 @@ class InlineMiddlewareHandler(ASGIHandler):
     Django gives each request a thread of its own for its sync work (sessions, the ORM) and ends it
     with the request, so each request also opened a database connection. Here a request borrows an
     idle thread (one at a time, as Django's own would be), and gives it back with its connection
-    still open; Django's request signals still run on it, so CONN_MAX_AGE and CONN_HEALTH_CHECKS
+    still open; Django's request_finished still runs on it, so CONN_MAX_AGE and CONN_HEALTH_CHECKS
     apply to that connection as under WSGI.
     """
 
     def __init__(self):
         super().__init__()
         self.idle_threads = []
+        # Django's receivers of request_started are sync, so under ASGI every request went to its thread
+        # and back for them alone. What they did is done at request_finished, on the same thread and
+        # connection: a connection that broke or outlived CONN_MAX_AGE is closed there, and one kept is
+        # health-checked at its next use (CONN_HEALTH_CHECKS); the query log they reset is DEBUG's, and
+        # bounded.
+        from django.core import signals
+        from django.db import close_old_connections, reset_queries
+
+        signals.request_started.disconnect(close_old_connections)
+        signals.request_started.disconnect(reset_queries)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":

@@ -5,9 +5,10 @@ Under ASGI, MiddlewareMixin sends every process_request/process_response
 through sync_to_async: a thread hop each, about a dozen per request. Those
 hooks only read headers and cookies, so INLINE maps Django's classes (named in
 settings.MIDDLEWARE, where Django's deploy checks look for them) to variants
-that run them on the event loop. The session and messages middleware may touch
-the database, but only when a session or a message was changed: they run on the
-loop too, and take the hop only then.
+that run them on the event loop, and CSRF's view hook too, but for a form's
+body. The session and messages middleware may touch the database, but only when
+a session or a message was changed: they run on the loop too, and take the hop
+only then.
 """
 
 import logging
@@ -45,7 +46,18 @@ class CommonMiddleware(InlineHooksMixin, common.CommonMiddleware):
 
 
 class CsrfViewMiddleware(InlineHooksMixin, csrf.CsrfViewMiddleware):
-    pass
+    """Its view hook, sync, took every request to a thread and back (Django adapts it with
+    sync_to_async), though it only reads headers and cookies, and a form's fields: a form's body
+    (an upload's parts, written to disk) is still parsed on a thread, everything else on the loop."""
+
+    FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+    async def process_view(self, request, callback, callback_args, callback_kwargs):
+        hook = super().process_view
+        if (request.method in ("GET", "HEAD", "OPTIONS", "TRACE") or getattr(callback, "csrf_exempt", False)
+                or (request.content_type not in self.FORMS and not settings.CSRF_USE_SESSIONS)):
+            return hook(request, callback, callback_args, callback_kwargs)
+        return await sync_to_async(hook)(request, callback, callback_args, callback_kwargs)
 
 
 class AuthenticationMiddleware(InlineHooksMixin, auth.AuthenticationMiddleware):
