@@ -8,8 +8,9 @@ from decimal import Decimal
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, connection, transaction
+from django.db.transaction import TransactionManagementError
 from django.db.models import signals
-from django.db.models import Q
+from django.db.models import Q, Value
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -170,12 +171,21 @@ def test_a_prepared_insert_writes_what_the_orms_create_writes(alice, team_a):
 
 
 def test_a_prepared_insert_refused_by_the_database_leaves_nothing_and_listeners_still_hear(alice):
-    session = PreparedInsert(RealtimeSession)(user=alice, model="gpt-realtime", voice="marin",
-                                             turn_detection="server_vad", instructions="x")
+    from django.db.models.functions import Lower
+
+    insert_session = PreparedInsert(RealtimeSession)
+    values = {"user": alice, "voice": "marin", "turn_detection": "server_vad", "instructions": "x"}
+    with pytest.raises(TypeError):  # on its first use, before anything is compiled from it
+        insert_session(model=Lower(Value("GPT-REALTIME")), **values)
+    session = insert_session(model="GPT-realtime", **values)
+    assert RealtimeSession.objects.get(pk=session.pk).model == "GPT-realtime"
     insert_call = PreparedInsert(Call)
     insert_call(session=session, number=1, call_id="rtc_same", sealed_secret="s")
-    with pytest.raises(IntegrityError), transaction.atomic():
-        insert_call(session=session, number=2, call_id="rtc_same", sealed_secret="s")
+    with transaction.atomic():
+        with pytest.raises(IntegrityError):
+            insert_call(session=session, number=2, call_id="rtc_same", sealed_secret="s")
+        with pytest.raises(TransactionManagementError):  # as after the ORM's create: roll back first
+            Call.objects.count()
     assert Call.objects.filter(session=session).count() == 1
     from django.db.models import F
 

@@ -207,7 +207,17 @@ async def test_a_request_goes_to_its_thread_for_its_work_and_its_end_only(monkey
     be health-checked at its next use."""
     from asgiref.sync import SyncToAsync
 
-    from voiceproject.asgi import django_asgi_app
+    from voiceproject.asgi import django_asgi_app, drop_request_started_receivers
+
+    # The server's process has none from its start (a fresh interpreter, as the server starts); this one
+    # may have had them connected again by an earlier test's test client.
+    script = ("import voiceproject.asgi; from django.core.signals import request_started; "
+              "print(len(request_started.receivers))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "DJANGO_SETTINGS_MODULE": "voiceproject.settings"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "0"
+    drop_request_started_receivers()
 
     trips = []
     real = SyncToAsync.__call__

@@ -11,6 +11,19 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceproject.settings")
 django.setup(set_prefix=False)
 
 
+def drop_request_started_receivers():
+    """Django's receivers of request_started are sync, so under ASGI every request went to its thread
+    and back for them alone. What they did is done at request_finished, on the same thread and
+    connection: a connection that broke or outlived CONN_MAX_AGE is closed there, and one kept is
+    health-checked at its next use (CONN_HEALTH_CHECKS); the query log they reset is DEBUG's, and
+    bounded. (Django's test client connects them again after each of its requests.)"""
+    from django.core import signals
+    from django.db import close_old_connections, reset_queries
+
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_started.disconnect(reset_queries)
+
+
 class InlineMiddlewareHandler(ASGIHandler):
     """Django's ASGI handler with the CPU-only middleware swapped for their inline variants, and
     request threads kept from one request to the next.
@@ -25,16 +38,7 @@ class InlineMiddlewareHandler(ASGIHandler):
     def __init__(self):
         super().__init__()
         self.idle_threads = []
-        # Django's receivers of request_started are sync, so under ASGI every request went to its thread
-        # and back for them alone. What they did is done at request_finished, on the same thread and
-        # connection: a connection that broke or outlived CONN_MAX_AGE is closed there, and one kept is
-        # health-checked at its next use (CONN_HEALTH_CHECKS); the query log they reset is DEBUG's, and
-        # bounded.
-        from django.core import signals
-        from django.db import close_old_connections, reset_queries
-
-        signals.request_started.disconnect(close_old_connections)
-        signals.request_started.disconnect(reset_queries)
+        drop_request_started_receivers()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":

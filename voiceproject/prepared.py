@@ -34,10 +34,10 @@ import threading
 import uuid
 
 from django.core.exceptions import EmptyResultSet, ImproperlyConfigured
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import AutoField, signals
-from django.db.models.sql import InsertQuery
 from django.db.models.query import ModelIterable, ValuesListIterable, get_related_populators
+from django.db.models.sql import InsertQuery
 
 # Far from any id or name a row holds, so a marker is never mistaken for a constant of the query, and
 # within a 32-bit integer column's range (on PostgreSQL the ORM turns a lookup past it into no query).
@@ -227,6 +227,9 @@ class PreparedInsert:
     """`model`'s INSERT of one row; returns the saved instance, as `model.objects.create(**values)`."""
 
     def __init__(self, model, using=DEFAULT_DB_ALIAS):
+        meta = model._meta
+        if meta.parents or meta.proxy or meta.order_with_respect_to:
+            raise ImproperlyConfigured("prepared insert: one table's own rows (no parents, proxies or ordering)")
         self.model = model
         self.using = using
         self._sql = {}
@@ -264,6 +267,10 @@ class PreparedInsert:
         key = (connection.vendor, pk_set)
         built = self._sql.get(key)
         if built is None:
+            # The SQL is compiled from this instance: an expression in it would be kept in the SQL for
+            # every insert after, whatever their values.
+            if any(hasattr(value, "resolve_expression") for value in vars(obj).values()):
+                raise TypeError("prepared insert: values only (an expression needs the ORM's create)")
             built = self._sql[key] = self._build(connection, obj, pk_set)
         sql, fields, returning, returning_params, converters = built
         params = []
@@ -273,7 +280,8 @@ class PreparedInsert:
                 raise TypeError("prepared insert: values only (an expression needs the ORM's create)")
             params.append(field.get_db_prep_save(value, connection))
         params.extend(returning_params)
-        with connection.cursor() as cursor:
+        # As the ORM's save: an error inside an atomic block marks it to roll back.
+        with transaction.mark_for_rollback_on_error(using=self.using), connection.cursor() as cursor:
             cursor.execute(sql, params)
             if returning:
                 if connection.features.can_return_columns_from_insert:
