@@ -8,9 +8,8 @@ from decimal import Decimal
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Q, Value, signals
 from django.db.transaction import TransactionManagementError
-from django.db.models import signals
-from django.db.models import Q, Value
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -129,7 +128,6 @@ def test_a_prepared_update_writes_what_the_orms_update_writes(alice):
         update(prepared.pk, number=F("number") + 1)
 
 
-
 def _columns(model, pk):
     return model.objects.values().get(pk=pk)
 
@@ -203,6 +201,7 @@ def test_a_prepared_insert_refused_by_the_database_leaves_nothing_and_listeners_
         signals.post_save.disconnect(listener, sender=Call)
     assert heard == [("rtc_heard", True)]
     assert sorted(Call.objects.filter(session=session).values_list("number", flat=True)) == [1, 3]
+
 
 def test_values_lists_and_uuids_take_their_values(team_a, team_b):
     names = Prepared(lambda team_id: Team.objects.filter(pk=team_id).values_list("name", "created_at"), team_id=uuid.UUID)

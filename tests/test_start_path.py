@@ -31,6 +31,31 @@ def fake(monkeypatch, settings):
     return fake
 
 
+def count_trips(monkeypatch):
+    """The names of the functions sent to a thread (sync_to_async) from now on, in order."""
+    from asgiref.sync import SyncToAsync
+
+    trips = []
+    real = SyncToAsync.__call__
+
+    async def counted(self, *args, **kwargs):
+        trips.append(getattr(self.func, "__name__", ""))
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncToAsync, "__call__", counted)
+    return trips
+
+
+@pytest.fixture
+def asgi_app():
+    """The server's Django ASGI handler; the connections its request threads kept are closed after."""
+    from voiceproject.asgi import django_asgi_app
+
+    yield django_asgi_app
+    for thread in django_asgi_app.idle_threads:
+        thread.submit(_close_connections).result()
+
+
 def start_queries(client):
     with CaptureQueriesContext(connection) as captured:
         response = client.post("/api/sessions/", data=json.dumps({"sdp": OFFER}), content_type="application/json")
@@ -54,18 +79,9 @@ def test_a_start_reads_the_user_membership_budgets_and_price_once_then_writes_tw
 
 def test_a_start_goes_to_a_thread_twice_once_before_the_upstream_and_once_after(csrf_client, bob, fake, monkeypatch):
     """Reading the user and the start's own reads share one trip; saving the conversation is the other."""
-    from asgiref.sync import SyncToAsync
-
-    trips = []
-    real = SyncToAsync.__call__
-
-    async def counted(self, *args, **kwargs):
-        trips.append(getattr(self.func, "__name__", ""))
-        return await real(self, *args, **kwargs)
-
     login(csrf_client, bob)
     start_queries(csrf_client)
-    monkeypatch.setattr(SyncToAsync, "__call__", counted)
+    trips = count_trips(monkeypatch)
     start_queries(csrf_client)
     ours = {"sign_in", "get_user", "_mint_preflight", "_new_session"}
     assert [name for name in trips if name in ours] == ["sign_in", "_new_session"]
@@ -125,9 +141,7 @@ async def _get(app, path):
 
 
 @pytest.mark.django_db
-async def test_request_threads_keep_their_database_connection():
-    from voiceproject.asgi import django_asgi_app
-
+async def test_request_threads_keep_their_database_connection(asgi_app):
     opened = []
 
     def count(sender, connection, **kwargs):
@@ -136,15 +150,13 @@ async def test_request_threads_keep_their_database_connection():
     connection_created.connect(count)
     try:
         for _ in range(5):  # one after another: each borrows the thread the one before gave back
-            assert await _get(django_asgi_app, "/healthz") == 200
+            assert await _get(asgi_app, "/healthz") == 200
         assert opened == ["default"]
-        statuses = await asyncio.gather(*(_get(django_asgi_app, "/healthz") for _ in range(3)))
+        statuses = await asyncio.gather(*(_get(asgi_app, "/healthz") for _ in range(3)))
         assert statuses == [200, 200, 200]
         assert len(opened) <= 3  # side by side: a thread (and a connection) each, kept for the next ones
     finally:
         connection_created.disconnect(count)
-        for thread in django_asgi_app.idle_threads:
-            thread.submit(_close_connections).result()
 
 
 def _close_connections():
@@ -201,13 +213,11 @@ async def test_requests_still_go_out_with_more_sidebands_open_than_aiohttp_allow
 
 
 @pytest.mark.django_db
-async def test_a_request_goes_to_its_thread_for_its_work_and_its_end_only(monkeypatch):
+async def test_a_request_goes_to_its_thread_for_its_work_and_its_end_only(asgi_app, monkeypatch):
     """Django's request_started receivers took every request to its thread and back for them alone; their
     work is done at request_finished, on the request's thread, which leaves the connection it keeps to
     be health-checked at its next use."""
-    from asgiref.sync import SyncToAsync
-
-    from voiceproject.asgi import django_asgi_app, drop_request_started_receivers
+    from voiceproject.asgi import drop_request_started_receivers
 
     # The server's process has none from its start (a fresh interpreter, as the server starts); this one
     # may have had them connected again by an earlier test's test client.
@@ -218,60 +228,31 @@ async def test_a_request_goes_to_its_thread_for_its_work_and_its_end_only(monkey
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "0"
     drop_request_started_receivers()
+    trips = count_trips(monkeypatch)
+    assert await _get(asgi_app, "/healthz") == 200
+    assert "sync_send" not in trips, trips  # a signal's sync receivers
+    assert trips.count("close") == 1, trips  # the response's close: request_finished, on the thread
 
-    trips = []
-    real = SyncToAsync.__call__
+    def kept():
+        from django.db import connection
 
-    async def counted(self, *args, **kwargs):
-        trips.append(getattr(self.func, "__name__", ""))
-        return await real(self, *args, **kwargs)
+        return connection.connection is not None, connection.health_check_done
 
-    monkeypatch.setattr(SyncToAsync, "__call__", counted)
-    try:
-        assert await _get(django_asgi_app, "/healthz") == 200
-        assert "sync_send" not in trips, trips  # a signal's sync receivers
-        assert trips.count("close") == 1, trips  # the response's close: request_finished, on the thread
-
-        def kept():
-            from django.db import connection
-
-            return connection.connection is not None, connection.health_check_done
-
-        thread = django_asgi_app.idle_threads[-1]
-        assert thread.submit(kept).result() == (True, False)
-    finally:
-        for thread in django_asgi_app.idle_threads:
-            thread.submit(_close_connections).result()
-
+    assert asgi_app.idle_threads[-1].submit(kept).result() == (True, False)
 
 
 @pytest.mark.django_db
-async def test_csrf_is_checked_on_the_loop_and_a_forms_body_on_a_thread(monkeypatch):
+async def test_csrf_is_checked_on_the_loop_and_a_forms_body_on_a_thread(asgi_app, monkeypatch):
     """The CSRF hook runs on the loop (no trip) but for a form's body, which it parses on a thread; it
     refuses a POST without the token either way, and lets one with it through."""
-    from asgiref.sync import SyncToAsync
-
-    from voiceproject.asgi import django_asgi_app
-
-    trips = []
-    real = SyncToAsync.__call__
-
-    async def counted(self, *args, **kwargs):
-        trips.append(getattr(self.func, "__name__", ""))
-        return await real(self, *args, **kwargs)
-
-    monkeypatch.setattr(SyncToAsync, "__call__", counted)
+    trips = count_trips(monkeypatch)
     delete = f"/documents/{uuid.uuid4()}/delete"
     as_json = [(b"content-type", b"application/json")]
-    try:
-        assert await _request(django_asgi_app, "POST", delete, b"{}", as_json) == 403
-        assert "process_view" not in trips, trips
-        form = [(b"content-type", b"application/x-www-form-urlencoded")]
-        assert await _request(django_asgi_app, "POST", delete, b"confirm=1", form) == 403
-        assert "process_view" in trips, trips
-        token = "a" * 32
-        with_token = as_json + [(b"cookie", f"csrftoken={token}".encode()), (b"x-csrftoken", token.encode())]
-        assert await _request(django_asgi_app, "POST", delete, b"{}", with_token) == 302  # on to the sign-in
-    finally:
-        for thread in django_asgi_app.idle_threads:
-            thread.submit(_close_connections).result()
+    assert await _request(asgi_app, "POST", delete, b"{}", as_json) == 403
+    assert "process_view" not in trips, trips
+    form = [(b"content-type", b"application/x-www-form-urlencoded")]
+    assert await _request(asgi_app, "POST", delete, b"confirm=1", form) == 403
+    assert "process_view" in trips, trips
+    token = "a" * 32
+    with_token = as_json + [(b"cookie", f"csrftoken={token}".encode()), (b"x-csrftoken", token.encode())]
+    assert await _request(asgi_app, "POST", delete, b"{}", with_token) == 302  # on to the sign-in

@@ -327,6 +327,7 @@ async def test_the_page_left_mark_is_retried_through_a_database_error(alice, mon
     assert len(refusals) == 2
     assert session.page_left_at is not None and session.page_left_at > session.page_connected_at
 
+
 async def test_a_socket_gone_while_its_report_is_stored_loses_neither_the_update_nor_the_budget_stop(
         alice, monkeypatch):
     """The socket that sent a report may close (its task cancelled) while the report's batch is in the
