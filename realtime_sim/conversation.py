@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import copy
 import json
 import time
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from . import ids, tooluse, usage
 from .answers import pick_answer
 from .audio import OutputAudio, rms_s16
 from .config import SimConfig
-from .events import error_event, server_event
+from .events import copy_json, error_event, server_event
 from .items import ItemRecord, ItemStore, ProtocolError, normalize_client_item
 from .responder import ResponsePlan, ResponseRun
 from .schema import (
@@ -75,7 +74,7 @@ class Conversation:
 
     def __init__(self, session: dict, emit: Callable[[dict], None], output_audio: OutputAudio | None = None, *,
                  config: SimConfig | None = None, clock: Callable[[], float] | None = None) -> None:
-        self.session = copy.deepcopy(session)
+        self.session = copy_json(session)
         self._emit = emit
         self.config = config or SimConfig()  # read live: /_sim/config reaches calls in progress
         self._clock = clock or time.time
@@ -108,7 +107,7 @@ class Conversation:
         return float(self._clock()) * 1000
 
     def session_created_event(self) -> dict:
-        return server_event("session.created", session=copy.deepcopy(self.session))
+        return server_event("session.created", session=copy_json(self.session))
 
     @property
     def turn_detection(self) -> dict | None:
@@ -186,7 +185,7 @@ class Conversation:
                                 "cannot_update_voice", "session.audio.output.voice")
         self.session = apply_session_update(self.session, update)
         self.vad.configure(self.turn_detection)
-        self.emit(server_event("session.updated", session=copy.deepcopy(self.session)))
+        self.emit(server_event("session.updated", session=copy_json(self.session)))
 
     def _on_conversation_item_create(self, event: dict) -> None:
         record = normalize_client_item(event["item"])

@@ -7,6 +7,16 @@ from typing import Any
 from . import ids
 
 
+def copy_json(value: Any) -> Any:
+    """A deep copy of JSON data (dicts, lists, immutable leaves): copy.deepcopy without its memo and
+    dispatch (copying a new call's session was 6.5% of the simulator's CPU under a burst of starts)."""
+    if isinstance(value, dict):
+        return {key: copy_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [copy_json(item) for item in value]
+    return value
+
+
 def server_event(type_: str, **fields: Any) -> dict:
     return {"type": type_, "event_id": ids.event_id(), **fields}
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import fractions
 import logging
 import time
 from typing import Callable
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+import aiortc.rtcpeerconnection
+from aiortc import RTCCertificate, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
@@ -34,6 +36,48 @@ def set_max_message_size(sdp: str, size: int) -> str:
 
 class InvalidOffer(Exception):
     pass
+
+
+class SimulatorCertificate(RTCCertificate):
+    """One DTLS certificate for the calls this simulator answers, its fingerprints worked out once.
+
+    aiortc makes a key, signs a certificate and hashes it three ways for every peer connection; under
+    a burst of starts that was 17% of the simulator's CPU, on the machine it shares with the server it
+    stands in for. A browser checks only that the certificate matches the answer's fingerprint, so one
+    per process (renewed a day before it lapses) is as good to it as one per call.
+    """
+
+    _current: SimulatorCertificate | None = None
+    _fingerprints = None
+
+    @classmethod
+    def generateCertificate(cls) -> SimulatorCertificate:
+        current = cls._current
+        if current is None or current.expires - datetime.timedelta(days=1) < datetime.datetime.now(datetime.UTC):
+            current = cls._current = super().generateCertificate()
+        return current
+
+    def getFingerprints(self):
+        if self._fingerprints is None:
+            self._fingerprints = super().getFingerprints()
+        return list(self._fingerprints)
+
+
+# aiortc's RTCPeerConnection takes no certificate: its constructor calls this module's
+# RTCCertificate.generateCertificate(), which a call's peer points at SimulatorCertificate while it
+# builds its connection (nothing else runs meanwhile on this thread; another thread building a peer
+# then would only share the certificate). The other peers in the process keep their own.
+_AIORTC_CERTIFICATE = aiortc.rtcpeerconnection.RTCCertificate
+
+
+def peer_connection() -> RTCPeerConnection:
+    """A peer connection for one call, with the process's certificate and no ICE servers (aiortc would
+    otherwise default to a public STUN server)."""
+    aiortc.rtcpeerconnection.RTCCertificate = SimulatorCertificate
+    try:
+        return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    finally:
+        aiortc.rtcpeerconnection.RTCCertificate = _AIORTC_CERTIFICATE
 
 
 def frame_rms(frame: AudioFrame) -> float:
@@ -84,8 +128,7 @@ class CallPeer:
         on_state: Callable[[str], None],
     ) -> None:
         install_loopback_guard()
-        # An empty iceServers list: aiortc would otherwise default to a public STUN server.
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pc = peer_connection()
         self.output = output
         self.input_stats = InputAudioStats()
         self.speaker = SpeakerTrack(output)

@@ -290,3 +290,25 @@ async def test_closing_the_browser_peer_closes_the_call(sim, http):
             break
     calls = await (await http.get(f"{sim.base_url}/_sim/calls")).json()
     assert [c["id"] for c in calls] == [client.call_id]
+
+
+def _fingerprint(sdp: str) -> str:
+    return next(line for line in sdp.splitlines() if line.startswith("a=fingerprint:"))
+
+
+async def test_calls_share_the_process_certificate_and_each_still_connects(sim, http):
+    """One DTLS certificate for the simulator's calls: each browser peer still checks it against the
+    answer's fingerprint in its handshake, and gets the session."""
+    clients = [RtcClient(), RtcClient()]
+    try:
+        for client in clients:
+            await client.connect(sim.base_url, API_KEY)
+            assert client.events[0]["type"] == "session.created"
+            assert client.pc.connectionState == "connected"
+        assert _fingerprint(clients[0].answer_sdp) == _fingerprint(clients[1].answer_sdp)
+        # The browser side's own peer keeps a certificate of its own.
+        offer = clients[0].pc.localDescription.sdp
+        assert _fingerprint(offer) != _fingerprint(clients[0].answer_sdp)
+    finally:
+        for client in clients:
+            await client.close()
