@@ -224,6 +224,20 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_ticks():
+    """(all, stolen) CPU ticks of this machine so far: what the hypervisor took from its cores is
+    "steal" in /proc/stat, and a level run while it was high costs more CPU per request."""
+    with open("/proc/stat") as stat:
+        fields = [int(f) for f in stat.readline().split()[1:]]
+    return sum(fields[:8]), fields[7]
+
+
+def steal_share(before, after):
+    """The share of the machine's CPU time stolen between two machine_ticks() readings."""
+    ticks = after[0] - before[0]
+    return (after[1] - before[1]) / ticks if ticks else 0.0
+
+
 CHROMIUM = "/usr/bin/chromium"
 
 
