@@ -225,17 +225,19 @@ def cpu_seconds(pid):
 
 
 def machine_ticks():
-    """(all, stolen) CPU ticks of this machine so far: what the hypervisor took from its cores is
-    "steal" in /proc/stat, and a level run while it was high costs more CPU per request."""
+    """(busy, stolen) CPU ticks of this machine so far, from /proc/stat: busy is the time its cores ran
+    or wanted to run (user, nice, system, irq, softirq and steal; guest time is inside user and nice),
+    stolen what the hypervisor gave to other machines meanwhile ("steal")."""
     with open("/proc/stat") as stat:
-        fields = [int(f) for f in stat.readline().split()[1:]]
-    return sum(fields[:8]), fields[7]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in stat.readline().split()[1:9])
+    return user + nice + system + irq + softirq + steal, steal
 
 
 def steal_share(before, after):
-    """The share of the machine's CPU time stolen between two machine_ticks() readings."""
-    ticks = after[0] - before[0]
-    return (after[1] - before[1]) / ticks if ticks else 0.0
+    """The share of the machine's busy CPU time that was stolen between two machine_ticks() readings; a
+    level run while it is high may cost more CPU per request (cold caches, a contended host)."""
+    busy = after[0] - before[0]
+    return (after[1] - before[1]) / busy if busy else 0.0
 
 
 CHROMIUM = "/usr/bin/chromium"

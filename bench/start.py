@@ -19,8 +19,8 @@ than httpx) are shown too, as the three share this machine's cores. Their sum sp
 is the CPU-bound limit: the starts/s the machine could give at best, whatever the upstream's delay. The
 deployed topology's CPU per start is also split between its web processes (the request itself, the part
 to set beside Express's) and its sideband worker (attaching to and watching the new call). The share of
-the machine's CPU time the hypervisor stole during each level is shown: figures taken while it is high
-are higher for every server alike, so compare within one run. Between levels the conversations
+the machine's busy CPU time the hypervisor stole during each level's starts is shown: figures taken
+while it is high may be higher for every server alike, so compare within one run. Between levels the conversations
 started are ended (POST .../end, as a person would) and the simulator is reset, so its peers do not pile
 up and no call of an earlier level is still being watched. Figures are noisy on a shared 2-core machine.
 """
@@ -145,7 +145,7 @@ async def measure(sim, sim_pid, pids, clients, path, body, settle, shared=False,
     """Each level's figures: latencies, starts/s, answers by status, CPU ms per start (the server's
     processes together, the simulator, the load generator, and with `shared` PostgreSQL and Redis;
     `web_pids`, the web processes of the server's, are also counted apart from its sideband workers),
-    and the share of the machine's CPU the hypervisor stole meanwhile."""
+    and the share of the machine's busy CPU time the hypervisor stole while the level's starts ran."""
     web_pids = pids if web_pids is None else web_pids
     started = []
     await run_level(clients[:4], path, body, 3, started)  # warm-up: connections, caches, tokenizer
@@ -159,9 +159,10 @@ async def measure(sim, sim_pid, pids, clients, path, body, settle, shared=False,
         for endpoint in ("client_secrets", "calls"):
             post_json(f"{sim}/_sim/faults", {"endpoint": endpoint, "latency_ms": UPSTREAM_DELAY_MS})
         db_pids = database_pids() if shared else []
-        ticks_before = machine_ticks()
         cpu_before, sim_before, load_before, db_before = cpu_of(pids), cpu_seconds(sim_pid), cpu_seconds(os.getpid()), cpu_of(db_pids)
+        ticks_before = machine_ticks()
         latencies, throughput, statuses = await run_level(clients[:level], path, body, per_client, started)
+        steal = steal_share(ticks_before, machine_ticks())
         load_ms = (cpu_seconds(os.getpid()) - load_before) * 1000 / len(latencies)
         await asyncio.sleep(settle)  # the sideband attaches belong to these starts' cost
         cpu_after = cpu_of(pids)
@@ -171,7 +172,7 @@ async def measure(sim, sim_pid, pids, clients, path, body, settle, shared=False,
         db_ms = spent(db_before, cpu_of(db_pids)) * 1000 / len(latencies)
         results[level] = {"latencies": latencies, "throughput": throughput, "statuses": statuses, "cpu_ms": cpu_ms,
                           "web_ms": web_ms, "sim_ms": sim_ms, "load_ms": load_ms, "db_ms": db_ms,
-                          "attach": attach_delays(sim), "steal": steal_share(ticks_before, machine_ticks())}
+                          "attach": attach_delays(sim), "steal": steal}
     await end_conversations(started)
     for c in clients:
         await c.close()
@@ -261,7 +262,7 @@ def _row(name, upstream_requests, level, r):
     print(f"| {name} | {level} | {len(lat)} | {r['throughput']:.1f} | {r['throughput'] / limit:.0%} of {limit:.0f} | "
           f"{percentile(lat, 50):.1f} ms | {percentile(lat, 95):.1f} ms | {r['cpu_ms']:.2f} ms | "
           f"{r['sim_ms']:.2f} ms | {r['load_ms']:.2f} ms | {r['db_ms']:.2f} ms | {machine_bound(r):.0f} | "
-          f"{r['steal']:.0%} | {answers} |")
+          f"{r['steal']:.1%} | {answers} |")
 
 
 def main():

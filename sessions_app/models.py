@@ -5,7 +5,7 @@ import uuid
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, connections, models, router, transaction
 from django.db.models import F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -144,13 +144,31 @@ class CallQuerySet(models.QuerySet):
         return self.claim_these(owner, lease, list(candidates), now)
 
     def claim_these(self, owner, lease, pks, now=None):
-        """Take those of these calls that are running and free of a lease; returns their ids."""
+        """Take those of these calls that are running and free of a lease (as `claimable`); returns their ids.
+
+        One conditional UPDATE per call, which is the lock: only one worker's changes the row. Its SQL is
+        written here rather than built by the ORM for each call (`claimable(now).filter(pk=pk).update()`),
+        which was a fifth of a sideband worker's CPU while it was woken for a burst of new calls. Called on
+        the manager: a filter on the queryset is not part of it."""
         now = now or timezone.now()
+        using = self._db or router.db_for_write(self.model, **self._hints)
+        connection = connections[using]
+        meta = self.model._meta
+        until = meta.get_field("sideband_lease_until")
+        owner_column, until_column, status_column = (connection.ops.quote_name(meta.get_field(name).column)
+                                                     for name in ("sideband_owner", "sideband_lease_until", "status"))
+        sql = (f"UPDATE {connection.ops.quote_name(meta.db_table)} SET {owner_column} = %s, {until_column} = %s "
+               f"WHERE {connection.ops.quote_name(meta.pk.column)} = %s AND {status_column} = %s "
+               f"AND ({until_column} IS NULL OR {until_column} < %s)")
+        free_before = until.get_db_prep_value(now, connection)
+        leased_until = until.get_db_prep_save(now + lease, connection)
         claimed = []
-        for pk in pks:
-            # The conditional update is the lock: only one worker's succeeds.
-            if self.claimable(now).filter(pk=pk).update(sideband_owner=owner, sideband_lease_until=now + lease):
-                claimed.append(pk)
+        with transaction.mark_for_rollback_on_error(using), connection.cursor() as cursor:
+            for pk in pks:
+                cursor.execute(sql, [owner, leased_until, meta.pk.get_db_prep_value(pk, connection), Call.ACTIVE,
+                                     free_before])
+                if cursor.rowcount:
+                    claimed.append(pk)
         return claimed
 
     def renew(self, owner, watched, lease):

@@ -274,3 +274,42 @@ def test_lists_take_each_length_and_an_empty_one_asks_nothing(db, monkeypatch):
     for n in range(1, 6):  # past the bound the oldest plans go, and reads stay right
         assert len(by_ids(ids=[t.pk for t in teams[:n]], names=[t.name for t in teams])) == n
     assert len(by_ids._plans) <= 3
+
+
+def test_a_claim_takes_what_claimable_lists_in_one_update_each_and_only_once(alice, monkeypatch):
+    """The sideband's claim is SQL of its own: it must take exactly the calls `claimable` (the ORM's
+    definition) lists, on SQLite and on PostgreSQL alike, and a second worker none of them."""
+    from django.db.models.query import QuerySet
+
+    now = timezone.now()
+    minutes = datetime.timedelta(minutes=5)
+    session = RealtimeSession.objects.create(user=alice, team=alice.memberships.get().team, model="gpt-realtime",
+                                             voice="marin", turn_detection="push_to_talk", instructions="",
+                                             session_config={}, connected_at=now)
+    rows = [("", None, Call.ACTIVE), ("gone-worker", now - minutes, Call.ACTIVE), ("other", now + minutes, Call.ACTIVE),
+            ("", None, Call.ENDED), ("gone-worker", now - minutes, Call.ENDED), ("me", now + minutes, Call.ACTIVE),
+            ("", None, Call.ACTIVE)]
+    pks = [Call.objects.create(session=session, number=n + 1, call_id=f"rtc_claim{n}", sideband_owner=owner,
+                               sideband_lease_until=until, status=status).pk for n, (owner, until, status) in enumerate(rows)]
+    expected = set(Call.objects.claimable(now).values_list("pk", flat=True))
+    assert expected == {pks[0], pks[1], pks[6]}
+
+    def built(*args, **kwargs):
+        raise AssertionError("the claim built an ORM update")
+
+    monkeypatch.setattr(QuerySet, "update", built)
+    lease = datetime.timedelta(seconds=30)
+    with CaptureQueriesContext(connection) as queries:
+        claimed = Call.objects.claim_these("me", lease, pks, now)
+    assert claimed == [pks[0], pks[1], pks[6]]  # in the order asked
+    assert len(queries) == len(pks)
+    for pk, call in Call.objects.in_bulk(pks).items():
+        if pk in claimed:
+            assert (call.sideband_owner, call.sideband_lease_until) == ("me", now + lease)
+        else:
+            before = rows[pks.index(pk)]
+            assert (call.sideband_owner, call.sideband_lease_until) == before[:2]
+    assert Call.objects.claim_these("another", lease, pks, now) == []  # taken: the lease is the lock
+    later = now + lease + datetime.timedelta(seconds=1)  # those leases lapsed; "me" and "other" hold theirs
+    assert Call.objects.claim_these("another", lease, pks, later) == [pks[0], pks[1], pks[6]]
+    assert Call.objects.claim_these("last", lease, pks, now + minutes * 2) == [pks[0], pks[1], pks[2], pks[5], pks[6]]
