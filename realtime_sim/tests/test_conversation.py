@@ -13,6 +13,7 @@ import pytest
 
 from realtime_sim import responder
 from realtime_sim.conversation import Conversation
+from realtime_sim.events import copy_json
 from realtime_sim.schema import effective_session
 
 from .conformance import check_server_events
@@ -358,3 +359,14 @@ async def test_every_emittable_event_type_is_produced_and_conforms(fast_speech):
     missing = _emittable_types() - set(h.types())
     assert not missing, f"not exercised: {missing}"
     assert len(_emittable_types()) >= 30
+
+
+def test_copy_json_is_deep_and_equal():
+    session = {"type": "realtime", "tools": [{"name": "search", "parameters": {"required": ["q"]}}],
+               "audio": {"input": {"turn_detection": None}}, "max_output_tokens": "inf", "tuple": (1, 2)}
+    copied = copy_json(session)
+    assert copied == session
+    copied["tools"][0]["parameters"]["required"].append("x")
+    copied["audio"]["input"]["turn_detection"] = {"type": "server_vad"}
+    assert session["tools"][0]["parameters"]["required"] == ["q"]
+    assert session["audio"]["input"]["turn_detection"] is None

@@ -10,7 +10,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from realtime_sim.events import copy_json
 from realtime_sim.peer import SimulatorCertificate, peer_connection
 
 
@@ -61,13 +60,3 @@ def test_a_certificate_about_to_lapse_is_renewed(monkeypatch):
     monkeypatch.setattr(SimulatorCertificate, "_current", lasting)
     assert SimulatorCertificate.generateCertificate() is lasting
 
-
-def test_copy_json_is_deep_and_equal():
-    session = {"type": "realtime", "tools": [{"name": "search", "parameters": {"required": ["q"]}}],
-               "audio": {"input": {"turn_detection": None}}, "max_output_tokens": "inf", "tuple": (1, 2)}
-    copied = copy_json(session)
-    assert copied == session
-    copied["tools"][0]["parameters"]["required"].append("x")
-    copied["audio"]["input"]["turn_detection"] = {"type": "server_vad"}
-    assert session["tools"][0]["parameters"]["required"] == ["q"]
-    assert session["audio"]["input"]["turn_detection"] is None
