@@ -203,14 +203,14 @@ def percentile(values, p):
     return ordered[index]
 
 
-async def signed_in_client(base, username):
+async def signed_in_client(base, username, password=PASSWORD):
     """An httpx client signed in through the login form, sending the CSRF token like the page does."""
     import httpx
 
     client = httpx.AsyncClient(base_url=base, timeout=30)
     page = await client.get("/accounts/login/")
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-    response = await client.post("/accounts/login/", data={"username": username, "password": PASSWORD,
+    response = await client.post("/accounts/login/", data={"username": username, "password": password,
                                                            "csrfmiddlewaretoken": token})
     assert response.status_code == 302, response.status_code
     client.headers["X-CSRFToken"] = client.cookies["csrftoken"]
