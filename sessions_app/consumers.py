@@ -5,6 +5,7 @@ import re
 
 from channels.db import DatabaseSyncToAsync, database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.db import DatabaseError
 from django.utils import timezone
 
 from . import upstream, usage
@@ -110,13 +111,24 @@ class UsageRecorder(KeptOnLayer):
             self.workers.add(task)
         return await future
 
+    async def store(self, reports):
+        """One Recorded, or the exception, per report. When the database failed, every report of the
+        batch hears it; any other failure is met again one report at a time, so that a report no one
+        foresaw breaking the batch fails alone."""
+        try:
+            return await parallel_db(usage.record_many)(reports)
+        except DatabaseError as exc:
+            return [exc] * len(reports)
+        except Exception as exc:
+            if len(reports) > 1:
+                return [result for report in reports for result in await self.store([report])]
+            log.exception("a usage report could not be stored")
+            return [exc]
+
     async def drain(self):
         while self.waiting:
             batch, self.waiting = self.waiting[:self.MAX_BATCH], self.waiting[self.MAX_BATCH:]
-            try:
-                results = await parallel_db(usage.record_many)([report for report, _ in batch])
-            except Exception as exc:  # the database itself failed: every report in the batch hears it
-                results = [exc] * len(batch)
+            results = await self.store([report for report, _ in batch])
             for (_, future), result in zip(batch, results):
                 # The dashboards hear of it here, once it is stored: whether or not the socket that
                 # sent it is still waiting (a socket closing mid-report used to take its update along).
@@ -303,6 +315,9 @@ class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
             recorded = await self.record_usage(key, content.get("usage"), kind)
         except UsageError as exc:
             return await self.error("invalid_usage", str(exc), response_id=key)
+        except Exception:  # the database away, or a fault of ours (logged where it happened): only this report
+            return await self.error("not_recorded", "The server could not record this report; it was not stored. "
+                                    "Send it again.", response_id=key)
         record = recorded.record
         ack = {
             "type": "usage.ack",

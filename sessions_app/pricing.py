@@ -153,7 +153,9 @@ def parse_transcription_usage(usage):
     kind = usage.get("type")
     if kind == "duration":
         seconds = usage.get("seconds")
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        # An int is compared as it is: math.isfinite() of a 400-digit int raises OverflowError.
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or (
+                isinstance(seconds, float) and not math.isfinite(seconds)):
             raise UsageError("usage.seconds must be a number")
         if not 0 <= seconds <= MAX_TRANSCRIPTION_SECONDS:
             raise UsageError(f"usage.seconds must be between 0 and {MAX_TRANSCRIPTION_SECONDS}")

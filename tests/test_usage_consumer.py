@@ -135,6 +135,9 @@ async def test_unknown_session_is_refused(alice):
         ('{"type": "usage.report", "response_id": "r1", "usage": {"output_token_details": {"audio_tokens": 99999999}}}',
          "invalid_usage"),
         ('{"type": "usage.report", "response_id": "r1"}', "invalid_usage"),
+        # Too large for a float: once an OverflowError that closed the socket (and failed its batch).
+        ('{"type": "usage.report", "item_id": "item_1", "usage": {"type": "duration", "seconds": 1%s}}' % ("0" * 400),
+         "invalid_usage"),
         ('{"type": "transcript.report", "item_id": "i1", "role": "system", "text": "x"}', "invalid_role"),
         ('{"type": "transcript.report", "item_id": "i1", "role": "user", "text": 5}', "invalid_text"),
         ("x" * 70_000, "frame_too_large"),
@@ -285,6 +288,40 @@ async def test_reports_arriving_together_are_stored_in_few_transactions(alice, m
     assert sum(calls) == 30 and len(calls) < 30, calls
     count = await database_sync_to_async(UsageRecord.objects.count)()
     assert count == 30
+    await asyncio.gather(*(comm.disconnect() for comm in sockets))
+
+
+async def test_a_report_that_breaks_its_batch_fails_alone_and_its_socket_stays_up(alice, monkeypatch):
+    """A fault no validation foresaw, raised by one report of a batch, must not take the others' acks (or
+    their sockets) with it: the batch is met again one report at a time, and that one socket hears an error."""
+    import asyncio
+
+    from sessions_app import usage
+
+    real, batches = usage.priced, []
+
+    def priced(report, *args):
+        if report.key == "resp_poison":
+            raise OverflowError("a fault of ours")
+        return real(report, *args)
+
+    record_many = usage.record_many
+    monkeypatch.setattr(usage, "priced", priced)
+    monkeypatch.setattr(usage, "record_many", lambda reports: batches.append(len(reports)) or record_many(reports))
+    sessions = [await session_for(alice) for _ in range(6)]
+    sockets = [(await connect(session, alice))[0] for session in sessions]
+    ids = ["resp_poison" if n == 2 else f"resp_{n}" for n in range(6)]
+    for comm, response_id in zip(sockets, ids):
+        await comm.send_json_to({"type": "usage.report", "response_id": response_id, "usage": USAGE})
+    answers = [await comm.receive_json_from(timeout=10) for comm in sockets]
+    assert max(batches) > 1, batches  # the poison shared a batch with others
+    assert [a["type"] for a in answers] == ["usage.ack", "usage.ack", "error", "usage.ack", "usage.ack", "usage.ack"]
+    assert answers[2]["code"] == "not_recorded" and answers[2]["response_id"] == "resp_poison"
+    stored = await database_sync_to_async(lambda: set(UsageRecord.objects.values_list("response_id", flat=True)))()
+    assert stored == set(ids) - {"resp_poison"}
+    # The socket that sent it is still up.
+    await sockets[2].send_json_to({"type": "usage.report", "response_id": "resp_after", "usage": USAGE})
+    assert (await sockets[2].receive_json_from())["type"] == "usage.ack"
     await asyncio.gather(*(comm.disconnect() for comm in sockets))
 
 
