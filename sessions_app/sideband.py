@@ -430,6 +430,8 @@ class CallWatch:
                     finally:
                         self.ws = None
                 return self.GONE if self.expired else self.CLOSED
+            except upstream.SidebandDropped:  # it was up: a drop, as when the upstream closes it
+                return self.CLOSED
             except upstream.SidebandRefused as exc:
                 refused_404 += exc.http_status == 404
             except upstream.UpstreamError:

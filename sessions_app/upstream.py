@@ -48,6 +48,13 @@ class UpstreamError(Exception):
         self.http_status = http_status
 
 
+class SidebandDropped(UpstreamError):
+    """The sideband's connection broke while it was in use (reset, or closed under a send)."""
+
+    def __init__(self):
+        super().__init__(502, "upstream_error", "The sideband's connection was lost.")
+
+
 class SidebandRefused(UpstreamError):
     """The upstream answered the sideband handshake with an HTTP error (`http_status`)."""
 
@@ -248,5 +255,8 @@ async def sideband(call_id, secret=None):
         raise UpstreamError(502, "upstream_error", "The realtime service could not be reached for the sideband.")
     try:
         yield ws
+    except (aiohttp.ClientError, ConnectionError) as exc:
+        log.info("upstream sideband dropped: %s", type(exc).__name__)
+        raise SidebandDropped() from None
     finally:
         await ws.close()

@@ -507,6 +507,32 @@ def loads(monkeypatch):
     return counted
 
 
+async def test_a_connection_reset_under_a_send_is_a_drop_not_the_end_of_the_watch(sim, alice, worker, loads,
+                                                                                  monkeypatch):
+    """A sideband whose connection breaks while the server writes to it (aiohttp raises instead of ending
+    the stream) is attached again, as after any drop; the watch once died there, leaving the call unwatched."""
+    import aiohttp
+
+    real, resets = CallWatch.put_context, []
+
+    async def put_context(self, ws, events):
+        if not resets:
+            resets.append(self.pk)
+            raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+        return await real(self, ws, events)
+
+    monkeypatch.setattr(CallWatch, "put_context", put_context)
+    client, session = await start_call(sim, alice)
+    call = sim.state.calls[client.call_id]
+    await until(lambda: len(call.summary()["sideband_attaches"]) == 2, timeout=5)
+    row = await until(lambda: (c := call_of(session)).context_ready_at and c, timeout=10)
+    assert resets == [row.pk] and row.status == "active" and row.pk in worker.watching
+    assert loads == {row.pk: 1}  # the same watch went on (a dead one is replaced by a new watch, which reads again)
+    done = await ask(client)
+    await until(lambda: UsageRecord.objects.filter(response_id=done["response"]["id"], source="server").exists())
+    await client.close()
+
+
 async def test_a_refused_sideband_is_retried_and_never_ends_the_call(sim, alice, worker, loads):
     await sim_post(sim, "/_sim/faults", {"endpoint": "sideband", "status": 404, "count": 6})
     client, session = await start_call(sim, alice)
