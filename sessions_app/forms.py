@@ -1,11 +1,13 @@
 """Validation of what the browser sends: the start and resume requests, its SDP offer, the budget form."""
 
+import re
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django import forms
 from django.conf import settings
+from django.core.exceptions import ValidationError
 
 from .models import TurnMode
 from .text import clean_text
@@ -124,11 +126,22 @@ def check_offer(sdp):
 
 
 class DollarsField(forms.DecimalField):
-    """An amount as people type it: "25", "12.50", "$1,200"."""
+    """An amount as people type it: "25", "12.50", "$1,200". Commas only where they group thousands, and
+    something left once the "$" and commas are gone: "$" or ",,," is not an empty field, which would
+    remove the limit, and "1,2,3" is not $123."""
+
+    GROUPED = re.compile(r"\d{1,3}(,\d{3})+(\.\d*)?")
 
     def to_python(self, value):
-        if isinstance(value, str):
-            value = value.strip().removeprefix("$").replace(",", "").strip()
+        if isinstance(value, str) and value.strip():
+            amount = value.strip().removeprefix("$").strip()
+            if "," in amount:
+                if not self.GROUPED.fullmatch(amount):
+                    raise ValidationError(self.error_messages["invalid"], code="invalid")
+                amount = amount.replace(",", "")
+            if not amount:
+                raise ValidationError(self.error_messages["invalid"], code="invalid")
+            value = amount
         return super().to_python(value)
 
 

@@ -91,3 +91,21 @@ def test_an_error_is_said_beside_its_row_in_words(csrf_client, alice, bob):
     assert response.status_code == 400
     assert "A limit cannot be negative." in page and 'aria-invalid="true"' in page and 'value="-3"' in page
     assert "errorlist" not in page
+
+
+@pytest.mark.parametrize("typed, stored", [("$1,200", "1200"), ("1,200.50", "1200.50"), (" $ 25 ", "25"), ("12.5", "12.5")])
+def test_amounts_are_read_as_people_type_them(csrf_client, alice, bob, typed, stored):
+    login(csrf_client, alice)
+    assert set_budget(csrf_client, "user", "bob", typed).status_code == 302
+    assert Budget.objects.get(user=bob).monthly_limit_usd == Decimal(stored)
+
+
+@pytest.mark.parametrize("typed", ["$", ",,,", "1,2,3", "12,34", "$,"])
+def test_an_amount_that_is_only_signs_is_refused_and_the_limit_kept(csrf_client, alice, bob, typed):
+    """Once, "$" or ",,," read as an empty field, which removes the limit, and "1,2,3" as $123."""
+    login(csrf_client, alice)
+    assert set_budget(csrf_client, "user", "bob", "10").status_code == 302
+    response = set_budget(csrf_client, "user", "bob", typed)
+    assert response.status_code == 400
+    assert "Write the limit in dollars" in response.content.decode()
+    assert Budget.objects.get(user=bob).monthly_limit_usd == Decimal("10")
