@@ -75,6 +75,21 @@ def test_json_nested_thousands_deep_is_a_400(csrf_client, alice, fake):
 
 
 @pytest.mark.django_db
+def test_a_form_body_where_json_is_read_is_a_400(csrf_client, alice, fake):
+    """The CSRF check reads a POST's form; a multipart body, well formed or not, was a 500 (the view could
+    no longer read the body, or the form's parser refused a missing boundary)."""
+    login(csrf_client, alice)
+    session = RealtimeSession.objects.create(user=alice, model="gpt-realtime", voice="marin",
+                                             turn_detection="server_vad", instructions="x")
+    for path in ("/api/sessions/", f"/api/sessions/{session.pk}/calls", f"/api/sessions/{session.pk}/end"):
+        api_error(csrf_client.post(path, data=b"garbage", content_type="multipart/form-data"), 400, "invalid_request")
+    for path in ("/api/sessions/", f"/api/sessions/{session.pk}/calls"):  # (End reads no body)
+        api_error(csrf_client.post(path, {"sdp": OFFER}), 400, "invalid_request")  # well-formed multipart
+    assert fake.requests == [] and RealtimeSession.objects.count() == 1
+    assert not session.calls.exists() and RealtimeSession.objects.get().status == "active"
+
+
+@pytest.mark.django_db
 def test_nul_and_lone_surrogates_in_pasted_text_are_cleaned(csrf_client, alice, fake):
     login(csrf_client, alice)
     body = json.dumps({"sdp": OFFER, "document_text": "Launch\x00 in March \ud800 now."})

@@ -19,7 +19,8 @@ from django.contrib.auth import middleware as auth
 from django.contrib.messages import middleware as messages
 from django.contrib.sessions import middleware as sessions
 from django.core.exceptions import BadRequest, PermissionDenied, RequestDataTooBig, SuspiciousOperation
-from django.http import Http404, JsonResponse
+from django.http import Http404, JsonResponse, RawPostDataException
+from django.http.multipartparser import MultiPartParserError
 from django.middleware import clickjacking, common, csrf, security
 from django.utils.deprecation import MiddlewareMixin
 
@@ -161,6 +162,9 @@ class ApiErrorsMiddleware:
             return _api_error(403, "forbidden", "You may not do this.")
         if isinstance(exc, (SuspiciousOperation, BadRequest)):
             return _api_error(400, "invalid_request", "The request could not be understood.")
+        if isinstance(exc, (MultiPartParserError, RawPostDataException)):
+            # A form body (well formed or not) where the API reads JSON: the CSRF check read it as a form.
+            return _api_error(400, "invalid_request", "The body must be JSON (Content-Type: application/json).")
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _api_error(500, "server_error", self.MESSAGES[500])
 
