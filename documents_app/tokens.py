@@ -5,9 +5,11 @@ import re
 
 import bpe_openai
 
-# bpe-openai refuses very long inputs in one call; count in pieces cut just
-# before a whitespace character, where o200k's pre-tokenizer splits anyway.
+# bpe-openai refuses inputs of a million characters or more in one call; count in pieces cut just
+# before a whitespace character, where o200k's pre-tokenizer splits anyway. A run with no whitespace
+# for HARD_CHARS is cut inside it: its count may be off by a token at each such cut.
 CHUNK_CHARS = 100_000
+HARD_CHARS = 500_000
 _SPACE = re.compile(r"\s")
 
 
@@ -19,12 +21,10 @@ def _encoding():
 def _chunks(text):
     start = 0
     while len(text) - start > CHUNK_CHARS:
-        cut = start + CHUNK_CHARS
-        match = _SPACE.search(text, cut)
-        if match is None:
-            break
-        yield text[start : match.start()]
-        start = match.start()
+        match = _SPACE.search(text, start + CHUNK_CHARS, start + HARD_CHARS)
+        end = match.start() if match else start + HARD_CHARS
+        yield text[start:end]
+        start = end
     yield text[start:]
 
 

@@ -90,6 +90,16 @@ def test_a_form_body_where_json_is_read_is_a_400(csrf_client, alice, fake):
 
 
 @pytest.mark.django_db
+def test_pasted_text_of_one_long_run_is_a_clear_400(csrf_client, alice, fake):
+    """A million characters with no whitespace reached the tokenizer whole, which refused it: a 500."""
+    login(csrf_client, alice)
+    body = json.dumps({"sdp": OFFER, "document_text": "a" * 1_000_000})
+    error = api_error(csrf_client.post("/api/sessions/", data=body, content_type="application/json"), 400)
+    assert "Paste less, or upload it to the library" in error["message"]
+    assert fake.requests == [] and not RealtimeSession.objects.exists()
+
+
+@pytest.mark.django_db
 def test_nul_and_lone_surrogates_in_pasted_text_are_cleaned(csrf_client, alice, fake):
     login(csrf_client, alice)
     body = json.dumps({"sdp": OFFER, "document_text": "Launch\x00 in March \ud800 now."})

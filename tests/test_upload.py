@@ -142,3 +142,16 @@ def test_oversized_upload_with_a_lying_length_stops_streaming(csrf_client, bob, 
     response = upload(csrf_client, "big.txt", b"a" * 5000)
     assert response.status_code == 413
     assert Document.objects.count() == 0
+
+
+def test_a_run_of_a_million_characters_without_whitespace_is_counted_and_stored(csrf_client, bob):
+    """The tokenizer refuses a million characters in one call; text was cut only at whitespace, so one long
+    run reached it whole and the upload was a 500."""
+    login(csrf_client, bob)
+    run = "a" * 1_500_000
+    assert count_tokens(run) > 0
+    # Cut inside the run at most every 500,000 characters: off by at most a token per cut.
+    assert abs(count_tokens(run) - 3 * count_tokens("a" * 500_000)) <= 3
+    response = upload(csrf_client, "run.txt", ("word " * 30_000 + run).encode())
+    assert response.status_code == 302, response.content[:300]
+    assert Document.objects.get().tokens == count_tokens("word " * 30_000 + run)
