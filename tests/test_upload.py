@@ -110,6 +110,7 @@ def _zip_bomb():
         ("bomb.docx", None),
         ("page.html", b"<html><script>" + b"alert(1);" * 500 + b"</script></html>"),
         ("tool.exe", b"MZ\x90\x00"),
+        ("notes." + "t" * 250, b"Plain text, with an extension no file system takes in a name."),  # was a 500
     ],
 )
 def test_bad_files_get_a_message_and_leave_nothing(csrf_client, bob, tmp_path, settings, name, data):
