@@ -37,5 +37,12 @@ class DocumentAdmin(admin.ModelAdmin):
     list_display = ["title", "team", "owner", "kind", "visibility", "tokens", "size_bytes", "created_at"]
     list_filter = ["team", "kind", "visibility", TokenBandFilter, SizeBandFilter]
     search_fields = ["title", "filename", "owner__username", "sha256"]
-    readonly_fields = ["sha256", "tokens", "size_bytes", "pages", "encoding", "created_at"]
     date_hierarchy = "created_at"
+    # A document's text, title, tokens, hash and passages (which repeat the title for search) are made
+    # together from an upload on the library's page: here they are read, not written, so they cannot
+    # disagree. Its team, owner and visibility may change.
+    readonly_fields = ["title", "filename", "kind", "text", "outline", "sha256", "tokens", "size_bytes", "pages",
+                       "encoding", "created_at"]
+
+    def has_add_permission(self, request):
+        return False

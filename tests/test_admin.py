@@ -40,3 +40,17 @@ def test_sessions_are_read_only_in_the_admin(staff_client, alice):
     session.refresh_from_db()
     assert session.model == "gpt-realtime"
     assert staff_client.get("/admin/sessions_app/usagerecord/add/").status_code == 403
+
+
+def test_documents_come_from_uploads_not_the_admin(staff_client, alice, bob):
+    """Adding one here was a 500 (no tokens, no size), and an edit of its text or title would leave its
+    passages and their search index telling another story."""
+    team = alice.memberships.get().team
+    doc = Document.objects.create(team=team, owner=alice, title="Plan", filename="plan.txt", kind="text",
+                                  text="Zephyr launches in March.", sha256="x", tokens=6, size_bytes=25)
+    assert staff_client.get("/admin/documents_app/document/add/").status_code == 403
+    response = staff_client.post(f"/admin/documents_app/document/{doc.pk}/change/", {
+        "title": "Other", "text": "Nothing.", "team": team.pk, "owner": bob.pk, "visibility": "private"})
+    assert response.status_code == 302
+    doc.refresh_from_db()
+    assert (doc.title, doc.text, doc.owner, doc.visibility) == ("Plan", "Zephyr launches in March.", bob, "private")
