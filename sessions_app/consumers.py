@@ -9,7 +9,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from . import upstream, usage
-from .models import Call, RealtimeSession, TranscriptEntry, UsageRecord
+from .models import Call, EndReason, RealtimeSession, TranscriptEntry, UsageRecord
 from .pricing import UsageError
 from .text import clean_text
 
@@ -302,8 +302,10 @@ class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
             await self.usage_report(content)
         elif kind == "transcript.report":
             await self.transcript_report(content)
+        elif kind == "call.closed":
+            await self.call_closed(content)
         else:
-            await self.error("unknown_type", "type must be usage.report or transcript.report.")
+            await self.error("unknown_type", "type must be usage.report, transcript.report or call.closed.")
 
     async def usage_report(self, content):
         # An answer's usage names its response; an input transcription's, the transcribed item.
@@ -316,8 +318,8 @@ class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
         except UsageError as exc:
             return await self.error("invalid_usage", str(exc), response_id=key)
         except Exception:  # the database away, or a fault of ours (logged where it happened): only this report
-            return await self.error("not_recorded", "The server could not record this report; it was not stored. "
-                                    "Send it again.", response_id=key)
+            return await self.error("not_recorded", "The server could not record this report; it was not stored.",
+                                    response_id=key)
         record = recorded.record
         ack = {
             "type": "usage.ack",
@@ -339,10 +341,38 @@ class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
         await self.store_transcript(item_id, role, clean_text(text))
         await self.send_json({"type": "transcript.ack", "item_id": item_id})
 
-    async def error(self, code, message, response_id=None):
+    async def call_closed(self, content):
+        """The page closed one of the conversation's calls (its connection was lost): the call is over on
+        the record and hung up. Only the page knows this for sure; a sideband refused by the upstream does
+        not mean the call ended (FACTS section 7). The hangup makes a page's word true even if it was not."""
+        number = content.get("call")
+        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= 2**31 - 1:
+            return await self.error("invalid_call", "call must be the number of one of this conversation's calls.")
+        found = await self.end_closed_call(number)
+        if found is None:
+            return await self.error("invalid_call", "This conversation has no such call.", call=number)
+        call_id, ended_now, reason = found
+        if ended_now:
+            from .sideband import hang_up  # the sideband builds on this module
+
+            await hang_up([call_id], "the page closed it")
+        # The page's answer: the call is over, and why (another reason if it had ended before).
+        await self.send_json({"type": "call.ended", "call": number, "reason": reason})
+
+    @parallel_db
+    def end_closed_call(self, number):
+        call = Call.objects.filter(session_id=self.session_id, number=number).first()
+        if call is None:
+            return None
+        ended_now = call.end(EndReason.CALL_CLOSED)
+        return call.call_id, ended_now, call.end_reason
+
+    async def error(self, code, message, response_id=None, call=None):
         frame = {"type": "error", "code": code, "message": message}
         if response_id:
             frame["response_id"] = response_id
+        if call is not None:
+            frame["call"] = call
         await self.send_json(frame)
 
     async def budget_exceeded(self, event):

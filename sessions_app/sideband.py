@@ -412,7 +412,6 @@ class CallWatch:
 
     async def attach_and_listen(self):
         """One attach: the first credential the upstream accepts, then every event until the socket closes."""
-        tried = refused_404 = 0
         for credential in self.credentials():
             secret = None
             if credential == Call.CALL_SECRET:
@@ -420,7 +419,6 @@ class CallWatch:
                 secret = upstream.unseal(self.info["sealed_secret"])
                 if not secret:
                     continue
-            tried += 1
             try:
                 async with upstream.sideband(self.info["call_id"], secret=secret) as ws:
                     self.ws = ws
@@ -432,13 +430,12 @@ class CallWatch:
                 return self.GONE if self.expired else self.CLOSED
             except upstream.SidebandDropped:  # it was up: a drop, as when the upstream closes it
                 return self.CLOSED
-            except upstream.SidebandRefused as exc:
-                refused_404 += exc.http_status == 404
             except upstream.UpstreamError:
                 pass
-        # Every credential refused the call as unknown: if one of them attached before, the call is gone.
-        if tried and refused_404 == tried and self.info["sideband_attached_at"]:
-            return self.GONE
+        # Refused, even as unknown (404) by every credential, and even after one attached: "not verified
+        # yet", never "the call ended" (FACTS section 7: the upstream has been seen to refuse both for a
+        # live call). The record says when it ended: the page closed it, the person stopped, the page
+        # went away, or the cap passed; the lease renewal tells this watch.
         return self.REFUSED
 
     def credentials(self):

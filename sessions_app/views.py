@@ -33,7 +33,7 @@ from .exports import transcript_rows
 from .forms import BudgetForm, RequestError, parse_mint_request, parse_resume_request
 from .models import Budget, Call, EndReason, ModelPrice, RealtimeSession, SpendDay
 from .pricing import text_input_cost
-from .sideband import hand_over, local_worker, tell_page
+from .sideband import hand_over, hang_up, local_worker, tell_page
 from .templatetags.display import usd
 
 log = logging.getLogger(__name__)
@@ -201,14 +201,6 @@ async def _create_call(user, config, sdp):
     return answer, call_id, secret
 
 
-async def _hang_up_quietly(call_ids, why):
-    for call_id in call_ids:
-        try:
-            await upstream.hangup(call_id)
-        except upstream.UpstreamError:
-            log.info("hangup (%s) was refused; the call had most likely closed already", why)
-
-
 def _unsaved_call():
     return json_error("unavailable", "The call could not be saved, so it was ended. Try again.", 503)
 
@@ -335,7 +327,7 @@ async def mint_session(request):
         )
     except DatabaseError:
         log.exception("a new session could not be saved; hanging its call up")
-        await _hang_up_quietly([call_id], "unsaved session")
+        await hang_up([call_id], "unsaved session")
         return _unsaved_call()
     await hand_over(call)
     return JsonResponse(
@@ -400,10 +392,10 @@ async def resume_session(request, session_id):
         call = await sync_to_async(_next_call)(session, call_id, secret)
     except DatabaseError:
         log.exception("a resumed call could not be saved; hanging it up")
-        await _hang_up_quietly([call_id], "unsaved call")
+        await hang_up([call_id], "unsaved call")
         return _unsaved_call()
     if call is None:
-        await _hang_up_quietly([call_id], "conversation ended meanwhile")
+        await hang_up([call_id], "conversation ended meanwhile")
         return json_error("session_ended", "This conversation has ended; start a new one.", 409)
     await hand_over(call)
     # A tab still holding the call before (another tab continued it here) lets go of the conversation.
@@ -419,7 +411,7 @@ async def end_session(request, session_id):
     calls = await sync_to_async(session.end)(EndReason.USER)
     # The page closes its peer connection; hanging up too makes sure a client
     # that ignores the stop cannot keep spending on the call.
-    await _hang_up_quietly(calls or [], "user stop")
+    await hang_up(calls or [], "user stop")
     if calls is not None:
         await announce_ended(get_channel_layer(), [session.pk])
         # Another tab of the same conversation stops too, and says why.

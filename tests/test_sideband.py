@@ -244,14 +244,56 @@ async def test_a_page_that_went_away_gets_its_call_hung_up(sim, alice, worker):
     await client.close()
 
 
-async def test_a_closed_call_ends_the_call_not_the_conversation(sim, alice, worker):
+async def test_a_closed_call_stays_on_the_record_until_the_page_says_it_closed_it(sim, alice, worker, loads,
+                                                                                  monkeypatch):
+    """When the browser closes its peer connection the upstream ends the call, and every credential's attach
+    is then refused as unknown (404). A live call has been seen to get the same refusals (FACTS section 7),
+    so the watch keeps trying and the call stays running on the record, until the page, which knows, says
+    it closed it (call.closed on its socket): then the call ends, not the conversation."""
+    from tests.test_usage_consumer import connect
+
+    attaches, real = [], CallWatch.attach_and_listen
+
+    async def attach_and_listen(self):
+        outcome = await real(self)
+        attaches.append(outcome)
+        return outcome
+
+    monkeypatch.setattr(CallWatch, "attach_and_listen", attach_and_listen)
     client, session = await start_call(sim, alice)
-    await until(lambda: call_of(session).sideband_attached_at)
+    call = await until(lambda: (c := call_of(session)).sideband_attached_at and c)
     await client.close()  # the browser closed its peer connection
-    call = await until(lambda: Call.objects.filter(session=session, status="ended").first(), timeout=15)
-    assert call.end_reason == "call_closed" and call.sealed_secret == ""
+    await until(lambda: attaches.count(CallWatch.REFUSED) >= 3, timeout=10)  # refused, and tried again
+    assert (await database_sync_to_async(call_of)(session)).status == "active" and call.pk in worker.watching
+    assert loads == {call.pk: 1}
+
+    page, _ = await connect(session, alice)
+    assert await page.receive_json_from() == {"type": "call.ready", "call": 1}  # still running, on the record
+    await page.send_json_to({"type": "call.closed", "call": 1})
+    assert await page.receive_json_from() == {"type": "call.ended", "call": 1, "reason": "call_closed"}
+    await until(lambda: call.pk not in worker.watching, timeout=5)
+    await call.arefresh_from_db()
+    assert (call.status, call.end_reason, call.sealed_secret) == ("ended", "call_closed", "")
     await session.arefresh_from_db()
     assert session.status == "active"  # the page may resume it in a new call
+    await page.disconnect()
+
+
+async def test_a_sideband_refused_after_it_attached_is_tried_until_it_attaches_again(sim, alice, worker):
+    """Dropped, then refused as unknown (404) with both credentials three times over: still running, still
+    watched, and attached again once the upstream takes it (it once ended the call on the first such round)."""
+    client, session = await start_call(sim, alice)
+    await until(lambda: call_of(session).sideband_attached_at)
+    await sim_post(sim, "/_sim/faults", {"endpoint": "sideband", "status": 404, "count": 6})
+    assert (await sim_post(sim, f"/_sim/calls/{client.call_id}/sideband/drop", {}))["dropped"] == 1
+    call = sim.state.calls[client.call_id]
+    await until(lambda: len(call.summary()["sideband_attaches"]) == 2, timeout=15)
+    assert sim.state.faults.as_list() == []
+    row = await database_sync_to_async(call_of)(session)
+    assert row.status == "active" and row.pk in worker.watching
+    done = await ask(client)
+    await until(lambda: UsageRecord.objects.filter(response_id=done["response"]["id"], source="server").exists())
+    await client.close()
 
 
 async def test_a_resumed_call_gets_the_documents_and_the_earlier_turns(sim, alice, worker):

@@ -413,3 +413,38 @@ async def test_a_socket_gone_while_its_report_is_stored_loses_neither_the_update
     await session.arefresh_from_db()
     assert session.status == "ended" and session.end_reason == "budget"
     assert waiting.cancelled()
+
+
+async def test_the_page_says_it_closed_a_call_and_the_server_hangs_it_up(alice, bob, monkeypatch):
+    """call.closed: the call ends on the record (call_closed) and is hung up, so a page's word is made true;
+    a call that had ended before keeps its reason and is not hung up again; anything else is an error."""
+    from sessions_app import upstream
+    from tests.upstream_fake import FakeUpstream
+
+    fake = FakeUpstream()
+    monkeypatch.setattr(upstream, "_send", fake.send)
+    session = await session_for(alice)
+    await Call.objects.acreate(session=session, number=1, call_id="rtc_one", status=Call.ENDED, end_reason="replaced")
+    await Call.objects.acreate(session=session, number=2, call_id="rtc_two")
+    others = await session_for(bob)
+    await Call.objects.acreate(session=others, number=3, call_id="rtc_bobs")
+    comm, _ = await connect(session, alice)
+    await comm.send_json_to({"type": "call.closed", "call": 2})
+    assert await comm.receive_json_from() == {"type": "call.ended", "call": 2, "reason": "call_closed"}
+    call = await Call.objects.aget(call_id="rtc_two")
+    assert (call.status, call.end_reason) == ("ended", "call_closed")
+    assert [r.url.path for r in fake.requests] == ["/v1/realtime/calls/rtc_two/hangup"]
+    # Said again (a resend after a reconnect), or of a call that ended otherwise: the reason it has, no hangup.
+    await comm.send_json_to({"type": "call.closed", "call": 2})
+    assert (await comm.receive_json_from())["reason"] == "call_closed"
+    await comm.send_json_to({"type": "call.closed", "call": 1})
+    assert await comm.receive_json_from() == {"type": "call.ended", "call": 1, "reason": "replaced"}
+    assert len(fake.requests) == 1
+    for bad in (3, 0, -1, True, "2", 2.0, None, 2**40):
+        await comm.send_json_to({"type": "call.closed", "call": bad})
+        error = await comm.receive_json_from()
+        assert error["type"] == "error" and error["code"] == "invalid_call", bad
+    assert (await Call.objects.aget(call_id="rtc_bobs")).status == "active" and len(fake.requests) == 1
+    await session.arefresh_from_db()
+    assert session.status == "active"
+    await comm.disconnect()

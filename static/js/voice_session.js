@@ -716,6 +716,7 @@ async function resumeCall(why) {
       return;
     }
     old.close();
+    current.socket.callClosed(current.callNumber);
     showError(`${err.message} Press Resume to try again.`);
     ui.resume.hidden = false;
   } finally {
@@ -729,6 +730,7 @@ function onConnectionLost(why, call) {
   showError('The network connection to the realtime service was lost. Press Resume to continue the conversation.');
   setActivity('idle', 'Not connected');
   state.call.close();
+  state.socket.callClosed(state.callNumber);
   ui.resume.hidden = false;
   ui.resume.focus();
 }

@@ -2,7 +2,8 @@
 // answer's and each transcription's usage (the fallback: the server's own
 // sideband figures are the bill) and keeps every report until the server
 // acknowledges it; after a reconnect the unacknowledged ones are resent. The
-// server stores each id once, so a resend never counts twice. The server
+// server stores each id once, so a resend never counts twice. It also says
+// when the page closed a call whose connection was lost. The server
 // sends back its verified totals, when a call's context is ready, when a
 // call ended, and when the budget ran out.
 
@@ -62,6 +63,7 @@ export class UsageSocket {
     } else if (msg.type === 'call.ready') {
       this.onCallReady(msg);
     } else if (msg.type === 'call.ended') {
+      this.pending.delete(`call:${msg.call}`);
       this.onCallEnded(msg);
     } else if (msg.type === 'answer.sources') {
       this.onSources(msg);
@@ -73,6 +75,7 @@ export class UsageSocket {
         this.pending.delete(`usage:${msg.response_id}`);
         this.pending.delete(`transcription:${msg.response_id}`);
       }
+      if (msg.call !== undefined) this.pending.delete(`call:${msg.call}`);
       this.onServerError(msg);
     }
     this._checkDrained();
@@ -93,6 +96,12 @@ export class UsageSocket {
 
   reportTranscript(itemId, role, text) {
     this._queue(`transcript:${itemId}`, { type: 'transcript.report', item_id: itemId, role, text });
+  }
+
+  // This page closed the call (its connection was lost): the server ends it on the record and hangs
+  // it up. Kept until the server answers, like a report.
+  callClosed(number) {
+    this._queue(`call:${number}`, { type: 'call.closed', call: number });
   }
 
   get unacknowledged() {
