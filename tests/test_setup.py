@@ -66,6 +66,34 @@ def test_envint_refuses_nonsense(monkeypatch):
         project_settings.envint("X_NUM", 1, minimum=1)
 
 
+@pytest.mark.parametrize("value", ["lots", "10", "10/", "0/m", "10/x", "-1/m", "10/0m", "10/m "])
+def test_envrate_refuses_what_the_rate_limit_cannot_read(monkeypatch, value):
+    monkeypatch.setenv("X_RATE", value)
+    with pytest.raises(ImproperlyConfigured):
+        project_settings.envrate("X_RATE", "10/m")
+
+
+@pytest.mark.parametrize("value", ["10/m", "5/5m", "100/h", "1/s", "30/2d"])
+def test_envrate_takes_the_rates_people_write(monkeypatch, value):
+    monkeypatch.setenv("X_RATE", value)
+    assert project_settings.envrate("X_RATE", "10/m") == value
+
+
+@pytest.mark.parametrize("name, value", [("MINT_RATE_LIMIT", "lots"), ("LOGIN_FAILURES_PER_USER", "5 per minute"),
+                                         ("TRANSCRIPTION_MODEL", "whisper-2")])
+def test_a_bad_setting_stops_the_start_instead_of_failing_every_request(tmp_path, name, value):
+    """A rate the limiter cannot read made every start a 500; a transcription model the API does not take
+    would have made every call's input transcription fail."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "VAR_DIR": str(tmp_path), name: value}
+    result = subprocess.run([sys.executable, "-c", "import voiceproject.settings"], env=env, capture_output=True,
+                            text=True, cwd=project_settings.BASE_DIR)
+    assert result.returncode != 0 and "ImproperlyConfigured" in result.stderr and name in result.stderr
+
+
 def test_a_default_turn_mode_that_does_not_exist_stops_the_checks(settings):
     from sessions_app.apps import check_default_turn_detection
     from sessions_app.forms import TURN_MODES

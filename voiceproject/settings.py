@@ -6,6 +6,7 @@ PostgreSQL and Redis for several processes; OPENAI_API_KEY switches to OpenAI.
 """
 
 import os
+import re
 import secrets
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -50,6 +51,14 @@ def envdecimal(name, default):
     if not number.is_finite() or number < 0:
         raise ImproperlyConfigured(f"{name} must be a finite, non-negative number, got {value!r}")
     return number
+
+
+def envrate(name, default):
+    """A rate in django-ratelimit's notation: a count, a slash, an optional number and a unit (10/m, 5/5m)."""
+    value = os.environ.get(name, "") or default
+    if not re.fullmatch(r"[1-9][0-9]*/([1-9][0-9]*)?[smhd]", value):
+        raise ImproperlyConfigured(f"{name} must be a rate such as 10/m or 5/5m, got {value!r}")
+    return value
 
 
 def envlist(name, default):
@@ -257,12 +266,12 @@ CLIENT_SECRET_TTL_SECONDS = envint("CLIENT_SECRET_TTL_SECONDS", CALL_MAX_SECONDS
 if CLIENT_SECRET_TTL_SECONDS > 7200:
     raise ImproperlyConfigured("CLIENT_SECRET_TTL_SECONDS must be at most 7200 (the upstream's limit)")
 
-MINT_RATE_LIMIT = os.environ.get("MINT_RATE_LIMIT", "10/m")
+MINT_RATE_LIMIT = envrate("MINT_RATE_LIMIT", "10/m")
 # A failed cache call returns "no answer" instead of raising; the view then counts locally.
 RATELIMIT_FAIL_OPEN = True
 # Failed sign-ins, per user name and per client address (a window, never a permanent lockout).
-LOGIN_FAILURES_PER_USER = os.environ.get("LOGIN_FAILURES_PER_USER", "5/5m")
-LOGIN_FAILURES_PER_ADDRESS = os.environ.get("LOGIN_FAILURES_PER_ADDRESS", "30/5m")
+LOGIN_FAILURES_PER_USER = envrate("LOGIN_FAILURES_PER_USER", "5/5m")
+LOGIN_FAILURES_PER_ADDRESS = envrate("LOGIN_FAILURES_PER_ADDRESS", "30/5m")
 # A start request may carry 2,000,000 pasted characters, JSON-escaped at up to 6 bytes each;
 # past this a request gets 413 before anything reads it.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 13 * 1024 * 1024
@@ -309,6 +318,12 @@ if DEFAULT_MODEL not in REALTIME_MODELS:
     raise ImproperlyConfigured(f"DEFAULT_MODEL {DEFAULT_MODEL!r} is not in REALTIME_MODELS")
 if DEFAULT_VOICE not in REALTIME_VOICES:
     raise ImproperlyConfigured(f"DEFAULT_VOICE {DEFAULT_VOICE!r} is not a known voice")
+# The input transcription models the Realtime API takes (the session object's enum, FACTS section 1).
+TRANSCRIPTION_MODELS = ["whisper-1", "gpt-transcribe", "gpt-live-transcribe", "gpt-4o-mini-transcribe",
+                        "gpt-4o-mini-transcribe-2025-12-15", "gpt-4o-transcribe", "gpt-4o-transcribe-diarize",
+                        "gpt-realtime-whisper"]
+if TRANSCRIPTION_MODEL not in TRANSCRIPTION_MODELS:
+    raise ImproperlyConfigured(f"TRANSCRIPTION_MODEL {TRANSCRIPTION_MODEL!r} is not one the Realtime API takes")
 
 LOGGING = {
     "version": 1,
