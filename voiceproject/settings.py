@@ -146,8 +146,9 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Full-text search (documents_app/search.py) uses its expressions.
     INSTALLED_APPS.append("django.contrib.postgres")
-    # Every ASGI request and every consumer call runs on a thread of its own:
-    # a pool hands them open connections instead of a new login each time.
+    # A pool, not a connection kept by each thread: with up to REQUEST_THREADS request threads per process,
+    # kept connections would outnumber what PostgreSQL allows (100 by default) past one machine; the pool
+    # caps each process and still hands out open connections instead of a new login each time.
     DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 2, "max_size": envint("DATABASE_POOL_SIZE", 20, 1)}}
     # A pooled connection the server terminated is found out before use, not by a failed request.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
