@@ -371,9 +371,10 @@ class Conversation:
             if piece.strip():
                 self.emit(server_event("conversation.item.input_audio_transcription.delta", item_id=item_id,
                                        content_index=0, delta=piece, logprobs=None))
+        model = (self.session["audio"]["input"].get("transcription") or {}).get("model")
         self.emit(server_event("conversation.item.input_audio_transcription.completed", item_id=item_id,
                                content_index=0, transcript=transcript, logprobs=None,
-                               usage=usage.transcription_usage(audio_ms, transcript)))
+                               usage=usage.transcription_usage(audio_ms, transcript, model)))
 
     # -- responses ----------------------------------------------------------------
 

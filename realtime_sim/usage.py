@@ -169,8 +169,16 @@ def response_usage(
     }
 
 
-def transcription_usage(audio_ms: float, transcript: str) -> dict:
-    """Usage of `conversation.item.input_audio_transcription.completed` (ASR tokens)."""
+# Input transcription models billed by the minute of audio; their usage is a duration, not tokens
+# (usage.yaml `TranscriptTextUsageDuration`; FACTS section 7: whisper-1 and gpt-transcribe per minute).
+PER_MINUTE_TRANSCRIPTION = frozenset({"whisper-1", "gpt-transcribe"})
+
+
+def transcription_usage(audio_ms: float, transcript: str, model: str | None = None) -> dict:
+    """Usage of `conversation.item.input_audio_transcription.completed`: the seconds of audio for a
+    model billed by the minute, else the ASR tokens."""
+    if model in PER_MINUTE_TRANSCRIPTION:
+        return {"type": "duration", "seconds": round(audio_ms / 1000, 3)}
     audio = input_audio_tokens(audio_ms)
     out = count_text_tokens(transcript)
     return {

@@ -174,6 +174,26 @@ async def test_input_transcription_is_priced_to_the_micro_dollar(sim, alice, wor
     await client.close()
 
 
+@pytest.mark.parametrize("model, per_minute", [("whisper-1", "0.006"), ("gpt-transcribe", "0.0045")])
+async def test_a_transcription_billed_by_the_minute_is_priced_by_its_seconds(sim, alice, worker, model, per_minute):
+    """whisper-1 and gpt-transcribe report a duration, not tokens (FACTS section 7); the simulator reports
+    it the same way, and the verified record is priced per minute."""
+    config = {**CONFIG, "audio": {"input": {"turn_detection": None, "transcription": {"model": model}}}}
+    client, session = await start_call(sim, alice, config=config)
+    await until(lambda: call_of(session).sideband_attached_at)
+    client.mic.speak(1200)
+    await asyncio.sleep(1.5)
+    client.send({"type": "input_audio_buffer.commit"})
+    event = await client.wait_for("conversation.item.input_audio_transcription.completed")
+    assert event["usage"]["type"] == "duration" and event["usage"]["seconds"] > 1
+    record = await until(lambda: UsageRecord.objects.filter(session=session, kind="transcription").first())
+    expected = Decimal(str(event["usage"]["seconds"])) * Decimal(per_minute) / 60
+    assert record.cost_usd == expected and record.model == model and record.source == "server"
+    await session.arefresh_from_db()
+    assert session.transcription_cost_usd == expected
+    await client.close()
+
+
 async def test_documents_reach_the_call_in_pieces_under_16_kib(sim, alice, worker):
     big = " ".join(f"Paragraph {i}: the launch checklist has item {i} and the budget line {i}." for i in range(4000))
     big += " The secret launch code is ZEPHYR-42."

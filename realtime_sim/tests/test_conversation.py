@@ -217,6 +217,16 @@ async def test_server_vad_turn_with_transcription_and_scripted_transcript(fast_s
     h.check()
 
 
+async def test_a_transcription_billed_by_the_minute_reports_its_seconds(fast_speech):
+    h = Harness({"type": "realtime", "audio": {"input": {"transcription": {"model": "whisper-1"}}}})
+    h.speak(1000, 0)
+    h.speak(0, 600)
+    completed = h.of("conversation.item.input_audio_transcription.completed")[0]
+    assert completed["usage"] == {"type": "duration", "seconds": 1.5}  # speech, then 500 ms of silence
+    await h.finish()
+    h.check()  # the event as the official schema has it
+
+
 async def test_text_modality_uses_output_text_events():
     h = Harness({"type": "realtime", "output_modalities": ["text"]})
     h.send(_doc_item())

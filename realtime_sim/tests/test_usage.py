@@ -122,6 +122,11 @@ def test_transcription_usage_and_override_merge():
         "input_tokens": 14, "input_token_details": {"text_tokens": 0, "audio_tokens": 14},
         "output_tokens": usage.count_text_tokens("(about 1.4 seconds of speech)"),
     }
+    # Models billed by the minute report the audio's seconds instead (usage.yaml, FACTS section 7).
+    for model in ("whisper-1", "gpt-transcribe"):
+        assert usage.transcription_usage(1400, "(about 1.4 seconds of speech)", model) == {
+            "type": "duration", "seconds": 1.4}
+    assert usage.transcription_usage(1400, "x", "gpt-4o-transcribe")["type"] == "tokens"
     base = usage.response_usage([Segment("i", "text", 5)], [], 1, 2)
     merged = usage.merge_override(base, {"total_tokens": 999, "input_token_details": {"cached_tokens": 4}})
     assert merged["total_tokens"] == 999
