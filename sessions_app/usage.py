@@ -87,7 +87,9 @@ def record_many(reports):
         if one.created and (session.user_id, session.team_id) not in checked:
             checked.add((session.user_id, session.team_id))
             stopped = session.stop_if_over_budget()
-        update = dashboard_update(session, one.record) if one.created and one.record.billed_changes else None
+        # Every stored record: one that leaves the bill as it was (a page's report after the server's)
+        # still changes the conversation's row (what the page reported, a disagreement flagged).
+        update = dashboard_update(session, one.record) if one.created else None
         team_id = str(session.team_id) if session.team_id else None
         results[index] = Recorded(one.record, one.created, session.totals(), team_id, stopped, update)
     return results

@@ -200,6 +200,27 @@ async def test_recorded_usage_reaches_the_dashboard_group(alice):
     await comm.disconnect()
 
 
+async def test_a_page_report_after_the_verified_one_still_updates_the_dashboard_row(alice):
+    """The server's record is the bill, so the page's report of the same answer changes no day; it still
+    changes the conversation's row (what was reported, and here a disagreement), so the dashboards hear it."""
+    from sessions_app import usage as recording
+
+    session = await session_for(alice)
+    layer, channel = await dashboard_listener()
+    under = {**USAGE, "output_tokens": 120, "total_tokens": 252,
+             "output_token_details": {"text_tokens": 29, "audio_tokens": 91}}
+    verified = await database_sync_to_async(recording.record)(session.pk, "resp_v", USAGE, source=UsageRecord.SERVER)
+    assert verified.update["changes"] and verified.update["session_row"]["reported_session_cost_usd"] == "0.00000000"
+    comm, _ = await connect(session, alice)
+    await comm.send_json_to({"type": "usage.report", "response_id": "resp_v", "usage": under})
+    assert (await comm.receive_json_from())["type"] == "usage.ack"
+    (update,) = (await layer.receive(channel))["updates"]
+    assert update["response_id"] == "resp_v" and not update["verified"] and update["changes"] == []
+    assert update["session_row"]["mismatch"] is True and update["session_row"]["reported_session_cost_usd"] != "0.00000000"
+    assert update["session_row"]["cost_usd"] == verified.update["session_row"]["cost_usd"]  # the bill is unchanged
+    await comm.disconnect()
+
+
 async def test_a_page_gone_by_its_ack_does_not_take_the_dashboard_update_with_it(alice, monkeypatch):
     """The page may close on an earlier ack, or the ack's send fail under load: the report is stored,
     so the dashboards still hear of it."""
