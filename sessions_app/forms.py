@@ -95,6 +95,10 @@ def parse_resume_request(data):
     return check_offer(data.get("sdp"))
 
 
+SDP_LINE = re.compile(r"[a-z]=[^\x00-\x08\x0a-\x1f\x7f]*")
+MEDIA_PORT = re.compile(r"[0-9]{1,5}(/[0-9]{1,3})?")
+
+
 def check_offer(sdp):
     """The browser's offer, unchanged, if it asks for what a voice call needs and nothing else:
     one audio stream and at most one data channel."""
@@ -110,8 +114,15 @@ def check_offer(sdp):
         raise OfferError(f"the SDP offer is {size:,} bytes; at most {MAX_SDP_BYTES:,} are accepted")
     if not sdp.startswith("v=0") or "\x00" in sdp:
         raise OfferError("sdp is not an SDP offer (it must start with v=0)")
-    media = [line[2:].split(None, 3) for line in sdp.splitlines() if line.startswith("m=")]
-    kinds = [m[0] if m else "" for m in media]
+    # SDP's lines end in CRLF (a bare LF is tolerated); Python's splitlines() would also break at U+2028
+    # and the like, which inside an SDP line are just characters.
+    lines = [line.removesuffix("\r") for line in sdp.split("\n") if line.strip()]
+    if not all(SDP_LINE.fullmatch(line) for line in lines):
+        raise OfferError("sdp is not an SDP offer: every line is a letter, '=' and a value")
+    media = [line[2:].split() for line in lines if line.startswith("m=")]
+    if not all(len(m) >= 4 and MEDIA_PORT.fullmatch(m[1]) for m in media):
+        raise OfferError("the SDP offer has a media line that is not <media> <port> <protocol> <formats>")
+    kinds = [m[0] for m in media]
     if kinds.count("audio") != 1:
         raise OfferError(f"the SDP offer must have exactly one audio stream; it has {kinds.count('audio')}")
     if kinds.count("application") > 1:
@@ -122,6 +133,10 @@ def check_offer(sdp):
     for m in media:
         if m[0] == "application" and (len(m) < 3 or "SCTP" not in m[2]):
             raise OfferError("the SDP offer's application stream must be a WebRTC data channel")
+    # What any browser's WebRTC offer carries, without which the upstream refuses it anyway.
+    if not any(line.startswith("a=ice-ufrag:") for line in lines) or not any(
+            line.startswith("a=fingerprint:") for line in lines):
+        raise OfferError("the SDP offer has no ICE credentials or DTLS fingerprint: it is not a WebRTC offer")
     return sdp
 
 

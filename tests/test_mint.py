@@ -290,8 +290,11 @@ def test_a_call_that_cannot_be_recorded_is_hung_up(csrf_client, alice, fake, mon
 
 
 def _offer_with(*media):
-    head = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+    head = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n" + WEBRTC
     return head + "".join(f"m={m}\r\nc=IN IP4 0.0.0.0\r\n" for m in media)
+
+
+WEBRTC = "a=ice-ufrag:Fo1x\r\na=ice-pwd:0bN5Hd2h3Zyq8bH9Xc3lpQe1\r\na=fingerprint:sha-256 3A:2B:1C\r\n"
 
 
 AUDIO = "audio 9 UDP/TLS/RTP/SAVPF 111"
@@ -313,6 +316,14 @@ DATA = "application 9 UDP/DTLS/SCTP webrtc-datachannel"
         (_offer_with(AUDIO, "video 9 UDP/TLS/RTP/SAVPF 96", DATA), "not video"),
         (_offer_with(AUDIO, "application 9 RTP/AVP 0"), "must be a WebRTC data channel"),
         ("\ud800" + OFFER, "not text"),
+        # Offers the upstream would refuse (a 502 once): media lines without port, protocol or formats,
+        # a line break that SDP does not have, a line that is not type=value, no ICE or DTLS.
+        ("v=0\r\n" + WEBRTC + "m=audio\r\n", "not <media> <port> <protocol> <formats>"),
+        ("v=0\r\n" + WEBRTC + "m=audio nonsense\r\n", "not <media> <port> <protocol> <formats>"),
+        ("v=0\r\n" + WEBRTC + "m=audio x UDP/TLS/RTP/SAVPF 111\r\n", "not <media> <port> <protocol> <formats>"),
+        ("v=0\u2028m=audio 9 UDP 0", "exactly one audio stream; it has 0"),
+        (_offer_with(AUDIO) + "hello\r\n", "every line is a letter"),
+        (_offer_with(AUDIO).replace(WEBRTC, ""), "no ICE credentials or DTLS fingerprint"),
     ],
 )
 def test_offers_outside_the_policy_are_400_invalid_sdp(csrf_client, alice, fake, sdp, fragment):
