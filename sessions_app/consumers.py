@@ -317,7 +317,10 @@ class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
             recorded = await self.record_usage(key, content.get("usage"), kind)
         except UsageError as exc:
             return await self.error("invalid_usage", str(exc), response_id=key)
-        except Exception:  # the database away, or a fault of ours (logged where it happened): only this report
+        except DatabaseError:  # for now: the page sends it again shortly
+            return await self.error("unavailable", "The database is away; the report was not stored. It is sent "
+                                    "again shortly.", response_id=key)
+        except Exception:  # a fault of ours, logged where it happened: this report alone is lost
             return await self.error("not_recorded", "The server could not record this report; it was not stored.",
                                     response_id=key)
         record = recorded.record

@@ -469,3 +469,33 @@ async def test_the_page_says_it_closed_a_call_and_the_server_hangs_it_up(alice, 
     await session.arefresh_from_db()
     assert session.status == "active"
     await comm.disconnect()
+
+
+async def test_a_report_met_by_a_database_error_is_said_to_be_unavailable_and_stored_when_sent_again(
+        alice, monkeypatch):
+    """The database away: the socket stays up and hears `unavailable` (the page sends the report again
+    shortly; it once lost the socket, and a fault of another kind the report); once it is back, the same
+    report is stored once."""
+    from django.db import OperationalError
+
+    from sessions_app import usage
+
+    real, refused = usage.record_many, []
+
+    def record_many(reports):
+        if not refused:
+            refused.append(len(reports))
+            raise OperationalError("the server closed the connection unexpectedly")
+        return real(reports)
+
+    monkeypatch.setattr(usage, "record_many", record_many)
+    session = await session_for(alice)
+    comm, _ = await connect(session, alice)
+    await comm.send_json_to({"type": "usage.report", "response_id": "resp_blip", "usage": USAGE})
+    error = await comm.receive_json_from()
+    assert (error["type"], error["code"], error["response_id"]) == ("error", "unavailable", "resp_blip")
+    await comm.send_json_to({"type": "usage.report", "response_id": "resp_blip", "usage": USAGE})
+    ack = await comm.receive_json_from()
+    assert ack["type"] == "usage.ack" and not ack["duplicate"]
+    assert await UsageRecord.objects.filter(response_id="resp_blip").acount() == 1
+    await comm.disconnect()

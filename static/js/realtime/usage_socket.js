@@ -8,6 +8,7 @@
 // call ended, and when the budget ran out.
 
 const NOOP = () => {};
+const RESEND_MS = 2000;
 
 export class UsageSocket {
   constructor(path, handlers) {
@@ -70,8 +71,13 @@ export class UsageSocket {
     } else if (msg.type === 'budget.exceeded') {
       this.onBudgetExceeded(msg);
     } else if (msg.type === 'error') {
-      // A report the server refused will be refused again: drop it, say so.
-      if (msg.response_id) {
+      if (msg.response_id && msg.code === 'unavailable') {
+        // Not stored for now (the server's database is away): sent again shortly, and on a reconnect.
+        for (const key of [`usage:${msg.response_id}`, `transcription:${msg.response_id}`]) {
+          if (this.pending.has(key)) setTimeout(() => this._resend(key), RESEND_MS);
+        }
+      } else if (msg.response_id) {
+        // A report the server refused will be refused again: drop it, say so.
         this.pending.delete(`usage:${msg.response_id}`);
         this.pending.delete(`transcription:${msg.response_id}`);
       }
@@ -79,6 +85,11 @@ export class UsageSocket {
       this.onServerError(msg);
     }
     this._checkDrained();
+  }
+
+  _resend(key) {
+    const frame = this.pending.get(key);
+    if (frame && this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(frame));
   }
 
   _queue(key, frame) {
