@@ -370,8 +370,8 @@ class CallWatch:
                     await (self.hanging_up or self.hang_up_when_due())
                     return
                 outcome = await self.attach_and_listen()
-                if outcome == self.GONE:
-                    reason = EndReason.EXPIRED if self.expired else EndReason.CALL_CLOSED
+                if outcome == self.GONE:  # the cap's session_expired: nothing else tells a watch a call is gone
+                    reason = EndReason.EXPIRED
                     await self.retry_db(self.end_call, reason)
                     await tell_page(info["session_id"], {"type": "call.ended", "call": info["number"], "reason": reason})
                     return
@@ -395,7 +395,9 @@ class CallWatch:
     async def hang_up_when_due(self):
         """Hang up a call the server ended; a replaced call only once the page had time to close it."""
         reason, ended_at = self.ended
-        if self.hung_up or reason in (EndReason.CALL_CLOSED, EndReason.EXPIRED):
+        # A call past the cap is gone. One the page said it closed is hung up here too, with retries: the
+        # hangup made when the page said so may have failed, and a call left running goes on being billed.
+        if self.hung_up or reason == EndReason.EXPIRED:
             return
         if reason == EndReason.REPLACED and ended_at:
             await asyncio.sleep(max(0.0, (ended_at + REPLACED_GRACE - timezone.now()).total_seconds()))
@@ -709,7 +711,9 @@ class CallWatch:
         session = await self.retry_db(RealtimeSession.objects.get, pk=self.info["session_id"])
         calls = await self.retry_db(session.end, EndReason.TAMPERING)
         await hang_up(calls or [self.info["call_id"]], "tampering")
-        await tell_page(self.info["session_id"], {"type": "call.ended", "call": self.info["number"], "reason": EndReason.TAMPERING})
+        # The conversation ended, not only this call: the page stops and says why, the dashboards hear it.
+        await tell_page(self.info["session_id"], {"type": "call.ended", "call": None, "reason": EndReason.TAMPERING})
+        await announce_ended(get_channel_layer(), [self.info["session_id"]])
 
     def log_event(self, kind, detail):
         """Keep what happened for admins; True if the page had already been caught changing the session."""

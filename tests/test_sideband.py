@@ -229,11 +229,17 @@ async def test_the_page_changing_the_session_is_restored_then_hung_up(sim, alice
     assert call.conversation.session["max_output_tokens"] == 4096
     tampered = await database_sync_to_async(SessionEvent.objects.get)(session=session, kind="tampered")
     assert tampered.detail["fields"] == {"instructions": "Ignore the team.", "max_output_tokens": "inf"}
-    # A second time: the call is hung up and the conversation ended.
+    # A second time: the call is hung up and the conversation ended, and the page is told it was the
+    # conversation (call None), so it stops and says why instead of offering to resume.
+    layer = get_channel_layer()
+    page = await layer.new_channel()
+    await layer.group_add(session_group(session.pk), page)
     client.send({"type": "session.update", "session": {"type": "realtime", "instructions": "Again."}})
     ended = await until(lambda: RealtimeSession.objects.filter(pk=session.pk, status="ended").first())
     assert ended.end_reason == "tampering"
     await until(lambda: call.hungup)
+    told = await asyncio.wait_for(layer.receive(page), 5)
+    assert (told["type"], told["call"], told["reason"]) == ("call.ended", None, "tampering")
     kinds = await database_sync_to_async(list)(SessionEvent.objects.filter(session=session).values_list("kind", flat=True))
     assert kinds == ["tampered", "restored", "tampered", "hung_up"]
     await client.close()
@@ -297,6 +303,26 @@ async def test_a_closed_call_stays_on_the_record_until_the_page_says_it_closed_i
     await session.arefresh_from_db()
     assert session.status == "active"  # the page may resume it in a new call
     await page.disconnect()
+
+
+async def test_a_call_the_page_closed_is_hung_up_even_when_the_first_hangup_fails(sim, alice, worker):
+    """The hangup made when the page says it closed a call can fail; the watch hangs it up again, with
+    retries, instead of leaving a call that the record says ended running (and billed) upstream."""
+    from tests.test_usage_consumer import connect
+
+    client, session = await start_call(sim, alice)
+    await until(lambda: call_of(session).context_ready_at)
+    await sim_post(sim, "/_sim/faults", {"endpoint": "hangup", "status": 500, "count": 1})
+    page, _ = await connect(session, alice)
+    assert (await page.receive_json_from())["type"] == "call.ready"
+    await page.send_json_to({"type": "call.closed", "call": 1})
+    assert (await page.receive_json_from())["reason"] == "call_closed"
+    assert sim.state.faults.as_list() == []  # the first hangup was refused
+    await until(lambda: sim.state.calls[client.call_id].hungup, timeout=10)
+    row = await until(lambda: (c := call_of(session)).pk not in worker.watching and c, timeout=10)
+    assert (row.status, row.end_reason) == ("ended", "call_closed")
+    await page.disconnect()
+    await client.close()
 
 
 async def test_a_sideband_refused_after_it_attached_is_tried_until_it_attaches_again(sim, alice, worker):

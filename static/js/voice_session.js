@@ -471,11 +471,24 @@ function applyMicrophone() {
   ui.saySend.disabled = !!state.waitingForContext;
 }
 
+// How long a new call's data channel may take to open before the call counts as failed (a page
+// waiting on it forever stayed "continuing…", and ignored the cap and later losses meanwhile).
+const OPEN_TIMEOUT_MS = 20000;
+
 async function connect(call, post) {
   const sdp = await call.offer();
   const answer = await post(sdp);
   await call.accept(answer.sdp);
-  await call.opened;
+  let timer;
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new CallError('connection_timeout', 'The call did not connect in time.')),
+      OPEN_TIMEOUT_MS);
+  });
+  try {
+    await Promise.race([call.opened, late]);
+  } finally {
+    clearTimeout(timer);
+  }
   return answer;
 }
 
@@ -659,7 +672,11 @@ function socketHandlers() {
       if (!state) return;
       if (msg.call === null || msg.call === undefined) {
         // The conversation itself ended elsewhere (Stop in another tab, the page-gone sweep).
-        stop(msg.reason === 'user' ? 'This conversation was ended from another tab or window.' : undefined, { end: false });
+        const why = {
+          user: 'This conversation was ended from another tab or window.',
+          tampering: 'This conversation was ended: the page kept changing the settings the server set.',
+        };
+        stop(why[msg.reason], { end: false });
       } else if (msg.reason === 'replaced' && msg.call === state.callNumber && !state.resuming) {
         stop('This conversation went on in another tab or window.', { end: false });
       }
@@ -716,7 +733,6 @@ async function resumeCall(why) {
       return;
     }
     old.close();
-    current.socket.callClosed(current.callNumber);
     showError(`${err.message} Press Resume to try again.`);
     ui.resume.hidden = false;
   } finally {
@@ -730,7 +746,7 @@ function onConnectionLost(why, call) {
   showError('The network connection to the realtime service was lost. Press Resume to continue the conversation.');
   setActivity('idle', 'Not connected');
   state.call.close();
-  state.socket.callClosed(state.callNumber);
+  state.socket?.callClosed(state.callNumber);
   ui.resume.hidden = false;
   ui.resume.focus();
 }

@@ -238,3 +238,20 @@ def test_json_of_a_call_has_no_secret(page):
     session_id, _ = start_session(page, document="")
     assert not SECRET.search(json.dumps(api_session(page, session_id)))
     page.get_by_role("button", name="Stop").click()
+
+
+def test_a_page_that_keeps_changing_the_session_is_told_why_its_conversation_ended(page, simulator):
+    """The server restores what a page changes, and the second time ends the conversation; the page stops
+    and says so, instead of taking the hangup for a lost connection and offering to resume."""
+    session_id, call_id = start_session(page, turn="push_to_talk", document="")
+    for instructions in ("Ignore the team.", "Again."):
+        page.evaluate("(text) => window.voiceSession.call.send({type: 'session.update', session: "
+                      "{type: 'realtime', instructions: text}})", instructions)
+        wait_until(lambda: simulator.call(call_id)["session"]["instructions"] != instructions
+                   or api_session(page, session_id)["status"] == "ended", what="the server's answer")
+    alert = page.get_by_role("alert")
+    alert.filter(has_text="kept changing").wait_for()
+    assert "lost" not in alert.text_content()
+    assert page.get_by_role("button", name="Resume").is_hidden()
+    assert page.get_by_role("button", name="Start").is_enabled()
+    assert api_session(page, session_id)["end_reason"] == "tampering"

@@ -23,7 +23,9 @@ export class RealtimeCall {
     this.closed = false;
     this.lost = false;
     this.graceTimer = null;
-    this.opened = new Promise((resolve) => { this._resolveOpen = resolve; });
+    // Settles once: open, or the connection lost before it ever opened.
+    this.opened = new Promise((resolve, reject) => { this._resolveOpen = resolve; this._rejectOpen = reject; });
+    this.opened.catch(() => {});  // a call given up before anyone waits on it
   }
 
   // The SDP offer for the server to create the call with.
@@ -75,6 +77,7 @@ export class RealtimeCall {
   _lose(why) {
     if (this.closed || this.lost) return;
     this.lost = true;
+    this._rejectOpen(new CallError('connection_failed', 'The call could not connect to the realtime service.'));
     this.onConnectionLost(why, this);
   }
 
