@@ -55,14 +55,6 @@ class SidebandDropped(UpstreamError):
         super().__init__(502, "upstream_error", "The sideband's connection was lost.")
 
 
-class SidebandRefused(UpstreamError):
-    """The upstream answered the sideband handshake with an HTTP error (`http_status`)."""
-
-    def __init__(self, http_status):
-        super().__init__(502, "upstream_error", f"The realtime service refused the sideband (HTTP {http_status}).",
-                         http_status)
-
-
 def _session():
     # A ClientSession belongs to the loop it was made on; one per loop, shared by every request and
     # sideband (a new one per socket built a new TLS context, the CA store read again, each time).
@@ -249,7 +241,8 @@ async def sideband(call_id, secret=None):
         )
     except aiohttp.WSServerHandshakeError as exc:
         log.warning("upstream sideband refused with HTTP %s", exc.status)
-        raise SidebandRefused(exc.status) from None
+        raise UpstreamError(502, "upstream_error", f"The realtime service refused the sideband (HTTP {exc.status}).",
+                            exc.status) from None
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         log.warning("upstream sideband failed: %s", type(exc).__name__)
         raise UpstreamError(502, "upstream_error", "The realtime service could not be reached for the sideband.")
