@@ -55,6 +55,9 @@ def _unauthorized(message: str = "Incorrect API key provided.") -> web.Response:
     return _error(401, message, "invalid_api_key")
 
 
+BETA_CLOSE_CODE = 4000
+
+
 def _beta_refused() -> web.Response:
     return _error(400, "The Realtime Beta API is no longer supported. Please use /v1/realtime for the GA API.",
                   "beta_api_shape_disabled")
@@ -250,6 +253,15 @@ def _call_not_found(call_id: str) -> web.Response:
     return _error(404, f"Call '{call_id}' not found.", "call_id_not_found", "call_id")
 
 
+async def beta_call(request: web.Request) -> web.Response:
+    """The beta interface's SDP exchange (`POST /v1/realtime?model=...`): shut down, refused as such."""
+    token = _bearer(request)
+    state = _state(request)
+    if token is None or (token != state.api_key and state.valid_secret(token) is None):
+        return _unauthorized()
+    return _beta_refused()
+
+
 async def sideband(request: web.Request) -> web.StreamResponse:
     """Attach a server's WebSocket to a call, subject to the sideband_auth setting.
 
@@ -265,7 +277,11 @@ async def sideband(request: web.Request) -> web.StreamResponse:
     if token != state.api_key and state.valid_secret(token) is None:
         return _unauthorized("The ephemeral client secret has expired.")
     if request.headers.get("OpenAI-Beta"):
-        return _beta_refused()
+        # A WebSocket with the beta header is taken, then closed with the beta shape's code (FACTS section 7).
+        ws = web.WebSocketResponse(heartbeat=None)
+        await ws.prepare(request)
+        await ws.close(code=BETA_CLOSE_CODE, message=b"beta_api_shape_disabled")
+        return ws
     call_id = request.query.get("call_id")
     if not call_id:
         return _error(400, "The simulator only serves sideband connections: pass ?call_id=rtc_...",
@@ -447,6 +463,7 @@ def build_app(state: SimState) -> web.Application:
     app.router.add_post("/v1/realtime/calls", create_call)
     app.router.add_post("/v1/realtime/calls/{call_id}/hangup", hangup_call)
     app.router.add_get("/v1/realtime", sideband)
+    app.router.add_post("/v1/realtime", beta_call)
     app.router.add_route("OPTIONS", "/v1/{tail:.*}", preflight)
     app.router.add_get("/_sim/state", sim_state)
     app.router.add_get("/_sim/secrets/latest", sim_latest_secret_request)

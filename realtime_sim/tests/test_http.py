@@ -251,6 +251,14 @@ async def test_sideband_refusals(sim, http, auth):
     resp = await http.get(url, params={"call_id": "rtc_x"}, headers=auth)
     assert resp.status == 404 and (await resp.json())["error"]["code"] == "call_id_not_found"
     assert (await http.get(url, headers=auth)).status == 400
+    # The beta interface: its WebSocket is closed with 4000, its SDP exchange refused with 400.
+    ws = await http.ws_connect(url, params={"call_id": "rtc_x"}, headers={**auth, "OpenAI-Beta": "realtime=v1"})
+    assert (await ws.receive()).type == aiohttp.WSMsgType.CLOSE
+    assert (ws.close_code, (await ws.receive()).type) == (4000, aiohttp.WSMsgType.CLOSED)
+    beta = await http.post(url, params={"model": "gpt-realtime"}, data="v=0",
+                           headers={**auth, "Content-Type": "application/sdp"})
+    assert beta.status == 400 and (await beta.json())["error"]["code"] == "beta_api_shape_disabled"
+    assert (await http.post(url, params={"model": "gpt-realtime"}, data="v=0")).status == 401
 
 
 async def _post_secret(sim, http, auth, timeout=None):
