@@ -112,19 +112,18 @@ class SessionQuerySet(models.QuerySet):
         left = models.Q(page_left_at__lt=cutoff) & (
             models.Q(page_connected_at__isnull=True) | models.Q(page_left_at__gt=F("page_connected_at")))
         never = models.Q(page_connected_at__isnull=True, connected_at__lt=cutoff)
-        no_call_for = datetime.timedelta(seconds=settings.NO_CALL_SECONDS)
-        live_call = Call.objects.filter(session=models.OuterRef("pk"), status=Call.ACTIVE)
-        idle = models.Q(~models.Exists(live_call)) & models.Q(created_at__lt=now - no_call_for)
+        since = now - datetime.timedelta(seconds=settings.NO_CALL_SECONDS)
+        calls = Call.objects.filter(session=models.OuterRef("pk"))
+        idle = (~models.Exists(calls.filter(status=Call.ACTIVE)) & ~models.Exists(calls.filter(ended_at__gt=since))
+                & models.Q(created_at__lt=since))
         running = self.filter(status=RealtimeSession.ACTIVE)
         for reason, query in ((EndReason.PAGE_GONE, left | never), (EndReason.NO_CALL, idle)):
             for session in running.filter(query)[:50]:
-                if reason == EndReason.NO_CALL:
-                    last = session.calls.aggregate(at=models.Max("ended_at"))["at"]
-                    if last and last > now - no_call_for:
-                        continue
-                calls = session.end(reason)
-                if calls is not None:
-                    ended.append((session.pk, calls, reason))
+                # Ended only if it still is what it was when read: a page that came back, or a call
+                # resumed, since then keeps it going.
+                ended_calls = session.end(reason, still=query)
+                if ended_calls is not None:
+                    ended.append((session.pk, ended_calls, reason))
         Call.end_all(Call.objects.filter(status=Call.ACTIVE, created_at__lt=now - call_cap), EndReason.EXPIRED)
         return ended
 
@@ -262,15 +261,16 @@ class RealtimeSession(models.Model):
 
     # ---- lifecycle ----
 
-    def end(self, reason):
-        """End the conversation once, and every call still running in it.
+    def end(self, reason, still=None):
+        """End the conversation once, and every call still running in it; with `still` (a condition on
+        the conversation) only if it holds as the conversation ends.
 
         Returns the upstream ids of the calls this ended, for the caller to hang up,
-        or None if the conversation had already ended.
+        or None if the conversation had already ended (or `still` no longer held).
         """
         with transaction.atomic():
             changed = (
-                RealtimeSession.objects.filter(pk=self.pk, status=self.ACTIVE)
+                RealtimeSession.objects.filter(pk=self.pk, status=self.ACTIVE).filter(still or models.Q())
                 .update(status=self.ENDED, ended_at=timezone.now(), end_reason=reason)
             )
             calls = Call.end_all(self.calls.all(), reason) if changed else None
