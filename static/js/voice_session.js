@@ -635,14 +635,19 @@ async function continueHere() {
       transcriptEntry(entry.item_id, entry.role).textContent = entry.text;
       if (entry.sources?.length) showSources(entry.item_id, entry.sources);
     }
-    current.socket = new UsageSocket(current.session.usage_ws, socketHandlers());
-    current.socket.start();
-    tabs?.postMessage({ type: 'continued', session: detail.id });
     setStatus('Moving the conversation to this tab…');
     const call = newCall(current.micTrack);
     current.call = call;
     current.resuming = true;
-    const answer = await connect(call, (sdp) => api(`/api/sessions/${detail.id}/calls`, { sdp }));
+    const answer = await connect(call, async (sdp) => {
+      const moved = await api(`/api/sessions/${detail.id}/calls`, { sdp });
+      // Only now is the conversation this tab's: a move that failed leaves it with the tab that had it,
+      // which a socket opened (and closed) here before would have marked as gone.
+      current.socket = new UsageSocket(current.session.usage_ws, socketHandlers());
+      current.socket.start();
+      tabs?.postMessage({ type: 'continued', session: detail.id });
+      return moved;
+    });
     current.resuming = false;
     if (state !== current) { call.close(); return; }
     current.callNumber = answer.call;

@@ -257,6 +257,44 @@ def test_a_second_start_offers_to_continue_or_end_the_running_conversation(brows
     first_context.close()
 
 
+def test_a_move_that_fails_leaves_the_conversation_with_the_tab_that_has_it(browser, server, simulator):
+    """Continue it here, refused upstream: the first tab keeps its call, and the server still counts the
+    conversation as held (a page that opened its socket and let go of it would have marked it gone, and
+    the sweep would have ended it under the first tab)."""
+    server.manage("shell", "-c", (
+        "from django.contrib.auth import get_user_model; from teams_app.models import Membership, Team; "
+        f"u = get_user_model().objects.create_user('mover', password='{PASSWORD}'); "
+        "Membership.objects.create(user=u, team=Team.objects.get(name='Demo'), role='member')"))
+    first_context, first = sized_page(browser, server, 1280, "mover")
+    first.get_by_label("Turn taking").select_option("push_to_talk")
+    first.get_by_role("button", name="Start").click()
+    first.get_by_role("status").filter(has_text=READY).wait_for()
+    session_id = first.evaluate("window.voiceSession.session.id")
+
+    second_context, second = sized_page(browser, server, 1280, "mover")
+    second.get_by_role("button", name="Start").click()
+    second.get_by_role("button", name="Continue it here").wait_for()
+    simulator.post("/_sim/faults", {"endpoint": "calls", "status": 500, "count": 1})
+    second.get_by_role("button", name="Continue it here").click()
+    second.get_by_role("alert").wait_for(timeout=20_000)
+    wait_until(lambda: not second.evaluate("window.voiceSession"), what="the second tab to stop")
+
+    # The first tab still talks in its call, and the server still holds the conversation as its.
+    calls = api_session(first, session_id)["calls"]
+    assert [c["status"] for c in calls] == ["active"] and api_session(first, session_id)["status"] == "active"
+    ((connected, left),) = server.sql(
+        "SELECT page_connected_at, page_left_at FROM sessions_app_realtimesession WHERE id = ?",
+        (session_id.replace("-", ""),))
+    assert connected is not None and (left is None or left < connected)
+    second.get_by_role("button", name="Start").click()
+    wait_until(lambda: "already have a conversation running" in second.locator("#running-elsewhere").text_content(),
+               what="the offer again")
+    assert first.get_by_role("status").filter(has_text=READY).is_visible()
+    stop_and_wait(first)
+    second_context.close()
+    first_context.close()
+
+
 # ---- defect 8: keyboard ----
 
 def test_keyboard_focus_follows_start_and_stop_and_space_talks_anywhere(page, simulator):
