@@ -66,7 +66,7 @@ class EndReason(models.TextChoices):
     USER = "user", "Stopped by the user"
     BUDGET = "budget", "The spending limit was reached"
     PAGE_GONE = "page_gone", "The page went away"
-    CALL_CLOSED = "call_closed", "The call closed upstream"
+    CALL_CLOSED = "call_closed", "The call's connection closed"
     EXPIRED = "expired", "The call reached the 60-minute cap"
     REPLACED = "replaced", "The conversation moved to a new call"
     TAMPERING = "tampering", "The page kept changing the session"
