@@ -25,8 +25,8 @@ fi
 echo "== scale-out tests (two server processes on the machine's PostgreSQL and Redis)"
 "${PYTEST[@]}" -m scaleout
 
-echo "== search, the tool, hostile input, the running totals and the compiled reads again, on the machine's PostgreSQL"
+echo "== search, the tool, hostile input, the running totals, the compiled reads and the sweep again, on the machine's PostgreSQL"
 # pytest-django makes (and drops) a test database beside `postgres`; no server there is a failure.
 DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL= "${PYTEST[@]}" \
     tests/test_search.py tests/test_tools.py tests/test_passages.py tests/test_hardening.py tests/test_running_totals.py \
-    tests/test_prepared.py
+    tests/test_prepared.py tests/test_sweep.py
