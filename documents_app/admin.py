@@ -1,5 +1,7 @@
 from django.contrib import admin
 
+from voiceproject.admin import ModelAdmin
+
 from .models import Document
 
 
@@ -33,7 +35,7 @@ class SizeBandFilter(BandFilter):
 
 
 @admin.register(Document)
-class DocumentAdmin(admin.ModelAdmin):
+class DocumentAdmin(ModelAdmin):
     list_display = ["title", "team", "owner", "kind", "visibility", "tokens", "size_bytes", "created_at"]
     list_filter = ["team", "kind", "visibility", TokenBandFilter, SizeBandFilter]
     search_fields = ["title", "filename", "owner__username", "sha256"]

@@ -1,17 +1,19 @@
 from django.contrib import admin
 
+from voiceproject.admin import ModelAdmin
+
 from .models import Budget, Call, ModelPrice, RealtimeSession, SessionEvent, TranscriptEntry, TranscriptionPrice, UsageRecord
 
 
 @admin.register(ModelPrice)
-class ModelPriceAdmin(admin.ModelAdmin):
+class ModelPriceAdmin(ModelAdmin):
     list_display = ["model", "text_input", "text_cached_input", "text_output", "audio_input", "audio_output",
                     "context_window", "updated_at"]
     search_fields = ["model"]
 
 
 @admin.register(TranscriptionPrice)
-class TranscriptionPriceAdmin(admin.ModelAdmin):
+class TranscriptionPriceAdmin(ModelAdmin):
     list_display = ["model", "text_input", "audio_input", "text_output", "per_minute", "updated_at"]
     search_fields = ["model"]
 
@@ -54,7 +56,7 @@ class TranscriptInline(ReadOnlyInline):
 
 
 @admin.register(RealtimeSession)
-class RealtimeSessionAdmin(admin.ModelAdmin):
+class RealtimeSessionAdmin(ModelAdmin):
     list_display = ["created_at", "user", "team", "model", "status", "billed_response_count", "billed_cost_usd"]
     list_filter = ["status", "model", "team"]
     search_fields = ["user__username", "calls__call_id", "id"]
@@ -71,7 +73,7 @@ class RealtimeSessionAdmin(admin.ModelAdmin):
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(admin.ModelAdmin):
+class UsageRecordAdmin(ModelAdmin):
     list_display = ["created_at", "session", "response_id", "kind", "source", "model", "cost_usd"]
     list_filter = ["kind", "source", "model"]
     search_fields = ["response_id", "session__id"]
@@ -84,7 +86,7 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
 
 @admin.register(Budget)
-class BudgetAdmin(admin.ModelAdmin):
+class BudgetAdmin(ModelAdmin):
     list_display = ["__str__", "user", "team", "monthly_limit_usd", "updated_at"]
     list_filter = ["team"]
     search_fields = ["user__username", "team__name"]

@@ -65,6 +65,30 @@ def test_api_errors_are_json_404_405_413_and_500(csrf_client, alice, monkeypatch
 
 
 @pytest.mark.django_db
+def test_the_admin_answers_ids_and_dates_that_cannot_exist_with_a_400(admin_client, alice):
+    """Stock admin pages 500ed on a bulk action naming a row that is no id, and on the date drill-down's
+    last day of year 9999 (the day after it overflows)."""
+    session = RealtimeSession.objects.create(user=alice, model="gpt-realtime", voice="marin",
+                                             turn_detection="server_vad", instructions="x")
+    sessions = "/admin/sessions_app/realtimesession/"
+    for selected in (["notauuid"], [str(session.pk), "notauuid"]):
+        refused = admin_client.post(sessions, {"action": "delete_selected", "_selected_action": selected})
+        assert refused.status_code == 400 and b"cannot exist" in refused.content
+    assert RealtimeSession.objects.filter(pk=session.pk).exists()
+    asked = admin_client.post(sessions, {"action": "delete_selected", "_selected_action": [str(session.pk)]})
+    assert asked.status_code == 200 and b"Are you sure" in asked.content  # a real id: the confirmation
+    refused = admin_client.post("/admin/sessions_app/usagerecord/",
+                                {"action": "delete_selected", "_selected_action": ["notanint"]})
+    assert refused.status_code == 400
+    for model in ("auth/user", "auth/group", "teams_app/team", "documents_app/document"):
+        assert admin_client.post(f"/admin/{model}/", {"action": "delete_selected",
+                                                       "_selected_action": ["x"]}).status_code == 400
+    last_day = admin_client.get(f"{sessions}?created_at__year=9999&created_at__month=12&created_at__day=31")
+    assert last_day.status_code == 400
+    assert admin_client.get(f"{sessions}?created_at__year=2026&created_at__month=12").status_code == 200
+
+
+@pytest.mark.django_db
 def test_json_nested_thousands_deep_is_a_400(csrf_client, alice, fake):
     login(csrf_client, alice)
     api_error(csrf_client.post("/api/sessions/", data=DEEP, content_type="application/json"), 400)
