@@ -5,11 +5,13 @@ import re
 
 import bpe_openai
 
-# bpe-openai refuses inputs of a million characters or more in one call; count in pieces cut just
-# before a whitespace character, where o200k's pre-tokenizer splits anyway. A run with no whitespace
-# for HARD_CHARS is cut inside it: its count may be off by a token at each such cut.
-CHUNK_CHARS = 100_000
-HARD_CHARS = 500_000
+# bpe-openai refuses an input of a million characters or more, or one that makes more than 200,000
+# tokens (a long run of base64, emoji or CJK without a space makes 0.7 to 4 a character); count in
+# pieces of at most HARD_CHARS (4 tokens a character at worst keeps each under that), cut just before a
+# whitespace character where there is one, where o200k's pre-tokenizer splits anyway. A run with no
+# whitespace for HARD_CHARS is cut inside it: its count may be off by a token at each such cut.
+CHUNK_CHARS = 40_000
+HARD_CHARS = 50_000
 _SPACE = re.compile(r"\s")
 
 

@@ -1,6 +1,8 @@
 """POST /documents/upload: what is stored, what is refused, and that a refusal leaves nothing."""
 
+import base64
 import io
+import random
 import zipfile
 
 import pytest
@@ -28,6 +30,19 @@ def test_upload_stores_text_tokens_and_owner(csrf_client, bob):
     assert doc.text == text and doc.tokens == count_tokens(text) and doc.sha256 == Document.hash_text(text)
     page = csrf_client.get(f"/documents/{doc.pk}/").content.decode()
     assert f'<dd id="doc-tokens">{doc.tokens}</dd>' in page and "bob" in page
+
+
+def test_long_runs_without_spaces_are_counted_and_stored(csrf_client, bob):
+    """A Markdown file with an embedded image (a 320,000-character base64 run) made the tokenizer refuse
+    its one piece (more than 200,000 tokens): a 500. Emoji and CJK runs make up to 4 tokens a character."""
+    login(csrf_client, bob)
+    image = base64.b64encode(random.Random(7).randbytes(240_000)).decode()
+    text = f"# Launch plan\n\n![chart](data:image/png;base64,{image})"
+    assert upload(csrf_client, "plan.md", text.encode()).status_code == 302
+    doc = Document.objects.get()
+    assert doc.text == text and doc.tokens == count_tokens(text) > 150_000
+    for run in ("\U0001F600" * 400_000, "\u6f22" * 1_000_000):
+        assert count_tokens(run) >= 200_000  # counted, in pieces the tokenizer takes
 
 
 def test_title_defaults_to_the_file_name(csrf_client, bob):
