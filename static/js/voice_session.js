@@ -534,9 +534,10 @@ async function start() {
   setPhase('call');
   ui.stop.focus();  // Start is gone: the one thing to do while connecting is to stop
   const pushToTalk = ui.turn.value === 'push_to_talk';
+  let current = null;
   try {
     setStatus('Opening the microphone…');
-    const current = beginState(await openMicrophone(), pushToTalk);
+    current = beginState(await openMicrophone(), pushToTalk);
     const call = newCall(current.micTrack);
     current.call = call;
     setStatus('Starting the session…');
@@ -564,7 +565,8 @@ async function start() {
     holdMicrophoneForContext(session.documents.length > 0);
     if (current.waitingForContext) setStatus('Connected. Putting your documents into the conversation…');
   } catch (err) {
-    if (err.code === 'stopped') return;
+    // Stopped (and perhaps started again) meanwhile: this start's failure is no longer the page's.
+    if (err.code === 'stopped' || (current && state !== current)) return;
     if (err.code === 'session_running') {
       await stop();
       showElsewhere(err);
@@ -616,6 +618,7 @@ async function continueHere() {
   ui.endedLink.hidden = true;
   setControls(true);
   ui.stop.focus();
+  let current = null;
   try {
     const response = await fetch(`/api/sessions/${other.id}`, { credentials: 'same-origin' });
     if (!response.ok) throw new CallError('gone', 'That conversation could not be read. Reload the page.');
@@ -628,7 +631,7 @@ async function continueHere() {
     ui.summary.textContent = `${detail.model} · voice ${detail.voice} · ${ui.turn.selectedOptions[0].text} · `
       + (detail.documents.length ? `documents: ${detail.documents.map((d) => d.title).join(', ')}` : 'no documents');
     setStatus('Opening the microphone…');
-    const current = beginState(await openMicrophone(), detail.turn_detection === 'push_to_talk');
+    current = beginState(await openMicrophone(), detail.turn_detection === 'push_to_talk');
     current.session = { id: detail.id, usage_ws: `/ws/sessions/${detail.id}/`, documents: detail.documents };
     ui.transcript.replaceChildren();
     for (const entry of detail.transcript) {
@@ -655,6 +658,7 @@ async function continueHere() {
     holdMicrophoneForContext(true);
     if (current.waitingForContext) setStatus('Connected. Bringing the conversation back…');
   } catch (err) {
+    if (current && state !== current) return;
     const message = err instanceof CallError ? err.message : `Something went wrong: ${err.message}`;
     await stop(message, { end: false });
   }
@@ -676,12 +680,14 @@ function socketHandlers() {
     onCallEnded: (msg) => {
       if (!state) return;
       if (msg.call === null || msg.call === undefined) {
-        // The conversation itself ended elsewhere (Stop in another tab, the page-gone sweep).
+        // The conversation itself ended elsewhere (Stop in another tab, the server's sweeps, policing).
         const why = {
           user: 'This conversation was ended from another tab or window.',
           tampering: 'This conversation was ended: the page kept changing the settings the server set.',
+          no_call: 'This conversation was ended: no call was resumed in time.',
+          page_gone: 'This conversation was ended: the server lost touch with this page for too long.',
         };
-        stop(why[msg.reason], { end: false });
+        stop(why[msg.reason] || 'This conversation was ended by the server.', { end: false, ended: true });
       } else if (msg.reason === 'replaced' && msg.call === state.callNumber && !state.resuming) {
         stop('This conversation went on in another tab or window.', { end: false });
       }
@@ -691,6 +697,9 @@ function socketHandlers() {
     onServerError: (msg) => setStatus(`The server could not record usage: ${msg.message}`),
   };
 }
+
+// A move to the next call before the cap that failed is tried again this much later.
+const ROLLOVER_RETRY_MS = 5000;
 
 // Start the next call shortly before the upstream's 60-minute cap ends this one.
 function scheduleRollover() {
@@ -717,8 +726,12 @@ async function resumeCall(why) {
     setStatus('Reconnecting the conversation…');
   }
   const call = newCall(current.micTrack);
+  let made = null;  // the server's answer: the call it made (and the one before it, replaced)
   try {
-    const answer = await connect(call, (sdp) => api(`/api/sessions/${current.session.id}/calls`, { sdp }));
+    const answer = await connect(call, async (sdp) => {
+      made = await api(`/api/sessions/${current.session.id}/calls`, { sdp });
+      return made;
+    });
     if (state !== current) { call.close(); return; }
     current.call = call;
     current.callNumber = answer.call;
@@ -733,10 +746,21 @@ async function resumeCall(why) {
   } catch (err) {
     call.close();
     if (state !== current) return;
+    // A call the server made that never opened is closed: it says so, so the record does not keep it.
+    if (made) current.socket?.callClosed(made.call);
     if (err.code === 'session_ended' || err.code === 'budget_exceeded') {
       await stop(err.message);
       return;
     }
+    if (why === 'rollover' && !made && !old.lost) {
+      // The call in use runs until the cap: the conversation stays in it, and the move is tried again while
+      // there is time; after that the cap's own end starts the next call (or offers Resume).
+      const left = config.call_max_seconds * 1000 - (performance.now() - current.callStartedAt);
+      if (left > 1.5 * ROLLOVER_RETRY_MS) current.rolloverTimer = setTimeout(() => resumeCall('rollover'), ROLLOVER_RETRY_MS);
+      return;
+    }
+    // The call in use was lost while moving (its loss was not reported then): it is closed.
+    if (why === 'rollover' && !made) current.socket?.callClosed(current.callNumber);
     old.close();
     showError(`${err.message} Press Resume to try again.`);
     ui.resume.hidden = false;
@@ -770,7 +794,8 @@ function setControls(running) {
 
 // Stop: end the conversation on the server (unless it already ended elsewhere), then say
 // what it cost and where to find it.
-async function stop(errorMessage, { end = true } = {}) {
+// `end`: this page ends it; `ended`: it has ended (here or elsewhere), rather than gone on in another tab.
+async function stop(errorMessage, { end = true, ended: over = end } = {}) {
   const current = state;
   state = null;
   window.voiceSession = null;
@@ -802,7 +827,7 @@ async function stop(errorMessage, { end = true } = {}) {
     await current.socket?.stop(ended ? 3000 : 500);
     const totals = ended?.totals || (await sessionTotals(current.session.id));
     const answers = totals ? `${totals.responses} ${totals.responses === 1 ? 'answer' : 'answers'}, $${Number(totals.cost_usd).toFixed(4)}` : '';
-    setStatus(end ? `Session ended. ${answers}.` : 'This tab is no longer in the conversation.');
+    setStatus(over ? `Session ended. ${answers}.` : 'This tab is no longer in the conversation.');
     showEndedLink(current.session.id, answers);
   } catch (err) {
     await current.socket?.stop(500);

@@ -255,3 +255,85 @@ def test_a_page_that_keeps_changing_the_session_is_told_why_its_conversation_end
     assert page.get_by_role("button", name="Resume").is_hidden()
     assert page.get_by_role("button", name="Start").is_enabled()
     assert api_session(page, session_id)["end_reason"] == "tampering"
+
+
+def test_a_move_before_the_cap_that_fails_keeps_the_call_and_is_tried_again(page, simulator):
+    """A refused move to the next call closed the call in use (time left before the cap) and offered Resume,
+    and the record kept that call running with nobody in it."""
+    sign_in(page)
+    page.add_init_script(SHORTER_CAP)
+    page.goto("/")
+    moves = []
+
+    def refuse_first(route):
+        moves.append(route.request.url)
+        if len(moves) == 1:
+            return route.fulfill(status=502, content_type="application/json",
+                                 body=json.dumps({"error": {"code": "upstream_error", "message": "Refused."}}))
+        return route.continue_()
+
+    page.route("**/api/sessions/*/calls", refuse_first)
+    session_id, first_call = start_session(page, turn="push_to_talk", document="", signed_in=True)
+    # (the route's handler runs while Playwright is called: the waits below call it)
+    wait_until(lambda: page.wait_for_timeout(100) or moves, timeout=15, what="the first move")
+    page.wait_for_timeout(1000)
+    assert simulator.call(first_call)["state"] != "closed" and page.get_by_role("button", name="Resume").is_hidden()
+    assert [c["status"] for c in api_session(page, session_id)["calls"]] == ["active"]
+    wait_until(lambda: len(api_session(page, session_id)["calls"]) == 2, timeout=15, what="the move tried again")
+    page.get_by_role("status").filter(has_text=READY).wait_for()
+    calls = api_session(page, session_id)["calls"]
+    assert [(c["status"], c["end_reason"]) for c in calls] == [("ended", "replaced"), ("active", None)]
+    assert len(moves) == 2 and page.get_by_role("alert").is_hidden()
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_role("status").filter(has_text="Session ended").wait_for()
+
+
+LATE_OPEN = """
+    // The next data channel opens 3 s late (a slow network): the page waits in "Connecting the call".
+    const realCreate = RTCPeerConnection.prototype.createDataChannel;
+    RTCPeerConnection.prototype.createDataChannel = function (...args) {
+      const channel = realCreate.apply(this, args);
+      if (!window.lateOpen) return channel;
+      window.lateOpen = false;
+      const add = channel.addEventListener.bind(channel);
+      channel.addEventListener = (type, listener, ...rest) => add(type, type !== 'open' ? listener
+        : (event) => setTimeout(() => { if (channel.readyState === 'open') listener(event); }, 3000), ...rest);
+      return channel;
+    };
+"""
+
+
+def test_stopping_while_the_call_connects_leaves_the_next_conversation_alone(page, simulator):
+    """Stop while the call was connecting left its start waiting out the 20 s open timeout, which then
+    stopped whatever conversation was running: a new one started meanwhile was ended."""
+    page.add_init_script(LATE_OPEN)
+    page.add_init_script(STATUS_LOG)
+    sign_in(page)
+    page.get_by_label("Turn taking").select_option("push_to_talk")
+    page.evaluate("window.lateOpen = true")
+    began = time.monotonic()
+    page.get_by_role("button", name="Start").click()
+    # The server made the call and the page waits for its channel (events may already come through it).
+    wait_until(lambda: "Connecting the call…" in page.evaluate("window.statusLog"), what="the call connecting")
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_role("status").filter(has_text="Session ended").wait_for()
+    page.get_by_role("button", name="Start").click()
+    page.get_by_role("status").filter(has_text=READY).wait_for()
+    session_id = page.evaluate("window.voiceSession.session.id")
+    time.sleep(max(0.0, 22 - (time.monotonic() - began)))  # past the first start's open timeout
+    assert page.evaluate("window.voiceSession && window.voiceSession.session.id") == session_id
+    assert api_session(page, session_id)["status"] == "active" and page.get_by_role("alert").is_hidden()
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_role("status").filter(has_text="Session ended").wait_for()
+
+
+def test_a_conversation_the_server_ends_tells_the_page_why(page, server):
+    """Ended by the server's sweep (here: its page looked gone), the page said only that this tab was no
+    longer in the conversation, as if it had moved to another tab."""
+    session_id, _ = start_session(page, turn="push_to_talk", document="")
+    server.sql("UPDATE sessions_app_realtimesession SET page_connected_at = '2000-01-01 00:00:00', "
+               "page_left_at = '2000-01-01 00:00:01' WHERE id = ?", (session_id.replace("-", ""),))
+    page.get_by_role("alert").filter(has_text="lost touch with this page").wait_for(timeout=20_000)
+    page.get_by_role("status").filter(has_text="Session ended").wait_for()
+    assert api_session(page, session_id)["end_reason"] == "page_gone"
+    assert page.get_by_role("button", name="Resume").is_hidden()

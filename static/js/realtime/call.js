@@ -91,6 +91,8 @@ export class RealtimeCall {
 
   close() {
     this.closed = true;
+    // Whoever waits for it to open (a start the person stopped) stops waiting now, not at its timeout.
+    this._rejectOpen(new CallError('closed', 'The call was closed.'));
     clearTimeout(this.graceTimer);
     if (this.dc) this.dc.close();
     if (this.pc) this.pc.close();
