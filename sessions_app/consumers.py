@@ -341,7 +341,11 @@ class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
             return await self.error("invalid_role", "role must be user or assistant.")
         if not isinstance(text, str) or len(text) > MAX_TRANSCRIPT_CHARS:
             return await self.error("invalid_text", "text must be a string of at most 20,000 characters.")
-        await self.store_transcript(item_id, role, clean_text(text))
+        try:
+            await self.store_transcript(item_id, role, clean_text(text))
+        except DatabaseError:  # the page keeps it and sends it again shortly
+            return await self.error("unavailable", "The database is away; the transcript line was not stored. It "
+                                    "is sent again shortly.", item_id=item_id)
         await self.send_json({"type": "transcript.ack", "item_id": item_id})
 
     async def call_closed(self, content):
@@ -351,7 +355,11 @@ class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
         number = content.get("call")
         if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= 2**31 - 1:
             return await self.error("invalid_call", "call must be the number of one of this conversation's calls.")
-        found = await self.end_closed_call(number)
+        try:
+            found = await self.end_closed_call(number)
+        except DatabaseError:  # the page keeps it and says it again shortly
+            return await self.error("unavailable", "The database is away; the call was not ended yet. It is said "
+                                    "again shortly.", call=number)
         if found is None:
             return await self.error("invalid_call", "This conversation has no such call.", call=number)
         call_id, ended_now, reason = found
@@ -370,13 +378,10 @@ class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
         ended_now = call.end(EndReason.CALL_CLOSED)
         return call.call_id, ended_now, call.end_reason
 
-    async def error(self, code, message, response_id=None, call=None):
-        frame = {"type": "error", "code": code, "message": message}
-        if response_id:
-            frame["response_id"] = response_id
-        if call is not None:
-            frame["call"] = call
-        await self.send_json(frame)
+    async def error(self, code, message, **about):
+        """An error frame; `about` names what it is about (response_id, item_id of a transcript line, call)."""
+        await self.send_json({"type": "error", "code": code, "message": message,
+                              **{k: v for k, v in about.items() if v is not None}})
 
     async def budget_exceeded(self, event):
         await self.send_json({"type": "budget.exceeded", "message": event.get("message", "")})

@@ -499,3 +499,43 @@ async def test_a_report_met_by_a_database_error_is_said_to_be_unavailable_and_st
     assert ack["type"] == "usage.ack" and not ack["duplicate"]
     assert await UsageRecord.objects.filter(response_id="resp_blip").acount() == 1
     await comm.disconnect()
+
+
+async def test_a_transcript_line_or_closed_call_met_by_a_database_error_is_said_to_be_unavailable(alice, monkeypatch):
+    """Both closed the page's socket on a database error (a locked SQLite, a lost connection): now the socket
+    stays up and hears `unavailable` naming what to send again, and a second try is stored."""
+    from django.db import OperationalError
+
+    from sessions_app.consumers import SessionUsageConsumer
+
+    def once(name):
+        real, failed = SessionUsageConsumer.__dict__[name], []
+
+        async def flaky(self, *args):
+            if not failed:
+                failed.append(name)
+                raise OperationalError("database is locked")
+            return await real.__get__(self, SessionUsageConsumer)(*args)
+
+        monkeypatch.setattr(SessionUsageConsumer, name, flaky)
+
+    once("store_transcript")
+    once("end_closed_call")
+    session = await session_for(alice)
+    await Call.objects.acreate(session=session, number=1, call_id="rtc_closed")
+    comm, _ = await connect(session, alice)
+    line = {"type": "transcript.report", "item_id": "item_9", "role": "user", "text": "Hello there."}
+    await comm.send_json_to(line)
+    error = await comm.receive_json_from()
+    assert (error["type"], error["code"], error["item_id"]) == ("error", "unavailable", "item_9")
+    assert "response_id" not in error  # a transcription's usage for the same item is another matter
+    await comm.send_json_to(line)
+    assert await comm.receive_json_from() == {"type": "transcript.ack", "item_id": "item_9"}
+    assert await TranscriptEntry.objects.filter(session=session, item_id="item_9").acount() == 1
+
+    await comm.send_json_to({"type": "call.closed", "call": 1})
+    error = await comm.receive_json_from()
+    assert (error["code"], error["call"]) == ("unavailable", 1)
+    await comm.send_json_to({"type": "call.closed", "call": 1})
+    assert await comm.receive_json_from() == {"type": "call.ended", "call": 1, "reason": "call_closed"}
+    await comm.disconnect()

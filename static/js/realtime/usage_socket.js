@@ -71,17 +71,19 @@ export class UsageSocket {
     } else if (msg.type === 'budget.exceeded') {
       this.onBudgetExceeded(msg);
     } else if (msg.type === 'error') {
-      if (msg.response_id && msg.code === 'unavailable') {
-        // Not stored for now (the server's database is away): sent again shortly, and on a reconnect.
-        for (const key of [`usage:${msg.response_id}`, `transcription:${msg.response_id}`]) {
+      const keys = [];
+      if (msg.response_id) keys.push(`usage:${msg.response_id}`, `transcription:${msg.response_id}`);
+      if (msg.item_id) keys.push(`transcript:${msg.item_id}`);
+      if (msg.call !== undefined) keys.push(`call:${msg.call}`);
+      for (const key of keys) {
+        if (msg.code === 'unavailable') {
+          // Not stored for now (the server's database is away): sent again shortly, and on a reconnect.
           if (this.pending.has(key)) setTimeout(() => this._resend(key), RESEND_MS);
+        } else {
+          // What the server refused will be refused again: drop it, say so.
+          this.pending.delete(key);
         }
-      } else if (msg.response_id) {
-        // A report the server refused will be refused again: drop it, say so.
-        this.pending.delete(`usage:${msg.response_id}`);
-        this.pending.delete(`transcription:${msg.response_id}`);
       }
-      if (msg.call !== undefined) this.pending.delete(`call:${msg.call}`);
       this.onServerError(msg);
     }
     this._checkDrained();
