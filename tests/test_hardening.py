@@ -15,7 +15,7 @@ from django.core.cache import cache
 from django.test import Client
 
 from sessions_app import upstream, views
-from sessions_app.models import RealtimeSession, TranscriptEntry
+from sessions_app.models import Budget, ModelPrice, RealtimeSession, TranscriptEntry, TranscriptionPrice
 from tests.conftest import PASSWORD, login
 from tests.upstream_fake import OFFER, FakeUpstream
 
@@ -85,7 +85,33 @@ def test_the_admin_answers_ids_and_dates_that_cannot_exist_with_a_400(admin_clie
                                                        "_selected_action": ["x"]}).status_code == 400
     last_day = admin_client.get(f"{sessions}?created_at__year=9999&created_at__month=12&created_at__day=31")
     assert last_day.status_code == 400
+    for url in (f"{sessions}?created_at__year=9999", "/admin/sessions_app/usagerecord/?created_at__year=0",
+                "/admin/teams_app/team/?created_at__year=-1"):
+        assert admin_client.get(url).status_code == 400, url
+    # A form sent back with a choice that is no id, or one too large for the database (its widget looked
+    # them up as the page rendered): 400, nothing stored.
+    for chosen in ({"user": "99999999999999999999"}, {"team": "notauuid"}):
+        sent = admin_client.post("/admin/sessions_app/budget/add/", {**chosen, "monthly_limit_usd": "5"})
+        assert sent.status_code in (200, 400) and b"Traceback" not in sent.content
+    assert not Budget.objects.exists()
+    shown = admin_client.post("/admin/sessions_app/budget/add/", {"monthly_limit_usd": "-1"})
+    assert shown.status_code == 200  # an ordinary invalid form is shown again with its errors
     assert admin_client.get(f"{sessions}?created_at__year=2026&created_at__month=12").status_code == 200
+
+
+@pytest.mark.django_db
+def test_the_admin_refuses_a_price_below_zero(admin_client):
+    """A negative price was stored, and would have taken money off every bill it priced."""
+    fields = {"model": "gpt-cheap", "text_input": "1", "text_cached_input": "0.1", "text_output": "2",
+              "audio_input": "3", "audio_cached_input": "0.3", "audio_output": "4", "image_input": "0",
+              "image_cached_input": "0", "context_window": "32000", "max_output_tokens": "4096"}
+    shown = admin_client.post("/admin/sessions_app/modelprice/add/", {**fields, "text_input": "-5"})
+    assert shown.status_code == 200 and b"greater than or equal to 0" in shown.content
+    assert not ModelPrice.objects.filter(model="gpt-cheap").exists()
+    assert admin_client.post("/admin/sessions_app/modelprice/add/", fields).status_code == 302
+    transcription = {"model": "whisper-cheap", "text_input": "0", "audio_input": "0", "text_output": "0"}
+    shown = admin_client.post("/admin/sessions_app/transcriptionprice/add/", {**transcription, "per_minute": "-1"})
+    assert shown.status_code == 200 and not TranscriptionPrice.objects.filter(model="whisper-cheap").exists()
 
 
 @pytest.mark.django_db
