@@ -5,6 +5,7 @@ import uuid
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import IntegrityError, connections, models, router, transaction
 from django.db.models import F
 from django.db.models.functions import Coalesce
@@ -18,20 +19,22 @@ COST_PLACES = Decimal("0.00000001")
 MAX_TRANSCRIPT_CHARS = 20_000
 # Room kept for the conversation itself when documents fill the context.
 DOCUMENT_SHARE_OF_INPUT = Decimal("0.6")
+# A price below zero would take money off every bill it priced.
+NOT_NEGATIVE = [MinValueValidator(Decimal(0))]
 
 
 class ModelPrice(models.Model):
     """USD per million tokens for one realtime model; editable in the admin."""
 
     model = models.CharField(max_length=100, unique=True)
-    text_input = models.DecimalField(max_digits=10, decimal_places=4)
-    text_cached_input = models.DecimalField(max_digits=10, decimal_places=4)
-    text_output = models.DecimalField(max_digits=10, decimal_places=4)
-    audio_input = models.DecimalField(max_digits=10, decimal_places=4)
-    audio_cached_input = models.DecimalField(max_digits=10, decimal_places=4)
-    audio_output = models.DecimalField(max_digits=10, decimal_places=4)
-    image_input = models.DecimalField(max_digits=10, decimal_places=4, default=0)
-    image_cached_input = models.DecimalField(max_digits=10, decimal_places=4, default=0)
+    text_input = models.DecimalField(max_digits=10, decimal_places=4, validators=NOT_NEGATIVE)
+    text_cached_input = models.DecimalField(max_digits=10, decimal_places=4, validators=NOT_NEGATIVE)
+    text_output = models.DecimalField(max_digits=10, decimal_places=4, validators=NOT_NEGATIVE)
+    audio_input = models.DecimalField(max_digits=10, decimal_places=4, validators=NOT_NEGATIVE)
+    audio_cached_input = models.DecimalField(max_digits=10, decimal_places=4, validators=NOT_NEGATIVE)
+    audio_output = models.DecimalField(max_digits=10, decimal_places=4, validators=NOT_NEGATIVE)
+    image_input = models.DecimalField(max_digits=10, decimal_places=4, default=0, validators=NOT_NEGATIVE)
+    image_cached_input = models.DecimalField(max_digits=10, decimal_places=4, default=0, validators=NOT_NEGATIVE)
     context_window = models.PositiveIntegerField(help_text="tokens")
     max_output_tokens = models.PositiveIntegerField(help_text="tokens per response")
     updated_at = models.DateTimeField(auto_now=True)
@@ -793,10 +796,13 @@ class TranscriptionPrice(models.Model):
     """USD for input transcription by one model: per million tokens, or per minute; editable in the admin."""
 
     model = models.CharField(max_length=100, unique=True)
-    text_input = models.DecimalField(max_digits=10, decimal_places=4, default=0, help_text="per million tokens")
-    audio_input = models.DecimalField(max_digits=10, decimal_places=4, default=0, help_text="per million tokens")
-    text_output = models.DecimalField(max_digits=10, decimal_places=4, default=0, help_text="per million tokens")
-    per_minute = models.DecimalField(max_digits=10, decimal_places=6, default=0,
+    text_input = models.DecimalField(max_digits=10, decimal_places=4, default=0, validators=NOT_NEGATIVE,
+                                     help_text="per million tokens")
+    audio_input = models.DecimalField(max_digits=10, decimal_places=4, default=0, validators=NOT_NEGATIVE,
+                                      help_text="per million tokens")
+    text_output = models.DecimalField(max_digits=10, decimal_places=4, default=0, validators=NOT_NEGATIVE,
+                                      help_text="per million tokens")
+    per_minute = models.DecimalField(max_digits=10, decimal_places=6, default=0, validators=NOT_NEGATIVE,
                                      help_text="for usage reported as a duration")
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -159,7 +159,8 @@ def parse_transcription_usage(usage):
             raise UsageError("usage.seconds must be a number")
         if not 0 <= seconds <= MAX_TRANSCRIPTION_SECONDS:
             raise UsageError(f"usage.seconds must be between 0 and {MAX_TRANSCRIPTION_SECONDS}")
-        return TranscriptionCounts(seconds=Decimal(str(seconds)).quantize(Decimal("0.001")))
+        # abs(): -0.0 is in range, and would be priced and stored as a cost of -0.
+        return TranscriptionCounts(seconds=Decimal(str(abs(seconds))).quantize(Decimal("0.001")))
     if kind != "tokens":
         raise UsageError('usage.type must be "tokens" or "duration"')
     details = _details(usage, "input_token_details")

@@ -5,7 +5,7 @@ from decimal import Decimal
 import pytest
 
 from sessions_app.models import ModelPrice
-from sessions_app.pricing import UsageError, cost_of, parse_usage
+from sessions_app.pricing import UsageError, cost_of, parse_transcription_usage, parse_usage
 
 # The usage example from the API reference (response.done).
 EXAMPLE = {
@@ -100,3 +100,11 @@ def test_bad_usage_is_refused(usage, fragment):
 def test_document_budget_is_per_model():
     assert price("gpt-realtime").document_budget < 20_000
     assert price("gpt-realtime-2").document_budget > 50_000
+
+
+def test_a_duration_of_minus_zero_is_zero():
+    """-0.0 is within 0..max, and was priced and acknowledged as a cost of "-0.000000"."""
+    counts = parse_transcription_usage({"type": "duration", "seconds": -0.0})
+    assert str(counts.seconds) == "0.000"
+    with pytest.raises(UsageError):
+        parse_transcription_usage({"type": "duration", "seconds": -0.001})
