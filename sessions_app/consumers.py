@@ -2,10 +2,12 @@ import asyncio
 import json
 import logging
 import re
+from urllib.parse import parse_qs
 
 from channels.db import DatabaseSyncToAsync, database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.db import DatabaseError
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from . import upstream, usage
@@ -18,6 +20,9 @@ log = logging.getLogger(__name__)
 MAX_FRAME_CHARS = 64 * 1024
 MAX_TRANSCRIPT_CHARS = 20_000
 ID_PATTERN = re.compile(r"[A-Za-z0-9_\-.:]{1,128}")
+# A call number as a page says it in its socket's URL (at most 2**31 - 1, as stored).
+CALL_NUMBER = re.compile(r"[1-9][0-9]{0,9}")
+MAX_CALL_NUMBER = 2**31 - 1
 ALL_TEAMS_GROUP = "dashboard-all"
 
 
@@ -249,6 +254,15 @@ class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
     async def connect(self):
         user = self.scope["user"]
         self.session_id = self.scope["url_route"]["kwargs"]["session_id"]
+        self.page_connected_at = None
+        # The call the page holds (`?call=N`); a socket that does not say is taken to hold the newest.
+        said = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get("call")
+        self.call_number = int(said[-1]) if said and CALL_NUMBER.fullmatch(said[-1]) else None
+        if self.call_number is not None and self.call_number > MAX_CALL_NUMBER:
+            self.call_number = None
+        if said and self.call_number is None:
+            await self.close(code=4400)  # a call number that cannot be one: refused, as a bad request
+            return
         if not user.is_authenticated or not await self.owns_session(user):
             await self.close()
             return
@@ -271,12 +285,19 @@ class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
     def mark_page(self, connected):
         sessions = RealtimeSession.objects.filter(pk=self.session_id)
         if not connected:
-            # Only the page that connected last counts: an older tab letting go of a conversation that
-            # went on in a newer one does not make it look abandoned.
-            sessions.filter(page_connected_at=self.page_connected_at).update(page_left_at=timezone.now())
+            # Only the page that connected last holding the newest call counts: an older tab letting go of
+            # a conversation that went on in a newer one does not make it look abandoned.
+            if self.page_connected_at is not None:
+                sessions.filter(page_connected_at=self.page_connected_at).update(page_left_at=timezone.now())
             return []
-        self.page_connected_at = timezone.now()
-        sessions.update(page_connected_at=self.page_connected_at)
+        if self.call_number is not None:
+            # A tab holding an earlier call than the newest (the conversation moved on while its socket was
+            # down) reconnects as a listener: it is not the conversation's page.
+            later = Call.objects.filter(session=OuterRef("pk"), number__gt=self.call_number)
+            sessions = sessions.filter(~Exists(later))
+        now = timezone.now()
+        if sessions.update(page_connected_at=now):
+            self.page_connected_at = now
         session = RealtimeSession.objects.get(pk=self.session_id)
         ready = session.calls.filter(status=Call.ACTIVE, context_ready_at__isnull=False).values_list("number", flat=True)
         return [{"type": "session.totals", "session": session.totals()}] + [
@@ -353,7 +374,7 @@ class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
         the record and hung up. Only the page knows this for sure; a sideband refused by the upstream does
         not mean the call ended (FACTS section 7). The hangup makes a page's word true even if it was not."""
         number = content.get("call")
-        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= 2**31 - 1:
+        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= MAX_CALL_NUMBER:
             return await self.error("invalid_call", "call must be the number of one of this conversation's calls.")
         try:
             found = await self.end_closed_call(number)

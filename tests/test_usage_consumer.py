@@ -47,11 +47,11 @@ def cookie_for(user):
     return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
 
 
-async def connect(session, user=None, origin="http://127.0.0.1:8000"):
+async def connect(session, user=None, origin="http://127.0.0.1:8000", query=""):
     headers = [(b"origin", origin.encode())]
     if user is not None:
         headers.append((b"cookie", (await cookie_for(user)).encode()))
-    comm = WebsocketCommunicator(make_app(), f"/ws/sessions/{session.pk}/", headers=headers)
+    comm = WebsocketCommunicator(make_app(), f"/ws/sessions/{session.pk}/{query}", headers=headers)
     connected, _ = await comm.connect()
     if connected:
         # A page that connects first hears where the conversation stands.
@@ -539,3 +539,29 @@ async def test_a_transcript_line_or_closed_call_met_by_a_database_error_is_said_
     await comm.send_json_to({"type": "call.closed", "call": 1})
     assert await comm.receive_json_from() == {"type": "call.ended", "call": 1, "reason": "call_closed"}
     await comm.disconnect()
+
+
+async def test_a_tab_still_holding_an_earlier_call_does_not_pass_for_the_conversations_page(alice):
+    """The conversation went on in tab B (call 2) while tab A's socket was down; A's socket came back and
+    then closed, which marked the conversation's page gone while B was in it, and the sweep ended it."""
+    import datetime
+
+    session = await session_for(alice)
+    await Call.objects.acreate(session=session, number=1, call_id="rtc_old", status=Call.ENDED, end_reason="replaced")
+    await Call.objects.acreate(session=session, number=2, call_id="rtc_new")
+    sweep = database_sync_to_async(RealtimeSession.objects.sweep)
+    now_gone, cap = datetime.timedelta(0), datetime.timedelta(hours=2)
+    tab_b, _ = await connect(session, alice, query="?call=2")
+    tab_a, _ = await connect(session, alice, query="?call=1")
+    await tab_a.disconnect()
+    row = await RealtimeSession.objects.aget(pk=session.pk)
+    assert row.page_connected_at is not None and row.page_left_at is None
+    assert await sweep(now_gone, cap) == []
+    await tab_b.disconnect()  # the page holding the newest call leaves: now the conversation looks gone
+    row = await RealtimeSession.objects.aget(pk=session.pk)
+    assert row.page_left_at > row.page_connected_at
+    ((ended, _, reason),) = await sweep(now_gone, cap)
+    assert (ended, reason) == (session.pk, "page_gone")
+    for query in ("?call=0", "?call=abc", "?call=2147483648", "?call=1&call=x"):
+        _, connected = await connect(session, alice, query=query)
+        assert not connected, query

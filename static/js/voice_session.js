@@ -555,7 +555,8 @@ async function start() {
         throw new CallError('stopped', 'Stopped.');
       }
       current.session = started;
-      current.socket = new UsageSocket(started.usage_ws, socketHandlers());
+      current.callNumber = started.call;
+      current.socket = new UsageSocket(started.usage_ws, socketHandlers(), () => current.callNumber);
       current.socket.start();
       setStatus('Connecting the call…');
       return started;
@@ -646,7 +647,8 @@ async function continueHere() {
       const moved = await api(`/api/sessions/${detail.id}/calls`, { sdp });
       // Only now is the conversation this tab's: a move that failed leaves it with the tab that had it,
       // which a socket opened (and closed) here before would have marked as gone.
-      current.socket = new UsageSocket(current.session.usage_ws, socketHandlers());
+      current.callNumber = moved.call;
+      current.socket = new UsageSocket(current.session.usage_ws, socketHandlers(), () => current.callNumber);
       current.socket.start();
       tabs?.postMessage({ type: 'continued', session: detail.id });
       return moved;

@@ -11,9 +11,12 @@ const NOOP = () => {};
 const RESEND_MS = 2000;
 
 export class UsageSocket {
-  constructor(path, handlers) {
+  // `callNumber`: the call this page holds, said on each (re)connect, so that a tab still holding an
+  // earlier call (the conversation went on in another) does not pass for the conversation's page.
+  constructor(path, handlers, callNumber) {
     const scheme = window.location.protocol === 'https:' ? 'wss' : 'ws';
     this.url = `${scheme}://${window.location.host}${path}`;
+    this.callNumber = callNumber;
     this.onAck = handlers.onAck || NOOP;
     this.onTotals = handlers.onTotals || NOOP;
     this.onCallReady = handlers.onCallReady || NOOP;
@@ -35,7 +38,7 @@ export class UsageSocket {
   }
 
   _open() {
-    const ws = new WebSocket(this.url);
+    const ws = new WebSocket(`${this.url}?call=${this.callNumber()}`);
     this.ws = ws;
     ws.onopen = () => {
       this.retryMs = 250;
