@@ -29,4 +29,5 @@ echo "== search, the tool, hostile input, the running totals, the compiled reads
 # pytest-django makes (and drops) a test database beside `postgres`; no server there is a failure.
 DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL= "${PYTEST[@]}" \
     tests/test_search.py tests/test_tools.py tests/test_passages.py tests/test_hardening.py tests/test_running_totals.py \
-    tests/test_prepared.py tests/test_sweep.py
+    tests/test_prepared.py tests/test_sweep.py \
+    tests/test_usage_consumer.py::test_of_two_conversations_started_at_once_the_second_page_to_connect_is_ended

@@ -6,7 +6,8 @@ from urllib.parse import parse_qs
 
 from channels.db import DatabaseSyncToAsync, database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from django.db import DatabaseError
+from django.contrib.auth import get_user_model
+from django.db import DatabaseError, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
@@ -269,8 +270,14 @@ class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
         await self.join(session_group(self.session_id))
         await self.accept()
         # A page that (re)connects learns what it may have missed: the totals, and which calls are ready.
-        for frame in await self.mark_page(connected=True):
+        frames, ended_calls = await self.mark_page(connected=True)
+        for frame in frames:
             await self.send_json(frame)
+        if ended_calls is not None:
+            from .sideband import hang_up  # the sideband builds on this module
+
+            await hang_up(ended_calls, "another conversation was running")
+            await announce_ended(self.channel_layer, [self.session_id])
 
     async def disconnect(self, code):
         if self.groups_joined:
@@ -283,26 +290,46 @@ class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
 
     @database_sync_to_async
     def mark_page(self, connected):
+        """Mark this page as the conversation's, or gone; on connect returns (frames for the page, the
+        upstream calls to hang up if this ended the conversation, else None)."""
         sessions = RealtimeSession.objects.filter(pk=self.session_id)
         if not connected:
             # Only the page that connected last holding the newest call counts: an older tab letting go of
             # a conversation that went on in a newer one does not make it look abandoned.
             if self.page_connected_at is not None:
                 sessions.filter(page_connected_at=self.page_connected_at).update(page_left_at=timezone.now())
-            return []
-        if self.call_number is not None:
+            return None
+        ended_calls = None
+        if self.call_number is None:
+            self._hold(sessions)
+        else:
             # A tab holding an earlier call than the newest (the conversation moved on while its socket was
             # down) reconnects as a listener: it is not the conversation's page.
             later = Call.objects.filter(session=OuterRef("pk"), number__gt=self.call_number)
-            sessions = sessions.filter(~Exists(later))
-        now = timezone.now()
-        if sessions.update(page_connected_at=now):
-            self.page_connected_at = now
+            with transaction.atomic():
+                # One person's pages connect one at a time (the person's row is the lock), so of two
+                # conversations started at once (two devices, one moment) the second to connect sees the first.
+                list(get_user_model().objects.select_for_update().filter(pk=self.scope["user"].pk).values("pk"))
+                if self._hold(sessions.filter(~Exists(later))):
+                    elsewhere = RealtimeSession.objects.held().filter(user=self.scope["user"]).exclude(pk=self.session_id)
+                    if elsewhere.exists():
+                        ended_calls = RealtimeSession.objects.get(pk=self.session_id).end(EndReason.RUNNING_ELSEWHERE)
         session = RealtimeSession.objects.get(pk=self.session_id)
+        if ended_calls is not None:
+            return [{"type": "session.totals", "session": session.totals()},
+                    {"type": "call.ended", "call": None, "reason": EndReason.RUNNING_ELSEWHERE}], ended_calls
         ready = session.calls.filter(status=Call.ACTIVE, context_ready_at__isnull=False).values_list("number", flat=True)
         return [{"type": "session.totals", "session": session.totals()}] + [
             {"type": "call.ready", "call": number} for number in ready
-        ]
+        ], None
+
+    def _hold(self, sessions):
+        """This page is the conversation's now; False if `sessions` no longer names it."""
+        now = timezone.now()
+        if sessions.update(page_connected_at=now):
+            self.page_connected_at = now
+            return True
+        return False
 
     async def receive(self, text_data=None, bytes_data=None):
         if text_data is None:

@@ -75,6 +75,7 @@ class EndReason(models.TextChoices):
     TAMPERING = "tampering", "The page kept changing the session"
     NO_CALL = "no_call", "No call was resumed in time"
     NEVER_CONNECTED = "never_connected", "Never connected"
+    RUNNING_ELSEWHERE = "running_elsewhere", "Another conversation of the person's was running"
 
 
 class TurnMode(models.TextChoices):
@@ -98,6 +99,12 @@ class SessionQuerySet(models.QuerySet):
     def listed(self):
         """Conversations as the rows that name their person and team (dashboards, spend CSV, totals)."""
         return self.without_texts().select_related("user", "team")
+
+    def held(self):
+        """Running conversations that a page holds now: it connected and has not gone since."""
+        connected = models.Q(page_connected_at__isnull=False) & (
+            models.Q(page_left_at__isnull=True) | models.Q(page_left_at__lt=F("page_connected_at")))
+        return self.filter(status=RealtimeSession.ACTIVE).filter(connected)
 
     def readable_by(self, user):
         """What the user may read: their own conversations; a team admin's team's too; staff all."""

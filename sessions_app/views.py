@@ -13,7 +13,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.cache import caches
 from django.core.paginator import Paginator
 from django.db import DatabaseError, transaction
-from django.db.models import F, Max, Q
+from django.db.models import Max, Q
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -159,10 +159,8 @@ def running_session(user):
 
 
 def _running(user_id):
-    connected = Q(page_connected_at__isnull=False) & (
-        Q(page_left_at__isnull=True) | Q(page_left_at__lt=F("page_connected_at")))
-    return (RealtimeSession.objects.only("id", "created_at", "billed_cost_usd")
-            .filter(user_id=user_id, status=RealtimeSession.ACTIVE).filter(connected).order_by("-created_at")[:1])
+    return (RealtimeSession.objects.held().only("id", "created_at", "billed_cost_usd")
+            .filter(user_id=user_id).order_by("-created_at")[:1])
 
 
 _running_session = Prepared(_running, user_id=int)

@@ -565,3 +565,43 @@ async def test_a_tab_still_holding_an_earlier_call_does_not_pass_for_the_convers
     for query in ("?call=0", "?call=abc", "?call=2147483648", "?call=1&call=x"):
         _, connected = await connect(session, alice, query=query)
         assert not connected, query
+
+
+async def test_of_two_conversations_started_at_once_the_second_page_to_connect_is_ended(alice, bob, monkeypatch):
+    """Two devices pressed Start in the same moment: both starts passed the one-conversation check (neither
+    page had connected yet) and both ran, billed. The second page to connect now ends its conversation,
+    hangs its call up, and hears why; the first runs on. Sockets that do not say a call (the ingest
+    benchmark's) and other people's conversations are not counted."""
+    from sessions_app import upstream
+    from tests.upstream_fake import FakeUpstream
+
+    fake = FakeUpstream()
+    monkeypatch.setattr(upstream, "_send", fake.send)
+    first, second, bobs = await session_for(alice), await session_for(alice), await session_for(bob)
+    for session, call_id in ((first, "rtc_first"), (second, "rtc_second"), (bobs, "rtc_bobs")):
+        await Call.objects.acreate(session=session, number=1, call_id=call_id)
+    page_one, _ = await connect(session=first, user=alice, query="?call=1")
+    page_bob, _ = await connect(session=bobs, user=bob, query="?call=1")
+    page_two, connected = await connect(session=second, user=alice, query="?call=1")
+    assert connected
+    assert await page_two.receive_json_from() == {"type": "call.ended", "call": None, "reason": "running_elsewhere"}
+    await second.arefresh_from_db()
+    assert (second.status, second.end_reason) == ("ended", "running_elsewhere")
+    assert (await Call.objects.aget(call_id="rtc_second")).status == "ended"
+    assert [r.url.path for r in fake.requests] == ["/v1/realtime/calls/rtc_second/hangup"]
+    for session in (first, bobs):
+        await session.arefresh_from_db()
+        assert session.status == "active"
+    # The first page coming back (a reconnect) is still the conversation's page.
+    await page_one.disconnect()
+    page_one, _ = await connect(session=first, user=alice, query="?call=1")
+    assert await page_one.receive_nothing()
+    await first.arefresh_from_db()
+    assert first.status == "active"
+    # A socket that says no call is not a page holding one: nothing is ended.
+    third = await session_for(alice)
+    listener, _ = await connect(session=third, user=alice)
+    await third.arefresh_from_db()
+    assert third.status == "active"
+    for comm in (page_one, page_two, page_bob, listener):
+        await comm.disconnect()

@@ -688,6 +688,8 @@ function socketHandlers() {
           tampering: 'This conversation was ended: the page kept changing the settings the server set.',
           no_call: 'This conversation was ended: no call was resumed in time.',
           page_gone: 'This conversation was ended: the server lost touch with this page for too long.',
+          running_elsewhere: 'This conversation was ended: another of yours was already running, in another tab or '
+            + 'on another device. Start again here to end that one or continue it.',
         };
         stop(why[msg.reason] || 'This conversation was ended by the server.', { end: false, ended: true });
       } else if (msg.reason === 'replaced' && msg.call === state.callNumber && !state.resuming) {
