@@ -70,9 +70,9 @@ class Document(models.Model):
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def can_delete(self, user):
-        if user.pk == self.owner_id:
-            return True
-        return Membership.objects.filter(user=user, team_id=self.team_id, role=Membership.ADMIN).exists()
+        """Its team's admins, and its owner while a member who may write there (not read-only)."""
+        role = Membership.objects.filter(user=user, team_id=self.team_id).values_list("role", flat=True).first()
+        return role == Membership.ADMIN or (role == Membership.MEMBER and user.pk == self.owner_id)
 
     @classmethod
     def from_listed_row(cls, row, db="default"):

@@ -102,6 +102,23 @@ def test_member_and_read_only_cannot_delete_others(csrf_client, bob, erin, doc):
     assert Document.objects.filter(pk=doc.pk).exists()
 
 
+def test_an_owner_made_read_only_cannot_delete_their_document(csrf_client, bob, doc):
+    """Read-only members cannot delete, their own documents included (an owner made read-only could)."""
+    from teams_app.models import Membership
+
+    Membership.objects.filter(user=bob).update(role=Membership.READ_ONLY)
+    login(csrf_client, bob)
+    mine = Document.objects.create(owner=bob, team=doc.team, title="Mine", text="x", sha256=Document.hash_text("x"),
+                                   kind="text", tokens=1, size_bytes=1)
+    assert csrf_client.post(f"/documents/{mine.pk}/delete").status_code == 403
+    assert "Delete" not in csrf_client.get(f"/documents/{mine.pk}/").content.decode()
+    assert Document.objects.filter(pk=mine.pk).exists()
+    Membership.objects.filter(user=bob).update(role=Membership.MEMBER)
+    assert "Delete" in csrf_client.get(f"/documents/{mine.pk}/").content.decode()
+    assert csrf_client.post(f"/documents/{mine.pk}/delete").status_code == 302
+    assert not Document.objects.filter(pk=mine.pk).exists()
+
+
 def test_outsider_delete_is_404(csrf_client, charlie, doc):
     login(csrf_client, charlie)
     assert csrf_client.post(f"/documents/{doc.pk}/delete").status_code == 404
