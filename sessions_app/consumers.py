@@ -6,6 +6,7 @@ from urllib.parse import parse_qs
 
 from channels.db import DatabaseSyncToAsync, database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import DatabaseError, transaction
 from django.db.models import Exists, OuterRef
@@ -463,17 +464,36 @@ class DashboardConsumer(GroupMember, AsyncJsonWebsocketConsumer):
     """Live spend for staff (every team) and team admins (their teams): each joins only the groups
     it may hear, so no message is filtered here."""
 
+    recheck = None
+
     async def connect(self):
         user = self.scope["user"]
-        groups = await self.groups_for(user) if user.is_authenticated else []
+        groups = await self.groups_for(user.pk) if user.is_authenticated else []
         if not groups:
             await self.close()
             return
         await self.join(*groups)
         await self.accept()
+        self.recheck = asyncio.create_task(self.keep_checking(user.pk))
 
     async def disconnect(self, code):
+        if self.recheck is not None:
+            self.recheck.cancel()
         await self.leave()
+
+    async def keep_checking(self, user_id):
+        """Who may hear which team's spend is read again every few seconds: a person demoted, removed from
+        a team, no longer staff or deactivated stops hearing it (the page reconnects and is let into the
+        groups it may hear now, if any, and reads the figures again)."""
+        while True:
+            await asyncio.sleep(settings.DASHBOARD_RECHECK_SECONDS)
+            try:
+                groups = await self.groups_for(user_id)
+            except DatabaseError:
+                continue  # asked again next time
+            if set(groups) != set(self.groups_joined):
+                await self.close(code=4403)
+                return
 
     async def layer_reconnected(self, event):
         # Redis is back: join the groups again, and have the page read the figures once more, since
@@ -501,11 +521,14 @@ class DashboardConsumer(GroupMember, AsyncJsonWebsocketConsumer):
             await self.send_json(update)
 
     @database_sync_to_async
-    def groups_for(self, user):
-        if user.is_staff:
-            return [ALL_TEAMS_GROUP]
+    def groups_for(self, user_id):
         from teams_app.models import Team
 
+        user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
+        if user is None:
+            return []
+        if user.is_staff:
+            return [ALL_TEAMS_GROUP]
         return [f"dashboard-team-{pk}" for pk in Team.objects.spend_visible_to(user).values_list("pk", flat=True)]
 
 

@@ -139,3 +139,28 @@ async def test_after_a_channel_layer_outage_the_socket_rejoins_and_the_page_read
     await announce(team_a, "after")
     assert (await comm.receive_json_from())["response_id"] == "after"
     await comm.disconnect()
+
+
+async def test_a_listener_who_may_no_longer_hear_a_team_is_let_go(alice, staff, team_a, settings):
+    """A team admin demoted (or removed) and staff no longer staff kept hearing the spend on the socket they
+    had open; now it is closed within the recheck, and a new socket is refused."""
+    from channels.db import database_sync_to_async
+
+    from teams_app.models import Membership
+
+    settings.DASHBOARD_RECHECK_SECONDS = 0.1
+    admin_socket, _ = await listen(alice)
+    staff_socket, _ = await listen(staff)
+    await announce(team_a, "before")
+    for comm in (admin_socket, staff_socket):
+        assert (await comm.receive_json_from())["response_id"] == "before"
+    assert await admin_socket.receive_nothing(timeout=0.3)  # still allowed: the socket stays
+
+    await Membership.objects.filter(user=alice).aupdate(role=Membership.MEMBER)
+    await database_sync_to_async(type(staff).objects.filter(pk=staff.pk).update)(is_staff=False)
+    for comm in (admin_socket, staff_socket):
+        closed = await comm.receive_output(timeout=2)
+        assert closed == {"type": "websocket.close", "code": 4403}
+    await announce(team_a, "after")
+    _, connected = await listen(alice)
+    assert not connected

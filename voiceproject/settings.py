@@ -285,6 +285,8 @@ REQUEST_THREADS = envint("REQUEST_THREADS", 64, minimum=1)
 PAGE_GONE_SECONDS = envint("PAGE_GONE_SECONDS", 30, minimum=1)
 # A conversation whose last call ended this long ago, with none resumed, is ended.
 NO_CALL_SECONDS = envint("NO_CALL_SECONDS", 600, minimum=1)
+# How often an open dashboard socket reads again whose spend its person may hear (a demotion takes this long).
+DASHBOARD_RECHECK_SECONDS = envint("DASHBOARD_RECHECK_SECONDS", 5, minimum=1)
 # The sideband worker's claim on a call; renewed every poll. A dead worker's
 # calls are taken over once it lapses (a stopped worker releases them at once).
 SIDEBAND_LEASE_SECONDS = envint("SIDEBAND_LEASE_SECONDS", 6, minimum=2)
