@@ -22,7 +22,7 @@ from django_ratelimit.core import _split_rate, get_usage
 
 from documents_app.models import Document
 from documents_app.tokens import count_tokens
-from teams_app.models import Membership
+from teams_app.models import Membership, Team
 from voiceproject.prepared import Prepared, PreparedInsert
 from voiceproject.views import api_login_required, json_error
 
@@ -484,9 +484,13 @@ def session_payload(session):
 
 
 def _budget_targets(viewer):
-    """The teams and users whose budgets the viewer may set: staff all, team admins their teams."""
+    """The teams and users whose budgets the viewer may set: staff all; team admins their teams, and the
+    people who are in no other team (a person's own limit counts their spend in every team, which an
+    admin of one team neither sees nor decides)."""
     teams = viewable_teams(viewer)
-    users = get_user_model().objects.filter(memberships__team__in=teams).distinct().order_by("username")
+    others = Team.objects.exclude(pk__in=teams.values("pk"))
+    users = (get_user_model().objects.filter(memberships__team__in=teams)
+             .exclude(memberships__team__in=others).distinct().order_by("username"))
     return teams.order_by("name"), users
 
 

@@ -3,6 +3,7 @@
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 
 from sessions_app.models import Budget
 from tests.conftest import login
@@ -38,6 +39,26 @@ def test_team_admin_cannot_reach_another_team(csrf_client, alice, charlie, team_
         response = set_budget(csrf_client, scope, target, "1")
         assert response.status_code == 400 and "among those you manage" in response.content.decode()
     assert not Budget.objects.exists()
+
+
+def test_a_person_also_in_another_team_is_not_a_team_admins_to_cap(csrf_client, alice, staff, charlie, team_a):
+    """charlie is in Other and also in alice's team: his own limit counts his spend in Other too, which alice
+    neither sees nor administers; she saw that spend on her page and could set it to $0."""
+    from sessions_app.models import SpendDay
+    from teams_app.models import Membership, Team
+
+    Membership.objects.create(user=charlie, team=team_a, role=Membership.MEMBER)
+    other = Team.objects.get(name="Other")
+    SpendDay.objects.create(day=timezone.now().date(), user=charlie, team=other, team_key=other.pk.hex,
+                            model="gpt-realtime", cost_usd=Decimal("7.77"))
+    login(csrf_client, alice)
+    page = csrf_client.get("/dashboard/budgets/").content.decode()
+    assert 'data-target="charlie"' not in page and "7.77" not in page
+    response = set_budget(csrf_client, "user", "charlie", "0")
+    assert response.status_code == 400 and "among those you manage" in response.content.decode()
+    assert not Budget.objects.exists()
+    login(csrf_client, staff)
+    assert set_budget(csrf_client, "user", "charlie", "0").status_code == 302
 
 
 @pytest.mark.parametrize("amount", ["-1", "lots", "10000000", "1.123456"])
