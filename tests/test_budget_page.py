@@ -61,6 +61,15 @@ def test_a_person_also_in_another_team_is_not_a_team_admins_to_cap(csrf_client, 
     assert set_budget(csrf_client, "user", "charlie", "0").status_code == 302
 
 
+def test_a_team_admin_cannot_lift_their_own_limit(csrf_client, alice, bob):
+    Budget.objects.create(user=alice, monthly_limit_usd=Decimal("1"))
+    login(csrf_client, alice)
+    assert 'data-target="alice"' not in csrf_client.get("/dashboard/budgets/").content.decode()
+    for amount in ("100000", ""):
+        assert set_budget(csrf_client, "user", "alice", amount).status_code == 400
+    assert Budget.objects.get(user=alice).monthly_limit_usd == Decimal("1")
+
+
 @pytest.mark.parametrize("amount", ["-1", "lots", "10000000", "1.123456"])
 def test_bad_amounts_are_400(csrf_client, alice, amount):
     login(csrf_client, alice)
