@@ -681,6 +681,11 @@ class CallWatch:
             field: session.get(field) for field in context.POLICED_FIELDS
             if field in minted and field in session and _policed(field, session.get(field)) != _policed(field, minted[field])
         }
+        # The input transcription's model: the server prices each transcription by the model it set, so a
+        # page that switched it (to a dearer one, or to one priced per minute) would be billed wrongly.
+        seen, set_ = _transcription(session), _transcription(minted)
+        if seen is not None and set_ is not None and seen.get("model") != set_.get("model"):
+            changed["transcription"] = seen
         if not changed:
             return
         repeat = await self.retry_db(self.log_event, SessionEvent.TAMPERED, {"fields": _shorten(changed)})
@@ -688,6 +693,8 @@ class CallWatch:
             await self.tampering()
             return
         restore = {"type": "realtime", **{field: minted[field] for field in context.POLICED_FIELDS if field in minted}}
+        if _transcription(minted) is not None:
+            restore["audio"] = {"input": {"transcription": _transcription(minted)}}
         await self.ws.send_str(json.dumps({"type": "session.update", "session": restore}))
         await self.retry_db(self.log_event, SessionEvent.RESTORED, {"fields": sorted(restore)})
 
@@ -781,6 +788,14 @@ def _policed(field, value):
         return [(t.get("type"), t.get("name"), t.get("description"), t.get("parameters"))
                 if isinstance(t, dict) else t for t in value]
     return value
+
+
+def _transcription(session):
+    """A session's input transcription settings (a dict), or None if it says none."""
+    value = session.get("audio")
+    for key in ("input", "transcription"):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value if isinstance(value, dict) else None
 
 
 def _shorten(values, limit=500):

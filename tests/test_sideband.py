@@ -245,6 +245,23 @@ async def test_the_page_changing_the_session_is_restored_then_hung_up(sim, alice
     await client.close()
 
 
+async def test_a_page_switching_the_transcription_model_is_put_back(sim, alice, worker):
+    """Transcriptions are priced by the model the server set; a page that switched it (to whisper-1, priced per
+    minute, its duration was billed at gpt-4o-mini-transcribe's per-minute price: $0) went unnoticed."""
+    client, session = await start_call(sim, alice)
+    await until(lambda: call_of(session).sideband_attached_at)
+    client.send({"type": "session.update", "session": {
+        "type": "realtime", "audio": {"input": {"transcription": {"model": "whisper-1"}}}}})
+    tampered = await until(lambda: SessionEvent.objects.filter(session=session, kind="tampered").first())
+    assert tampered.detail["fields"]["transcription"]["model"] == "whisper-1"
+    call = sim.state.calls[client.call_id]
+    await until(lambda: call.conversation.session["audio"]["input"]["transcription"]["model"]
+                == "gpt-4o-mini-transcribe")
+    assert call.conversation.session["audio"]["input"]["turn_detection"] is None  # the rest left as it was
+    assert await until(lambda: SessionEvent.objects.filter(session=session, kind="restored").first())
+    await client.close()
+
+
 async def test_an_answer_over_the_output_limit_is_cancelled(sim, alice, worker):
     client, session = await start_call(sim, alice)
     await until(lambda: call_of(session).sideband_attached_at)
