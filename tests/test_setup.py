@@ -83,10 +83,11 @@ def test_envrate_takes_the_rates_people_write(monkeypatch, value):
 
 
 @pytest.mark.parametrize("name, value", [("MINT_RATE_LIMIT", "lots"), ("LOGIN_FAILURES_PER_USER", "5 per minute"),
-                                         ("TRANSCRIPTION_MODEL", "whisper-2")])
+                                         ("TRANSCRIPTION_MODEL", "whisper-2"),
+                                         ("TRANSCRIPTION_MODEL", "gpt-live-transcribe")])
 def test_a_bad_setting_stops_the_start_instead_of_failing_every_request(tmp_path, name, value):
     """A rate the limiter cannot read made every start a 500; a transcription model the API does not take
-    would have made every call's input transcription fail."""
+    would have made every call's input transcription fail, and one with no price left each unbilled."""
     import os
     import subprocess
     import sys

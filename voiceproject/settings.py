@@ -325,8 +325,14 @@ if DEFAULT_VOICE not in REALTIME_VOICES:
 TRANSCRIPTION_MODELS = ["whisper-1", "gpt-transcribe", "gpt-live-transcribe", "gpt-4o-mini-transcribe",
                         "gpt-4o-mini-transcribe-2025-12-15", "gpt-4o-transcribe", "gpt-4o-transcribe-diarize",
                         "gpt-realtime-whisper"]
+# Those of them whose price the service ships (FACTS section 7; the TranscriptionPrice rows): a model with
+# no price would leave every transcription unbilled.
+PRICED_TRANSCRIPTION_MODELS = ["gpt-4o-mini-transcribe", "gpt-4o-transcribe", "whisper-1", "gpt-transcribe"]
 if TRANSCRIPTION_MODEL not in TRANSCRIPTION_MODELS:
     raise ImproperlyConfigured(f"TRANSCRIPTION_MODEL {TRANSCRIPTION_MODEL!r} is not one the Realtime API takes")
+if TRANSCRIPTION_MODEL not in PRICED_TRANSCRIPTION_MODELS:
+    raise ImproperlyConfigured(f"TRANSCRIPTION_MODEL {TRANSCRIPTION_MODEL!r} has no known price; use one of "
+                               f"{', '.join(PRICED_TRANSCRIPTION_MODELS)}")
 
 LOGGING = {
     "version": 1,
