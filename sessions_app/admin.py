@@ -64,11 +64,16 @@ class RealtimeSessionAdmin(ModelAdmin):
     # The policing events first: what an admin reviewing a session most needs to see.
     inlines = [EventInline, CallInline, UsageInline, TranscriptInline]
 
-    # Spend records are evidence: readable in the admin, never edited there.
+    # Spend records are evidence: readable in the admin, never edited or deleted there (the running totals
+    # would keep what the records no longer show, and a person's last conversation gone, the person and
+    # their totals could go too).
     def has_change_permission(self, request, obj=None):
         return False
 
     def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False
 
 
@@ -82,6 +87,9 @@ class UsageRecordAdmin(ModelAdmin):
         return False
 
     def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False
 
 

@@ -75,7 +75,9 @@ def test_the_admin_answers_ids_and_dates_that_cannot_exist_with_a_400(admin_clie
         refused = admin_client.post(sessions, {"action": "delete_selected", "_selected_action": selected})
         assert refused.status_code == 400 and b"cannot exist" in refused.content
     assert RealtimeSession.objects.filter(pk=session.pk).exists()
-    asked = admin_client.post(sessions, {"action": "delete_selected", "_selected_action": [str(session.pk)]})
+    team = alice.memberships.get().team
+    asked = admin_client.post("/admin/teams_app/team/",
+                              {"action": "delete_selected", "_selected_action": [str(team.pk)]})
     assert asked.status_code == 200 and b"Are you sure" in asked.content  # a real id: the confirmation
     refused = admin_client.post("/admin/sessions_app/usagerecord/",
                                 {"action": "delete_selected", "_selected_action": ["notanint"]})
@@ -97,6 +99,23 @@ def test_the_admin_answers_ids_and_dates_that_cannot_exist_with_a_400(admin_clie
     shown = admin_client.post("/admin/sessions_app/budget/add/", {"monthly_limit_usd": "-1"})
     assert shown.status_code == 200  # an ordinary invalid form is shown again with its errors
     assert admin_client.get(f"{sessions}?created_at__year=2026&created_at__month=12").status_code == 200
+
+
+@pytest.mark.django_db
+def test_conversations_and_usage_records_cannot_be_deleted_in_the_admin(admin_client, alice):
+    """Both could be: the running totals then kept spend the records no longer showed (rebuild_spend --fix
+    would have erased it), and a person whose conversations were gone could be deleted with their totals."""
+    from sessions_app.models import UsageRecord
+
+    session = RealtimeSession.objects.create(user=alice, model="gpt-realtime", voice="marin",
+                                             turn_detection="server_vad", instructions="x")
+    record = UsageRecord.objects.create(session=session, response_id="resp_kept", cost_usd="0.01")
+    for path, pk in (("realtimesession", session.pk), ("usagerecord", record.pk)):
+        assert admin_client.post(f"/admin/sessions_app/{path}/{pk}/delete/", {"post": "yes"}).status_code == 403
+        listed = admin_client.post(f"/admin/sessions_app/{path}/", {"action": "delete_selected",
+                                                                     "_selected_action": [str(pk)]})
+        assert b"Are you sure" not in listed.content
+    assert RealtimeSession.objects.filter(pk=session.pk).exists() and UsageRecord.objects.filter(pk=record.pk).exists()
 
 
 @pytest.mark.django_db
