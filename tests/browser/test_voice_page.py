@@ -295,6 +295,38 @@ def test_a_move_that_fails_leaves_the_conversation_with_the_tab_that_has_it(brow
     first_context.close()
 
 
+def test_a_second_conversation_whose_page_connects_after_anothers_is_ended_and_says_why(browser, server, simulator):
+    """Two conversations of one person running at once (two starts in the same moment): the page that
+    connects second has its conversation ended and says why; the other runs on."""
+    server.manage("shell", "-c", (
+        "from django.contrib.auth import get_user_model; from teams_app.models import Membership, Team; "
+        f"u = get_user_model().objects.create_user('twice', password='{PASSWORD}'); "
+        "Membership.objects.create(user=u, team=Team.objects.get(name='Demo'), role='member')"))
+    second_context, second = sized_page(browser, server, 1280, "twice")
+    second.get_by_label("Turn taking").select_option("push_to_talk")
+    second.get_by_role("button", name="Start").click()
+    second.get_by_role("status").filter(has_text=READY).wait_for()
+    second_id = second.evaluate("window.voiceSession.session.id")
+    # As if its page had not connected yet when the other started: not counted as held for a moment.
+    server.sql("UPDATE sessions_app_realtimesession SET page_left_at = '2999-01-01 00:00:00' WHERE id = ?",
+               (second_id.replace("-", ""),))
+    first_context, first = sized_page(browser, server, 1280, "twice")
+    first.get_by_label("Turn taking").select_option("push_to_talk")
+    first.get_by_role("button", name="Start").click()
+    first.get_by_role("status").filter(has_text=READY).wait_for()
+    first_id = first.evaluate("window.voiceSession.session.id")
+    # The second page's socket connects again (as it would after a blip): now it connects second.
+    second.evaluate("window.voiceSession.socket.ws.close()")
+    second.get_by_role("alert").filter(has_text="another of yours was already running").wait_for(timeout=20_000)
+    second.get_by_role("status").filter(has_text="Session ended").wait_for()
+    assert api_session(second, second_id)["end_reason"] == "running_elsewhere"
+    assert api_session(first, first_id)["status"] == "active"
+    assert first.get_by_role("status").filter(has_text=READY).is_visible()
+    stop_and_wait(first)
+    second_context.close()
+    first_context.close()
+
+
 # ---- defect 8: keyboard ----
 
 def test_keyboard_focus_follows_start_and_stop_and_space_talks_anywhere(page, simulator):
