@@ -259,12 +259,12 @@ class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
         self.page_connected_at = None
         # The call the page holds (`?call=N`); a socket that does not say is taken to hold the newest.
         said = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get("call")
-        self.call_number = int(said[-1]) if said and CALL_NUMBER.fullmatch(said[-1]) else None
-        if self.call_number is not None and self.call_number > MAX_CALL_NUMBER:
-            self.call_number = None
-        if said and self.call_number is None:
-            await self.close(code=4400)  # a call number that cannot be one: refused, as a bad request
-            return
+        self.call_number = None
+        if said:
+            if not CALL_NUMBER.fullmatch(said[-1]) or int(said[-1]) > MAX_CALL_NUMBER:
+                await self.close(code=4400)  # a call number that cannot be one: refused, as a bad request
+                return
+            self.call_number = int(said[-1])
         if not user.is_authenticated or not await self.owns_session(user):
             await self.close()
             return
@@ -300,7 +300,7 @@ class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
             if self.page_connected_at is not None:
                 sessions.filter(page_connected_at=self.page_connected_at).update(page_left_at=timezone.now())
             return None
-        ended_calls = None
+        ended_calls, session = None, None
         if self.call_number is None:
             self._hold(sessions)
         else:
@@ -312,10 +312,11 @@ class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
                 # conversations started at once (two devices, one moment) the second to connect sees the first.
                 list(get_user_model().objects.select_for_update().filter(pk=self.scope["user"].pk).values("pk"))
                 if self._hold(sessions.filter(~Exists(later))):
-                    elsewhere = RealtimeSession.objects.held().filter(user=self.scope["user"]).exclude(pk=self.session_id)
-                    if elsewhere.exists():
-                        ended_calls = RealtimeSession.objects.get(pk=self.session_id).end(EndReason.RUNNING_ELSEWHERE)
-        session = RealtimeSession.objects.get(pk=self.session_id)
+                    others = RealtimeSession.objects.held().filter(user=self.scope["user"])
+                    if others.exclude(pk=self.session_id).exists():
+                        session = RealtimeSession.objects.get(pk=self.session_id)
+                        ended_calls = session.end(EndReason.RUNNING_ELSEWHERE)
+        session = session or RealtimeSession.objects.get(pk=self.session_id)
         if ended_calls is not None:
             return [{"type": "session.totals", "session": session.totals()},
                     {"type": "call.ended", "call": None, "reason": EndReason.RUNNING_ELSEWHERE}], ended_calls

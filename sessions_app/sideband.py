@@ -693,8 +693,8 @@ class CallWatch:
             await self.tampering()
             return
         restore = {"type": "realtime", **{field: minted[field] for field in context.POLICED_FIELDS if field in minted}}
-        if _transcription(minted) is not None:
-            restore["audio"] = {"input": {"transcription": _transcription(minted)}}
+        if set_ is not None:
+            restore["audio"] = {"input": {"transcription": set_}}
         await self.ws.send_str(json.dumps({"type": "session.update", "session": restore}))
         await self.retry_db(self.log_event, SessionEvent.RESTORED, {"fields": sorted(restore)})
 

@@ -643,7 +643,7 @@ async function continueHere() {
     const call = newCall(current.micTrack);
     current.call = call;
     current.resuming = true;
-    const answer = await connect(call, async (sdp) => {
+    await connect(call, async (sdp) => {
       const moved = await api(`/api/sessions/${detail.id}/calls`, { sdp });
       // Only now is the conversation this tab's: a move that failed leaves it with the tab that had it,
       // which a socket opened (and closed) here before would have marked as gone.
@@ -655,7 +655,6 @@ async function continueHere() {
     });
     current.resuming = false;
     if (state !== current) { call.close(); return; }
-    current.callNumber = answer.call;
     opened(current);
     holdMicrophoneForContext(true);
     if (current.waitingForContext) setStatus('Connected. Bringing the conversation back…');
