@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import PASSWORD, sign_in, wait_js
-from tests.browser.test_voice_session import READY, api_session, current_call, upload, wait_until
+from tests.browser.test_voice_session import READY, api_session, current_call, start_session, upload, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -24,6 +24,14 @@ def sized_page(browser, server, width, username="alice"):
     page.set_default_timeout(15_000)
     sign_in(page, username)
     return context, page
+
+
+def add_member(server, username):
+    """A member of Demo of the test's own, with no conversation or spend yet."""
+    server.manage("shell", "-c", (
+        "from django.contrib.auth import get_user_model; from teams_app.models import Membership, Team; "
+        f"u = get_user_model().objects.create_user('{username}', password='{PASSWORD}'); "
+        "Membership.objects.create(user=u, team=Team.objects.get(name='Demo'), role='member')"))
 
 
 def fits(page):
@@ -202,10 +210,7 @@ def test_leaving_a_running_session_asks_first(page):
 
 def test_a_second_start_offers_to_continue_or_end_the_running_conversation(browser, server, simulator):
     first_context, first = sized_page(browser, server, 1280, "erin")
-    first.get_by_label("Turn taking").select_option("push_to_talk")
-    first.get_by_role("button", name="Start").click()
-    first.get_by_role("status").filter(has_text=READY).wait_for()
-    session_id = first.evaluate("window.voiceSession.session.id")
+    session_id, _ = start_session(first, turn="push_to_talk", document="", signed_in=True)
 
     second_context, second = sized_page(browser, server, 390, "erin")
     # The server refuses a second conversation with a clear 409 naming the running one.
@@ -261,15 +266,9 @@ def test_a_move_that_fails_leaves_the_conversation_with_the_tab_that_has_it(brow
     """Continue it here, refused upstream: the first tab keeps its call, and the server still counts the
     conversation as held (a page that opened its socket and let go of it would have marked it gone, and
     the sweep would have ended it under the first tab)."""
-    server.manage("shell", "-c", (
-        "from django.contrib.auth import get_user_model; from teams_app.models import Membership, Team; "
-        f"u = get_user_model().objects.create_user('mover', password='{PASSWORD}'); "
-        "Membership.objects.create(user=u, team=Team.objects.get(name='Demo'), role='member')"))
+    add_member(server, "mover")
     first_context, first = sized_page(browser, server, 1280, "mover")
-    first.get_by_label("Turn taking").select_option("push_to_talk")
-    first.get_by_role("button", name="Start").click()
-    first.get_by_role("status").filter(has_text=READY).wait_for()
-    session_id = first.evaluate("window.voiceSession.session.id")
+    session_id, _ = start_session(first, turn="push_to_talk", document="", signed_in=True)
 
     second_context, second = sized_page(browser, server, 1280, "mover")
     second.get_by_role("button", name="Start").click()
@@ -298,23 +297,14 @@ def test_a_move_that_fails_leaves_the_conversation_with_the_tab_that_has_it(brow
 def test_a_second_conversation_whose_page_connects_after_anothers_is_ended_and_says_why(browser, server, simulator):
     """Two conversations of one person running at once (two starts in the same moment): the page that
     connects second has its conversation ended and says why; the other runs on."""
-    server.manage("shell", "-c", (
-        "from django.contrib.auth import get_user_model; from teams_app.models import Membership, Team; "
-        f"u = get_user_model().objects.create_user('twice', password='{PASSWORD}'); "
-        "Membership.objects.create(user=u, team=Team.objects.get(name='Demo'), role='member')"))
+    add_member(server, "twice")
     second_context, second = sized_page(browser, server, 1280, "twice")
-    second.get_by_label("Turn taking").select_option("push_to_talk")
-    second.get_by_role("button", name="Start").click()
-    second.get_by_role("status").filter(has_text=READY).wait_for()
-    second_id = second.evaluate("window.voiceSession.session.id")
+    second_id, _ = start_session(second, turn="push_to_talk", document="", signed_in=True)
     # As if its page had not connected yet when the other started: not counted as held for a moment.
     server.sql("UPDATE sessions_app_realtimesession SET page_left_at = '2999-01-01 00:00:00' WHERE id = ?",
                (second_id.replace("-", ""),))
     first_context, first = sized_page(browser, server, 1280, "twice")
-    first.get_by_label("Turn taking").select_option("push_to_talk")
-    first.get_by_role("button", name="Start").click()
-    first.get_by_role("status").filter(has_text=READY).wait_for()
-    first_id = first.evaluate("window.voiceSession.session.id")
+    first_id, _ = start_session(first, turn="push_to_talk", document="", signed_in=True)
     # The second page's socket connects again (as it would after a blip): now it connects second.
     second.evaluate("window.voiceSession.socket.ws.close()")
     second.get_by_role("alert").filter(has_text="another of yours was already running").wait_for(timeout=20_000)
