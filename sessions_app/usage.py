@@ -79,12 +79,13 @@ def record_many(reports):
     if not entries:
         return results
     stored = RealtimeSession.store_usages(entries)
-    # Budgets are checked once per owner (a user in a team) that spent something new.
+    # Budgets are checked once per owner (a user in a team) with a report here, a resend too: the check
+    # runs after the commit, so a resend is how a check the database failed gets made.
     checked = set()
     for index, one in zip(owners, stored):
         session = one.session
         stopped = []
-        if one.created and (session.user_id, session.team_id) not in checked:
+        if (session.user_id, session.team_id) not in checked:
             checked.add((session.user_id, session.team_id))
             stopped = session.stop_if_over_budget()
         # Every stored record: one that leaves the bill as it was (a page's report after the server's)

@@ -95,3 +95,31 @@ def test_page_shows_the_remaining_budget(csrf_client, bob):
 def test_a_budget_names_a_user_or_a_team(bob):
     with pytest.raises(IntegrityError):
         Budget.objects.create(user=bob, team=bob.memberships.get().team, monthly_limit_usd=1)
+
+
+def test_a_resend_makes_the_budget_stop_a_database_failure_skipped(bob, monkeypatch):
+    """The budget is checked after the record is committed: when the database fails there, the report is
+    answered with the error and sent again, and that resend (the record already stored) makes the stop."""
+    from django.db import OperationalError
+
+    from sessions_app import usage
+    from sessions_app.models import Call
+
+    Budget.objects.create(user=bob, monthly_limit_usd=Decimal("0.010"))
+    session = RealtimeSession.objects.create(user=bob, team=bob.memberships.get().team, model="gpt-realtime",
+                                             voice="marin", turn_detection="server_vad", instructions="x")
+    Call.objects.create(session=session, number=1, call_id="rtc_capped")
+    answer = {"input_tokens": 0, "output_tokens": 400, "input_token_details": {"text_tokens": 0, "audio_tokens": 0},
+              "output_token_details": {"text_tokens": 0, "audio_tokens": 400}}  # $0.0256 at $64/M
+    real = RealtimeSession.stop_if_over_budget
+    monkeypatch.setattr(RealtimeSession, "stop_if_over_budget",
+                        mock.Mock(side_effect=OperationalError("the database went away")))
+    with pytest.raises(OperationalError):
+        usage.record(session.pk, "resp_over", answer, source="client")
+    monkeypatch.setattr(RealtimeSession, "stop_if_over_budget", real)
+
+    recorded = usage.record(session.pk, "resp_over", answer, source="client")
+    assert not recorded.created
+    assert recorded.stopped == [(session.pk, ["rtc_capped"])]
+    session.refresh_from_db()
+    assert (session.status, session.end_reason) == ("ended", "budget")
