@@ -7,13 +7,16 @@ transcription is billed apart, at the transcription model's price
 (TranscriptionPrice), by tokens or by duration.
 """
 
+import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from decimal import Decimal
 
 from .models import MILLION
 
 KINDS = ("text", "audio", "image")
+
+log = logging.getLogger(__name__)
 
 
 class UsageError(ValueError):
@@ -68,8 +71,13 @@ def _details(usage, key):
     return details
 
 
-def parse_usage(usage, model_price):
-    """Validate a `response.done` usage object against the model's limits."""
+def parse_usage(usage, model_price, upstream=False):
+    """Validate a `response.done` usage object against the model's limits.
+
+    The page's reports are held to every rule. The upstream's own (`upstream`, from the sideband) are the
+    bill: the tokens its totals count beyond their text/audio/image split are billed at that side's dearest
+    rate, and the model's limits (which the price table may have wrong) are not checked, so nothing the
+    upstream billed is dropped. Only a count that is no count is refused."""
     if not isinstance(usage, dict):
         raise UsageError("usage must be an object")
     input_tokens = _count(usage, "input_tokens", "usage")
@@ -89,6 +97,8 @@ def parse_usage(usage, model_price):
     for kind in ("text", "audio"):
         fields[f"output_{kind}"] = _count(out, f"{kind}_tokens", "usage.output_token_details") or 0
     counts = TokenCounts(**fields)
+    if upstream:
+        return _with_unsplit(counts, input_tokens, output_tokens, model_price)
 
     if input_tokens is not None and input_tokens != counts.input_total:
         raise UsageError("usage.input_tokens does not match its text, audio and image details")
@@ -105,6 +115,21 @@ def parse_usage(usage, model_price):
     if counts.output_total > model_price.max_output_tokens:
         raise UsageError(f"output_tokens exceed the {model_price.model} output limit")
     return counts
+
+
+def _with_unsplit(counts, input_tokens, output_tokens, price):
+    """The counts, with what the totals say beyond the split added at the dearest rate of its side."""
+    extra_in = max(0, (input_tokens or 0) - counts.input_total)
+    extra_out = max(0, (output_tokens or 0) - counts.output_total)
+    if not (extra_in or extra_out):
+        return counts
+    log.warning("%s usage counted %s input and %s output tokens outside its split; billed at the dearest rates",
+                price.model, extra_in, extra_out)
+    dear_in = max(KINDS, key=lambda kind: getattr(price, f"{kind}_input"))
+    dear_out = max(("text", "audio"), key=lambda kind: getattr(price, f"{kind}_output"))
+    extra = {f"input_{dear_in}": getattr(counts, f"input_{dear_in}") + extra_in}
+    extra[f"output_{dear_out}"] = getattr(counts, f"output_{dear_out}") + extra_out
+    return replace(counts, **extra)
 
 
 def cost_of(counts, model_price):
@@ -146,8 +171,9 @@ class TranscriptionCounts:
                 "output_text_tokens": self.output_text}
 
 
-def parse_transcription_usage(usage):
-    """Validate the `usage` of conversation.item.input_audio_transcription.completed."""
+def parse_transcription_usage(usage, upstream=False):
+    """Validate the `usage` of conversation.item.input_audio_transcription.completed (the upstream's own
+    figures: input tokens beyond their split are billed as audio, the dearer kind, never dropped)."""
     if not isinstance(usage, dict):
         raise UsageError("usage must be an object")
     kind = usage.get("type")
@@ -173,6 +199,9 @@ def parse_transcription_usage(usage):
         # No split given: bill it all as audio, the dearer kind, never less.
         text, audio = 0, input_tokens
     text, audio = text or 0, audio or 0
+    if upstream:
+        audio += max(0, input_tokens - text - audio)
+        input_tokens, total_tokens = text + audio, None
     if text + audio != input_tokens:
         raise UsageError("usage.input_tokens does not match its text and audio details")
     if total_tokens is not None and total_tokens != input_tokens + output_tokens:

@@ -118,14 +118,14 @@ def priced(report, sessions, prices, transcription_prices):
         price = prices.get(session.model)
         if price is None:
             raise NoPrice(f"{session.model} has no price; an admin must add one.")
-        counts = parse_usage(report.usage, price)
+        counts = parse_usage(report.usage, price, upstream=report.source == UsageRecord.SERVER)
         return UsageEntry(session.pk, report.key, counts, cost_of(counts, price), report.source, report.kind,
                           session.model, report.call)
     model = transcription_model(session)
     price = transcription_prices.get(model)
     if price is None:
         raise NoPrice(f"{model} has no transcription price; an admin must add one.")
-    counts = parse_transcription_usage(report.usage)
+    counts = parse_transcription_usage(report.usage, upstream=report.source == UsageRecord.SERVER)
     return UsageEntry(session.pk, report.key, counts, transcription_cost(counts, price), report.source,
                       report.kind, model, report.call, counts.seconds)
 

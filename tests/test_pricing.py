@@ -108,3 +108,57 @@ def test_a_duration_of_minus_zero_is_zero():
     assert str(counts.seconds) == "0.000"
     with pytest.raises(UsageError):
         parse_transcription_usage({"type": "duration", "seconds": -0.001})
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "usage, expected",
+    [
+        # Totals without any split: input at the dearest input rate (audio $32), output at the dearest ($64).
+        ({"input_tokens": 200, "output_tokens": 100, "total_tokens": 300}, Decimal("0.0128")),
+        # A split that explains part of the totals: the rest at the dearest rate of its side.
+        ({"input_tokens": 150, "output_tokens": 0, "input_token_details": {"text_tokens": 100}}, Decimal("0.002")),
+        # More input than the price table's context window: the upstream's count is the bill.
+        ({"input_tokens": 40_000, "input_token_details": {"text_tokens": 40_000}}, Decimal("0.16")),
+        # More output than the table's limit, and a total that adds up to nothing.
+        ({"output_tokens": 5_000, "total_tokens": 7, "output_token_details": {"text_tokens": 5_000}}, Decimal("0.08")),
+    ],
+)
+def test_the_upstreams_own_usage_is_billed_never_dropped(usage, expected):
+    """The sideband's figures are what OpenAI bills: a usage the page's rules refuse is still priced, the
+    unexplained tokens at the dearest rate, never less; the page's same report is refused."""
+    p = price("gpt-realtime")
+    assert cost_of(parse_usage(usage, p, upstream=True), p) == expected
+    with pytest.raises(UsageError):
+        parse_usage(usage, p)
+
+
+@pytest.mark.django_db
+def test_the_upstreams_usage_must_still_be_counts():
+    with pytest.raises(UsageError, match="must be an integer"):
+        parse_usage({"input_tokens": "200"}, price("gpt-realtime"), upstream=True)
+
+
+def test_the_upstreams_transcription_tokens_beyond_their_split_are_billed_as_audio():
+    usage = {"type": "tokens", "input_tokens": 50, "output_tokens": 10, "total_tokens": 3,
+             "input_token_details": {"text_tokens": 20}}
+    counts = parse_transcription_usage(usage, upstream=True)
+    assert (counts.input_text, counts.input_audio, counts.output_text) == (20, 30, 10)
+    with pytest.raises(UsageError):
+        parse_transcription_usage(usage)
+
+
+@pytest.mark.django_db
+def test_the_sidebands_report_without_a_split_goes_on_the_bill_and_the_pages_does_not(bob):
+    from sessions_app import usage
+    from sessions_app.models import RealtimeSession
+
+    session = RealtimeSession.objects.create(user=bob, model="gpt-realtime", voice="marin",
+                                             turn_detection="server_vad", instructions="x")
+    totals_only = {"input_tokens": 200, "output_tokens": 100, "total_tokens": 300}
+    with pytest.raises(UsageError):
+        usage.record(session.pk, "resp_1", totals_only, source="client")
+    recorded = usage.record(session.pk, "resp_1", totals_only, source="server")
+    assert recorded.created and recorded.record.cost_usd == Decimal("0.0128")
+    session.refresh_from_db()
+    assert session.billed_cost_usd == Decimal("0.0128")
