@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import random
+import re
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
@@ -340,6 +341,7 @@ class CallWatch:
         self.hung_up = False
         self.hanging_up = None  # the hangup under way since the record said the call ended
         self.expired = False
+        self.unbounded = set()  # responses the upstream said have no output limit ("inf"): judged when done
         self.pending_context = set()
         self.position = 0
         self.info = None
@@ -632,6 +634,8 @@ class CallWatch:
 
     async def response_done(self, response):
         response_id = response.get("id")
+        if response_id in self.unbounded:
+            await self.police_output(response)
         self.active.discard(response_id)
         batch = self.outputs.pop(response_id, [])
         for call_id, output, _ in batch:
@@ -682,10 +686,15 @@ class CallWatch:
             if field in minted and field in session and _policed(field, session.get(field)) != _policed(field, minted[field])
         }
         # The input transcription's model: the server prices each transcription by the model it set, so a
-        # page that switched it (to a dearer one, or to one priced per minute) would be billed wrongly.
-        seen, set_ = _transcription(session), _transcription(minted)
-        if seen is not None and set_ is not None and seen.get("model") != set_.get("model"):
-            changed["transcription"] = seen
+        # page that switched it (to a dearer one, or to one priced per minute) would be billed wrongly; one
+        # that switched it off loses the user's side of the transcript. The upstream may name the model
+        # by its snapshot (gpt-4o-mini-transcribe-2025-12-15): that is the same model.
+        set_ = _transcription(minted)
+        heard = (session.get("audio") or {}).get("input") if isinstance(session.get("audio"), dict) else None
+        if set_ is not None and isinstance(heard, dict) and "transcription" in heard:
+            seen = heard["transcription"]
+            if not isinstance(seen, dict) or _model_family(seen.get("model")) != _model_family(set_.get("model")):
+                changed["transcription"] = seen
         if not changed:
             return
         repeat = await self.retry_db(self.log_event, SessionEvent.TAMPERED, {"fields": _shorten(changed)})
@@ -705,10 +714,28 @@ class CallWatch:
         asked = response.get("max_output_tokens")
         if limit is None or asked is None or asked == limit or (isinstance(asked, int) and asked <= limit):
             return
+        if asked == "inf":
+            # "inf" is also how the upstream may show a response that set no limit of its own (the session's
+            # then holds): such a response is judged by what it spoke, when it is done.
+            self.unbounded.add(response.get("id"))
+            return
         await self.ws.send_str(json.dumps({"type": "response.cancel", "response_id": response.get("id")}))
         repeat = await self.retry_db(
             self.log_event, SessionEvent.RESPONSE_CANCELLED, {"max_output_tokens": asked, "limit": limit}
         )
+        if repeat:
+            await self.tampering()
+
+    async def police_output(self, response):
+        """A response that said it had no limit, and spoke more than the session's: the page asked for it."""
+        self.unbounded.discard(response.get("id"))
+        limit = self.info["config"].get("max_output_tokens")
+        spoken = (response.get("usage") or {}).get("output_tokens")
+        if not isinstance(spoken, int) or not isinstance(limit, int) or spoken <= limit:
+            return
+        repeat = await self.retry_db(
+            self.log_event, SessionEvent.TAMPERED, {"fields": {"max_output_tokens": "inf"}, "output_tokens": spoken,
+                                                   "limit": limit})
         if repeat:
             await self.tampering()
 
@@ -788,6 +815,11 @@ def _policed(field, value):
         return [(t.get("type"), t.get("name"), t.get("description"), t.get("parameters"))
                 if isinstance(t, dict) else t for t in value]
     return value
+
+
+def _model_family(name):
+    """A model's name without its snapshot date: the upstream may echo an alias as its snapshot."""
+    return re.sub(r"-\d{4}-\d{2}-\d{2}$", "", name) if isinstance(name, str) else name
 
 
 def _transcription(session):

@@ -263,13 +263,66 @@ async def test_a_page_switching_the_transcription_model_is_put_back(sim, alice, 
 
 
 async def test_an_answer_over_the_output_limit_is_cancelled(sim, alice, worker):
-    client, session = await start_call(sim, alice)
+    client, session = await start_call(sim, alice, {**CONFIG, "max_output_tokens": 100})
     await until(lambda: call_of(session).sideband_attached_at)
-    client.send({"type": "response.create", "response": {"max_output_tokens": "inf"}})
+    client.send({"type": "response.create", "response": {"max_output_tokens": 200}})
     done = await client.wait_for("response.done", timeout=10)
     assert done["response"]["status"] == "cancelled"
     event = await until(lambda: SessionEvent.objects.filter(session=session, kind="response_cancelled").first())
-    assert event.detail == {"max_output_tokens": "inf", "limit": 4096}
+    assert event.detail == {"max_output_tokens": 200, "limit": 100}
+    await client.close()
+
+
+async def test_an_answer_said_to_have_no_limit_is_judged_by_what_it_spoke(sim, alice, worker):
+    """The upstream may show "inf" for a response that set no limit of its own: that alone is no tampering
+    (cancelling it would cut every answer). An answer that then speaks past the session's limit is."""
+    client, session = await start_call(sim, alice, {**CONFIG, "max_output_tokens": 4096})
+    await until(lambda: call_of(session).sideband_attached_at)
+    client.send({"type": "response.create", "response": {"max_output_tokens": "inf"}})
+    done = await client.wait_for("response.done", timeout=10)
+    assert done["response"]["status"] == "completed"
+    await until(lambda: UsageRecord.objects.filter(session=session, source="server").exists())
+    assert not await SessionEvent.objects.filter(session=session).aexists()
+    await client.close()
+
+    client, session = await start_call(sim, alice, {**CONFIG, "max_output_tokens": 5})
+    await until(lambda: call_of(session).sideband_attached_at)
+    call = sim.state.calls[client.call_id]
+    for _ in range(2):
+        client.send({"type": "response.create", "response": {"max_output_tokens": "inf"}})
+        done = await client.wait_for("response.done", timeout=10)
+        assert done["response"]["usage"]["output_tokens"] > 5
+    await until(lambda: call.hungup)
+    events = await database_sync_to_async(list)(SessionEvent.objects.filter(session=session).order_by("pk"))
+    assert [e.kind for e in events] == ["tampered", "tampered", "hung_up"]
+    assert events[0].detail["limit"] == 5 and events[0].detail["output_tokens"] > 5
+    await session.arefresh_from_db()
+    assert session.end_reason == "tampering"
+    await client.close()
+
+
+async def test_the_transcription_model_echoed_as_its_snapshot_is_no_tampering(sim, alice, worker):
+    """The upstream may echo a model by its snapshot name; that is the model the server set."""
+    client, session = await start_call(sim, alice)
+    await until(lambda: call_of(session).sideband_attached_at)
+    client.send({"type": "session.update", "session": {
+        "type": "realtime", "audio": {"input": {"transcription": {"model": "gpt-4o-mini-transcribe-2025-12-15"}}}}})
+    await client.wait_for("session.updated", timeout=10)
+    await ask(client)
+    await until(lambda: UsageRecord.objects.filter(session=session, source="server").exists())
+    assert not await SessionEvent.objects.filter(session=session).aexists()
+    await client.close()
+
+
+async def test_a_page_switching_the_transcription_off_is_put_back(sim, alice, worker):
+    client, session = await start_call(sim, alice)
+    await until(lambda: call_of(session).sideband_attached_at)
+    client.send({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"transcription": None}}}})
+    tampered = await until(lambda: SessionEvent.objects.filter(session=session, kind="tampered").first())
+    assert tampered.detail["fields"] == {"transcription": None}
+    call = sim.state.calls[client.call_id]
+    await until(lambda: (call.conversation.session["audio"]["input"]["transcription"] or {}).get("model")
+                == "gpt-4o-mini-transcribe")
     await client.close()
 
 
