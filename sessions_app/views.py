@@ -1,3 +1,4 @@
+import asyncio
 import datetime
 import json
 import logging
@@ -199,6 +200,19 @@ async def _create_call(user, config, sdp):
     return answer, call_id, secret
 
 
+async def _to_the_end(making_a_call):
+    """Once a call is asked for upstream, its making runs to the end even if the browser goes away (Django
+    then cancels the view): the call created upstream is recorded, or hung up, instead of running unknown
+    to the server (the sweep ends a conversation whose page never came). The view waits for it before it
+    gives way: the request's thread, where its database work runs, is the view's until then."""
+    task = asyncio.ensure_future(making_a_call)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
+
+
 def _unsaved_call():
     return json_error("unavailable", "The call could not be saved, so it was ended. Try again.", 503)
 
@@ -314,6 +328,10 @@ async def mint_session(request):
     if searched:
         instructions += tools.instructions(searched)
     config = context.session_config(req, instructions, price.max_output_tokens, with_search=bool(searched))
+    return await _to_the_end(_start(user, team, req, config, documents, inline_tokens))
+
+
+async def _start(user, team, req, config, documents, inline_tokens):
     try:
         answer, call_id, secret = await _create_call(user, config, req.sdp)
     except upstream.UpstreamError as exc:
@@ -382,6 +400,10 @@ async def resume_session(request, session_id):
         return json_error("invalid_request", f"{session.model} has no price set; an admin must add one.", 400)
     if refused := _budget_refusal(room, price, session.document_tokens):
         return refused
+    return await _to_the_end(_resume(user, session, sdp))
+
+
+async def _resume(user, session, sdp):
     try:
         answer, call_id, secret = await _create_call(user, session.session_config, sdp)
     except upstream.UpstreamError as exc:

@@ -357,3 +357,53 @@ def test_deploy_checks_pass_with_production_settings():
     result = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
                             cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode != 0 and "security.W004" in result.stdout + result.stderr
+
+
+# ---- a browser that goes away while its call is being created ----
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+async def test_a_start_whose_browser_went_away_still_records_its_call(alice, monkeypatch, settings):
+    """Django cancels a view whose client disconnected. The call created upstream meanwhile must still be on
+    the record (where the sweep ends a conversation whose page never came), not left running unknown."""
+    from channels.db import database_sync_to_async
+
+    from sessions_app.models import Call
+    from voiceproject.asgi import django_asgi_app
+
+    settings.OPENAI_API_KEY = "sk-test-FAKE-hardening"
+    await database_sync_to_async(cache.clear)()
+    fake, asked, release = FakeUpstream(), asyncio.Event(), asyncio.Event()
+
+    async def slow_calls(url, headers, body):
+        if url.endswith("/v1/realtime/calls"):
+            asked.set()  # upstream, the call exists from here on
+            await release.wait()
+        return await fake.send(url, headers, body)
+
+    monkeypatch.setattr(upstream, "_send", slow_calls)
+
+    def signed_in():
+        client = Client()
+        client.force_login(alice)
+        return client.cookies[settings.SESSION_COOKIE_NAME].value
+
+    token = "t" * 32
+    cookie = f"{settings.SESSION_COOKIE_NAME}={await database_sync_to_async(signed_in)()}; csrftoken={token}"
+    body = json.dumps({"sdp": OFFER}).encode()
+    scope = {"type": "http", "method": "POST", "path": "/api/sessions/", "query_string": b"",
+             "headers": [(b"host", b"127.0.0.1"), (b"cookie", cookie.encode()), (b"x-csrftoken", token.encode()),
+                         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 5555), "server": ("127.0.0.1", 8000)}
+    comm = ApplicationCommunicator(django_asgi_app, scope)
+    await comm.send_input({"type": "http.request", "body": body, "more_body": False})
+    await asyncio.wait_for(asked.wait(), 10)
+    await comm.send_input({"type": "http.disconnect"})
+    await asyncio.sleep(0.2)  # Django has cancelled the view by now
+    release.set()
+    for _ in range(100):
+        if await Call.objects.filter(session__user=alice).aexists():
+            break
+        await asyncio.sleep(0.05)
+    call = await Call.objects.select_related("session").aget(session__user=alice)
+    assert call.call_id and call.session.status == "active"
+    await comm.wait(5)
