@@ -17,7 +17,6 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Max
 from django.http import JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
@@ -28,7 +27,7 @@ from teams_app.models import Team
 
 from . import chart
 from .templatetags.display import when
-from .models import RealtimeSession, SpendDay, UsageRecord
+from .models import RealtimeSession, SpendDay, usage_snapshot
 
 UTC = datetime.timezone.utc
 ONE_DAY = datetime.timedelta(days=1)
@@ -228,8 +227,13 @@ def sessions_in(viewer, query):
 
 def figures(viewer, query, page=1):
     """Everything the dashboard shows, JSON-ready; the page and its JSON mode share it."""
-    # Updates to records after this one are not in these figures: the page applies them on top.
-    last_record = UsageRecord.objects.aggregate(last=Max("pk"))["last"] or 0
+    # Read as of one moment: updates to records after the last one in it are not in these figures, and
+    # the page applies them on top.
+    with usage_snapshot() as last_record:
+        return _figures(viewer, query, page, last_record)
+
+
+def _figures(viewer, query, page, last_record):
     visible = SpendDay.objects.visible_to(viewer).matching(query.filters)
     days = visible.between(query.start, query.end)
     now = today()

@@ -1,3 +1,4 @@
+import contextlib
 import copy
 import datetime
 import functools
@@ -468,6 +469,7 @@ _records_by_key = Prepared(
 
 
 def _store_usages(entries):
+    _usage_write_begins()
     ids = sorted({entry.session_id for entry in entries})
     sessions = {session.pk: session for session in _locked_for_usage(ids=ids)}
     current_calls = {}
@@ -975,6 +977,52 @@ class SpendDay(models.Model):
         """{day: amounts} as the dashboards receive it: [{"day": ISO date, field: number or decimal string}]."""
         return [{"day": day.isoformat(), **{k: (f"{v:.8f}" if isinstance(v, Decimal) else v) for k, v in amounts.items()}}
                 for day, amounts in days.items()]
+
+
+# A spend dashboard reads its figures, and the last usage record in them, as of one moment between usage
+# writes. A write half done as it read would otherwise be in the figures with an id above that record (the
+# page applies its update again), or, on PostgreSQL, commit after a later id the figures hold (its update
+# never applied). The writes share a lock that the dashboard takes alone while its snapshot begins.
+_USAGE_WRITES_LOCK = 7_406_111  # PostgreSQL advisory lock key
+
+
+def _usage_write_begins():
+    connection = transaction.get_connection()
+    if connection.vendor == "postgresql":  # SQLite: the write's BEGIN IMMEDIATE already keeps readers' snapshots whole
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [_USAGE_WRITES_LOCK])
+
+
+@contextlib.contextmanager
+def usage_snapshot():
+    """Reads made inside see every usage write that had finished and none still under way, as one snapshot.
+    Yields the id of the newest record in it (0 for none)."""
+    def newest():
+        return UsageRecord.objects.aggregate(last=models.Max("pk"))["last"] or 0
+
+    connection = transaction.get_connection()
+    if connection.in_atomic_block:  # inside a transaction already (a test's): it sees what it sees
+        yield newest()
+    elif connection.vendor != "postgresql":
+        with transaction.atomic():  # BEGIN IMMEDIATE, as the writes': none is half done while this reads
+            yield newest()
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", [_USAGE_WRITES_LOCK])  # writes in flight finish first
+        locked = True
+        try:
+            with transaction.atomic():
+                with connection.cursor() as cursor:
+                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                last = newest()  # the transaction's snapshot is taken here
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", [_USAGE_WRITES_LOCK])
+                locked = False
+                yield last
+        finally:
+            if locked:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", [_USAGE_WRITES_LOCK])
 
 
 def month_start(now=None):

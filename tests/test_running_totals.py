@@ -306,3 +306,44 @@ def test_a_batch_stores_what_the_same_reports_one_by_one_store(conversations):
     assert [getattr(first, f) for f in fields] == [getattr(second, f) for f in fields]
     assert first.billed_response_count == 2 and first.paired_count == 2 and first.disagreement_count == 1
     call_command("rebuild_spend", stdout=io.StringIO())  # raises if any running total differs from the records
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_the_dashboard_reads_its_figures_and_their_last_record_as_of_one_moment(alice, staff, monkeypatch):
+    """A report stored while the dashboard reads is either in its figures with an id at or below the last
+    record they name, or in neither: the page applies updates above that record, so a report in the
+    figures above it was counted twice (and, on PostgreSQL, one committed below it never)."""
+    import threading
+
+    from django.db import close_old_connections
+
+    from sessions_app.dashboard import figures, read_query
+    from sessions_app.models import SpendDayQuerySet
+
+    session = RealtimeSession.objects.create(user=alice, team=alice.memberships.get().team, model="gpt-realtime",
+                                             voice="marin", turn_detection="server_vad", instructions="x")
+    rng = random.Random(7)
+    usage.record(session.pk, "resp_before", answer_usage(rng), source=UsageRecord.CLIENT)
+
+    def report_meanwhile():
+        try:
+            usage.record(session.pk, "resp_during", answer_usage(rng), source=UsageRecord.CLIENT)
+        finally:
+            close_old_connections()
+
+    reporter = threading.Thread(target=report_meanwhile)
+    real = SpendDayQuerySet.visible_to
+
+    def visible_to(self, viewer):
+        if not reporter.is_alive() and reporter.ident is None:
+            reporter.start()
+            reporter.join(timeout=1)  # stored at once, unless the read keeps writes out until it is done
+        return real(self, viewer)
+
+    monkeypatch.setattr(SpendDayQuerySet, "visible_to", visible_to)
+    request = mock.Mock(GET={}, user=staff)
+    read = figures(staff, read_query(request))
+    reporter.join()
+    assert UsageRecord.objects.count() == 2
+    in_figures = sum(r.cost_usd for r in UsageRecord.objects.filter(pk__lte=read["last_record"]))
+    assert Decimal(read["month"]["cost_usd"]) == in_figures
