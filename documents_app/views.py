@@ -2,6 +2,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.db import transaction
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
@@ -33,13 +34,6 @@ def _get_document_for_user(user, document_id):
         raise Http404 from None
 
 
-def _writable_membership(user):
-    membership = Membership.primary_for(user)
-    if membership is None or not membership.can_write:
-        raise PermissionDenied("Read-only members cannot upload documents.")
-    return membership
-
-
 def _found(user, query, limit):
     """(document, snippet runs) pairs: most relevant first for a query, else newest first."""
     if query:
@@ -48,11 +42,25 @@ def _found(user, query, limit):
     return [(document, []) for document in documents]
 
 
+# The library lists its documents newest first, a page at a time; a search shows its best matches at most.
+LIBRARY_PAGE = 50
+SEARCH_RESULTS = 200
+
+
 def _library(request, form=None, error=None, duplicate=None, status=200):
     query = search.clean(request.GET.get("q", ""))[:200].strip()
     membership = Membership.primary_for(request.user)
+    page = None
+    if query:
+        results = _found(request.user, query, SEARCH_RESULTS)
+    else:
+        page = Paginator(Document.objects.visible_to(request.user).listed(), LIBRARY_PAGE).get_page(
+            request.GET.get("page"))
+        results = [(document, []) for document in page]
     context = {
-        "results": _found(request.user, query, 200),
+        "results": results,
+        "page": page,
+        "search_cut": len(results) if query and len(results) == SEARCH_RESULTS else None,
         "query": query,
         "form": form or UploadForm(),
         "error": error,
@@ -88,7 +96,14 @@ def upload(request):
 
 @csrf_protect
 def _upload(request):
-    membership = _writable_membership(request.user)
+    membership = Membership.primary_for(request.user)
+    if membership is None:
+        return _library(request, error="You are not in a team, so there is no library to upload to.", status=403)
+    if not membership.can_write:
+        # A page opened before the person was made read-only: say so, on the library as it now is.
+        error = (f"You are now a read-only member of {membership.team.name}: you can no longer upload documents. "
+                 "Ask a team admin if you need one added.")
+        return _library(request, error=error, status=403)
     form = UploadForm(request.POST, request.FILES)
     if getattr(request, "upload_too_large", False):
         return _refuse_too_large(request)

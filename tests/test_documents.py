@@ -38,6 +38,20 @@ def test_library_lists_what_the_user_may_see(csrf_client, alice, bob, charlie, d
     assert "Launch plan" not in page and "No documents yet" in page
 
 
+def test_the_library_lists_every_document_a_page_at_a_time(csrf_client, alice):
+    """It stopped at 200 documents, with no word of the rest."""
+    for n in range(53):
+        make_doc(alice, f"Doc {n:02d}", f"Text number {n}.")
+    login(csrf_client, alice)
+    first = csrf_client.get("/documents/").content.decode()
+    assert first.count('href="/documents/') >= 50 and "Page 1 of 2 (53 documents)" in first and 'rel="next"' in first
+    assert "Doc 52" in first and "Doc 02" not in first  # newest first
+    last = csrf_client.get("/documents/?page=2").content.decode()
+    assert "Doc 00" in last and "Doc 02" in last and "Doc 52" not in last and 'rel="prev"' in last
+    assert "Doc 00" in csrf_client.get("/documents/?page=99").content.decode()  # past the end: the last page
+    assert csrf_client.get("/documents/?page=nonsense").status_code == 200
+
+
 def test_library_search_by_title_and_text(csrf_client, bob, alice, doc):
     make_doc(alice, "Budget", "Twelve thousand euros.")
     login(csrf_client, bob)
@@ -117,6 +131,13 @@ def test_an_owner_made_read_only_cannot_delete_their_document(csrf_client, bob, 
     assert "Delete" in csrf_client.get(f"/documents/{mine.pk}/").content.decode()
     assert csrf_client.post(f"/documents/{mine.pk}/delete").status_code == 302
     assert not Document.objects.filter(pk=mine.pk).exists()
+
+
+def test_deleting_asks_in_words_that_fit_who_can_see_it(csrf_client, alice, doc, private_doc):
+    login(csrf_client, alice)
+    assert "for everyone in" in csrf_client.get(f"/documents/{doc.pk}/").content.decode()
+    page = csrf_client.get(f"/documents/{private_doc.pk}/").content.decode()
+    assert "Delete “Alice notes”? Its passages" in page and "for everyone in" not in page
 
 
 def test_outsider_delete_is_404(csrf_client, charlie, doc):

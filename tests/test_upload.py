@@ -61,7 +61,11 @@ def test_private_upload_is_hidden_from_teammates(csrf_client, bob, alice):
 
 def test_read_only_member_cannot_upload(csrf_client, erin):
     login(csrf_client, erin)
-    assert upload(csrf_client, "x.txt", b"Read-only attempt.").status_code == 403
+    refused = upload(csrf_client, "x.txt", b"Read-only attempt.")
+    assert refused.status_code == 403
+    # The library's page, saying why where the upload script looks for the server's messages.
+    assert "<div data-upload-messages><p class=\"error\" role=\"alert\">You are now a read-only member" in \
+        refused.content.decode()
     assert Document.objects.count() == 0
     assert b"Add a document" not in csrf_client.get("/documents/").content
 
