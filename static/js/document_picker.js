@@ -1,5 +1,7 @@
 // Choosing library documents for a session: search as you type, keep an order.
 
+const PAGE = 20;  // what /api/documents/ answers by default
+
 export class DocumentPicker {
   constructor({ search, results, chosen, announce, onChange }) {
     this.search = search;
@@ -28,16 +30,39 @@ export class DocumentPicker {
 
   async find(query) {
     const seq = ++this.seq;
-    let data;
+    let data = null;
+    let trouble = '';
     try {
       const response = await fetch(`/api/documents/?q=${encodeURIComponent(query)}`, { credentials: 'same-origin' });
-      if (!response.ok) return;
-      data = await response.json();
+      if (response.status === 401 || response.redirected) trouble = 'You are signed out: reload the page to sign in.';
+      else if (!response.ok) trouble = `The library could not be searched (HTTP ${response.status}). Try again.`;
+      else data = await response.json();
     } catch {
-      return;
+      trouble = 'The library could not be searched (network). Try again.';
     }
     if (seq !== this.seq) return;  // a newer search has started
-    this.results.replaceChildren(...data.documents.map((doc) => this.resultRow(doc)));
+    if (!data) {
+      this.results.replaceChildren(this.note(trouble));
+      if (query) this.announce(trouble);
+      return;
+    }
+    const rows = data.documents.map((doc) => this.resultRow(doc));
+    if (!rows.length) {
+      rows.push(this.note(query ? `No document matches “${query}”.` : 'The library has no documents you can use yet. '
+        + 'Add some on the Library page, or paste text below.'));
+    } else if (!query && rows.length >= PAGE) {
+      rows.push(this.note(`The ${PAGE} newest are listed; type to search the whole library.`));
+    }
+    this.results.replaceChildren(...rows);
+    if (query) this.announce(data.documents.length ? `${data.documents.length} found.` : `No document matches “${query}”.`);
+  }
+
+  // A line in the results that is no document.
+  note(text) {
+    const li = document.createElement('li');
+    li.className = 'picker-note';
+    li.textContent = text;
+    return li;
   }
 
   resultRow(doc) {

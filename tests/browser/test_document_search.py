@@ -79,3 +79,17 @@ def test_a_planted_fact_deep_in_a_huge_document_is_found_and_sourced(page, simul
     page.goto(href)
     target = page.locator(".passage:target")
     assert PLANTED in target.text_content()
+
+
+def test_the_picker_says_when_nothing_matches_and_when_the_library_cannot_be_searched(page):
+    """The results list stayed empty, with no word, for no match, an error and a lost sign-in alike."""
+    sign_in(page)
+    page.goto("/")
+    page.get_by_label("Find documents").fill("qqxzzy")
+    results = page.locator("#doc-results")
+    results.get_by_text("No document matches “qqxzzy”.").wait_for()
+    assert page.locator("#picker-status").text_content() == "No document matches “qqxzzy”."
+    page.route("**/api/documents/*", lambda route: route.fulfill(status=500, body="{}"))
+    page.get_by_label("Find documents").fill("launch")
+    results.get_by_text("The library could not be searched (HTTP 500). Try again.").wait_for()
+    assert results.locator("button").count() == 0
