@@ -305,6 +305,7 @@ def test_failed_sign_ins_are_throttled_per_user_and_the_right_user_gets_back_in(
     throttled = client.post("/accounts/login/", {"username": "Alice", "password": PASSWORD})
     assert throttled.status_code == 429 and "Too many failed sign-ins" in throttled.content.decode()
     assert int(throttled["Retry-After"]) > 0
+    assert 'value="Alice"' in throttled.content.decode()  # the name typed is kept in the form
     # Another user is not locked out by alice's failures.
     assert Client().post("/accounts/login/", {"username": "bob", "password": "wrong"}).status_code == 200
     cache.clear()  # the window passed

@@ -147,7 +147,9 @@ def login_view(request):
         minutes = max(1, -(-wait // 60))
         message = (f"Too many failed sign-ins. Wait {minutes} minute{'s' if minutes > 1 else ''}, then try again; "
                    "if you forgot your password, ask an administrator to reset it.")
-        context = {"form": AuthenticationForm(request), "throttled": message, "next": request.POST.get("next", "/")}
+        # The name typed stays in the form (unbound: a bound form would check the password it was sent).
+        form = AuthenticationForm(request, initial={"username": str(request.POST.get("username", ""))[:150]})
+        context = {"form": form, "throttled": message, "next": request.POST.get("next", "/")}
         response = render(request, "registration/login.html", context, status=429)
         response["Retry-After"] = str(wait)
         return response
