@@ -19,7 +19,8 @@ MAX_SECTION_CHARS = 300
 _MD_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.M)
 # Passages are packed from sentences (a sentence is never cut unless it alone is too long).
 _PARAGRAPHS = re.compile(r"\n\s*\n")
-_SENTENCES = re.compile(r"(?<=[.!?;:])\s+")
+# A sentence ends at . ! ? ; : before a space, or at a full-width stop (Chinese, Japanese), which takes none.
+_SENTENCES = re.compile(r"(?<=[.!?;:])\s+|(?<=[。！？；])\s*")
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,8 @@ def _units(text, start, end):
 
 
 def _split_words(text, start, end):
-    """A sentence longer than a passage is cut at spaces (or, with none, every 1,000 characters)."""
+    """A sentence longer than a passage is cut at spaces, within 1,000 characters; a run with no space (Chinese,
+    Japanese, a long code) where it still fits a passage."""
     if count_tokens(text[start:end]) <= TARGET_TOKENS:
         return [(start, end)]
     spans, cursor = [], start
@@ -106,6 +108,8 @@ def _split_words(text, start, end):
         if stop < end:
             space = text.rfind(" ", cursor + 1, stop)
             stop = space if space > cursor else stop
+        while stop - cursor > 1 and count_tokens(text[cursor:stop]) > TARGET_TOKENS:
+            stop = cursor + (stop - cursor) // 2
         spans.append((cursor, stop))
         cursor = stop
     return spans

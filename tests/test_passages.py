@@ -37,6 +37,22 @@ def test_consecutive_passages_overlap_a_little():
     assert pieces[0].start == 0 and pieces[-1].end == len(sentences("B", 300))
 
 
+def test_chinese_and_japanese_text_is_cut_at_its_full_stops():
+    """Without spaces after their stops such text was one long sentence, cut every 1,000 characters into
+    passages of about 750 tokens."""
+    text = "".join(f"第{i}章では、発売の予定と予算について説明します。" for i in range(300))
+    pieces = split(text)
+    assert len(pieces) > 5
+    for piece in pieces:
+        assert piece.tokens == count_tokens(piece.text) <= TARGET_TOKENS
+        assert piece.text.endswith("。") and piece.text.startswith("第")
+    # A run with no stop and no space at all is still cut into passages that fit.
+    run = "発売の予定と予算について説明し" * 200
+    pieces = split(run)
+    assert len(pieces) > 5 and all(p.tokens <= TARGET_TOKENS for p in pieces)
+    assert "".join(run[p.start:p.end] for p in pieces) == run
+
+
 def test_a_sentence_longer_than_a_passage_is_cut_at_spaces():
     text = " ".join(["word"] * 2000) + "."
     pieces = split(text)
