@@ -349,9 +349,10 @@ class CallWatch:
         # the response.create owed for each answered batch, and which answer each batch was for.
         self.active = set()
         self.outputs = {}  # response id -> [(function call id, output, tool call pk)]
-        self.owed = []  # metadata of the response.create still to send, one per batch
-        self.creating = None  # metadata of a response.create sent, not yet seen created
+        self.owed = []  # one per batch still to be answered: the tool call pks its answer is for (maybe none)
+        self.creating = None  # (marker, tool call pks) of a response.create sent, not yet seen created
         self.answer_for = {}  # response id -> [tool call pk]
+        self.asked = 0  # the response.create sent so far: each one's marker starts with its number
 
     # ---- the loop ----
 
@@ -561,7 +562,7 @@ class CallWatch:
             return
         if (error.get("event_id") or "").startswith("answer-") and self.creating is not None:
             # Our response.create met a response already running: ask again when that one ends.
-            self.owed.insert(0, self.creating)
+            self.owed.insert(0, self.creating[1])
             self.creating = None
         event_id = error.get("event_id") or ""
         if event_id.startswith("create-"):
@@ -611,10 +612,10 @@ class CallWatch:
         await self.police_response(response)
         if isinstance(response.get("id"), str):
             self.active.add(response["id"])
-            asked = (response.get("metadata") or {}).get("tool_calls")
-            if asked and asked == self.creating:
+            marker = (response.get("metadata") or {}).get("tool_calls")
+            if self.creating is not None and marker == self.creating[0]:
+                self.answer_for[response["id"]] = self.creating[1]
                 self.creating = None
-                self.answer_for[response["id"]] = [int(pk) for pk in asked.split(",") if pk.isdigit()]
 
     async def tool_call(self, event):
         """Answer a function call from the conversation's documents; the output goes in when its response ends."""
@@ -643,7 +644,7 @@ class CallWatch:
             await self.ws.send_str(json.dumps({"type": "conversation.item.create", "item": item}))
         # One response.create for the whole batch, and none for a response the user cut short.
         if batch and response.get("status") == "completed":
-            self.owed.append(",".join(str(pk) for _, _, pk in batch if pk is not None))
+            self.owed.append([pk for _, _, pk in batch if pk is not None])
         for_tools = self.answer_for.pop(response_id, None)
         spoken = [i.get("id") for i in response.get("output") or []
                   if isinstance(i, dict) and i.get("type") == "message" and i.get("role") == "assistant"]
@@ -657,10 +658,15 @@ class CallWatch:
         """Send the next owed response.create, never while a response is running."""
         if self.active or self.creating is not None or not self.owed or self.ws is None:
             return
-        self.creating = self.owed.pop(0)
+        pks = self.owed.pop(0)
+        self.asked += 1
+        # Numbered, so that it is never empty (a batch whose every answer failed kept no tool call) and
+        # its echo in response.created always clears it.
+        marker = f"{self.asked}:{','.join(str(pk) for pk in pks)}"[:500]
+        self.creating = (marker, pks)
         await self.ws.send_str(json.dumps({
-            "type": "response.create", "event_id": f"answer-{self.creating}"[:512],
-            "response": {"metadata": {"tool_calls": self.creating}},
+            "type": "response.create", "event_id": f"answer-{marker}",
+            "response": {"metadata": {"tool_calls": marker}},
         }))
 
     def mark_answer(self, response_id, item_id, tool_call_pks):

@@ -909,3 +909,94 @@ async def test_a_running_call_leased_to_the_worker_that_it_does_not_watch_is_wat
     monkeypatch.setattr(worker, "watch", lambda pk, row=None: watched.append(pk))
     await worker.renew()
     assert sorted(watched) == sorted(pks)
+
+
+# ---- the search tool's answers, with the watch driven by hand ----
+
+class FakeSocket:
+    """Stands in for the sideband's WebSocket: gives the watch these events, keeps what it sends."""
+
+    def __init__(self, *events):
+        self.events = list(events)
+        self.sent = []
+
+    async def send_str(self, text):
+        self.sent.append(json.loads(text))
+
+    async def __aiter__(self):
+        for event in self.events:
+            yield type("Message", (), {"type": type("Kind", (), {"name": "TEXT"}), "data": json.dumps(event)})
+
+    def creates(self):
+        return [e for e in self.sent if e["type"] == "response.create"]
+
+    def outputs(self):
+        return [e["item"]["call_id"] for e in self.sent if e.get("item", {}).get("type") == "function_call_output"]
+
+
+async def tool_watch(user, documents=()):
+    """A watch of a new call of a conversation searching these documents, its socket a FakeSocket."""
+    documents = [{"id": str(d.pk), "title": d.title, "tokens": d.tokens, "sha256": d.sha256, "mode": "search"}
+                 for d in documents]
+    session = await make_session(user, "rtc_tools", "secret", documents=documents)
+    watch = CallWatch(None, (await database_sync_to_async(call_of)(session)).pk)
+    watch.info = await database_sync_to_async(watch.load)()
+    watch.info["context_ready_at"] = True  # nothing to put in
+    return watch, session
+
+
+async def attach(watch, *events):
+    """One attach of the watch: it listens to these events, then the socket drops."""
+    watch.ws = FakeSocket(*events)
+    await watch.listen(watch.ws, [])
+    return watch.ws
+
+
+def created(response_id, metadata=None):
+    return {"type": "response.created", "response": {"id": response_id, "metadata": metadata}}
+
+
+def searched(response_id, call_id, query="rollout code Tangerine"):
+    return {"type": "response.function_call_arguments.done", "response_id": response_id, "call_id": call_id,
+            "name": "search_documents", "arguments": json.dumps({"query": query})}
+
+
+def done(response_id, *spoken, status="completed"):
+    output = [{"id": item, "type": "message", "role": "assistant"} for item in spoken]
+    return {"type": "response.done", "response": {"id": response_id, "status": status, "output": output}}
+
+
+def asked(ws, number=-1):
+    """The metadata of a response.create the watch sent, as the upstream echoes it in response.created."""
+    return ws.creates()[number]["response"]["metadata"]
+
+
+async def feed(watch, *events):
+    """More events on the socket the watch is attached by."""
+    for event in events:
+        await watch.handle(event)
+
+
+async def test_a_batch_whose_answers_all_failed_is_still_answered_and_the_next_search_too(alice, monkeypatch):
+    """The database down through every retry: the model is told the documents cannot be searched, and asked to
+    answer; its answer starting clears the ask, so the next search is answered and followed by an answer too
+    (an all-failed batch once left the ask pending for ever and the model silent after every later search)."""
+    from sessions_app import sideband, tools
+
+    monkeypatch.setattr(sideband, "BACKOFF_FIRST", 0.001)
+    real = tools.answer
+
+    def down(*args, **kwargs):
+        raise OperationalError("the database is away")
+
+    monkeypatch.setattr(tools, "answer", down)
+    watch, session = await tool_watch(alice)
+    ws = await attach(watch, created("resp_1"), searched("resp_1", "call_1"), done("resp_1"))
+    assert ws.outputs() == ["call_1"] and len(ws.creates()) == 1
+    monkeypatch.setattr(tools, "answer", real)
+    await feed(watch, created("resp_2", asked(ws)), done("resp_2", "item_sorry"))
+    await feed(watch, created("resp_3"), searched("resp_3", "call_2"), done("resp_3"))
+    assert ws.outputs() == ["call_1", "call_2"] and len(ws.creates()) == 2
+    await feed(watch, created("resp_4", asked(ws)), done("resp_4", "item_answer"))
+    call = await ToolCall.objects.aget(session=session, function_call_id="call_2")
+    assert (call.answer_response_id, call.answer_item_id) == ("resp_4", "item_answer")
