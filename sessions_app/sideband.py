@@ -638,18 +638,19 @@ class CallWatch:
         if response_id in self.unbounded:
             await self.police_output(response)
         self.active.discard(response_id)
+        for_tools = self.answer_for.pop(response_id, None) or []
+        spoken = [i.get("id") for i in response.get("output") or []
+                  if isinstance(i, dict) and i.get("type") == "message" and i.get("role") == "assistant"]
         batch = self.outputs.pop(response_id, [])
         for call_id, output, _ in batch:
             item = {"type": "function_call_output", "call_id": call_id, "output": output}
             await self.ws.send_str(json.dumps({"type": "conversation.item.create", "item": item}))
-        # One response.create for the whole batch, and none for a response the user cut short.
+        # One response.create for the whole batch, and none for a response the user cut short. A response
+        # asked to answer one batch that searched again instead of speaking: the answer is for both.
         if batch and response.get("status") == "completed":
-            self.owed.append([pk for _, _, pk in batch if pk is not None])
-        for_tools = self.answer_for.pop(response_id, None)
-        spoken = [i.get("id") for i in response.get("output") or []
-                  if isinstance(i, dict) and i.get("type") == "message" and i.get("role") == "assistant"]
+            self.owed.append(([] if spoken else for_tools) + [pk for _, _, pk in batch if pk is not None])
         if spoken and isinstance(response_id, str):
-            sources = await self.retry_db(self.mark_answer, response_id, spoken[0], for_tools or [])
+            sources = await self.retry_db(self.mark_answer, response_id, spoken[0], for_tools)
             if sources:
                 await tell_page(self.info["session_id"], {"type": "answer.sources", "item_id": spoken[0], "sources": sources})
         await self.ask_for_answer()

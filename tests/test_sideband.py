@@ -1000,3 +1000,25 @@ async def test_a_batch_whose_answers_all_failed_is_still_answered_and_the_next_s
     await feed(watch, created("resp_4", asked(ws)), done("resp_4", "item_answer"))
     call = await ToolCall.objects.aget(session=session, function_call_id="call_2")
     assert (call.answer_response_id, call.answer_item_id) == ("resp_4", "item_answer")
+
+
+async def test_an_answer_after_two_searches_in_a_row_has_both_searches_sources(alice):
+    """The response asked to answer the first search searched again instead: the answer that follows the
+    second is for both, and gets both searches' sources (the first's were lost)."""
+    from sessions_app.tools import sources_by_item
+    from tests.test_tools import REPORT, make
+
+    report = await database_sync_to_async(make)(alice, "Annual report", REPORT)
+    watch, session = await tool_watch(alice, [report])
+    ws = await attach(watch, created("resp_1"), searched("resp_1", "call_1"), done("resp_1"))
+    await feed(watch, created("resp_2", asked(ws)), searched("resp_2", "call_2", "Chapter 2"), done("resp_2"))
+    assert ws.outputs() == ["call_1", "call_2"] and len(ws.creates()) == 2
+    await feed(watch, created("resp_3", asked(ws)), done("resp_3", "item_answer"))
+    calls = await database_sync_to_async(list)(ToolCall.objects.filter(session=session).values_list(
+        "function_call_id", "answer_response_id", "answer_item_id"))
+    assert calls == [("call_1", "resp_3", "item_answer"), ("call_2", "resp_3", "item_answer")]
+    sources = (await database_sync_to_async(sources_by_item)(session))["item_answer"]
+    kept = await database_sync_to_async(list)(Source.objects.filter(tool_call__session=session).values_list(
+        "tool_call__function_call_id", flat=True))
+    assert len(sources) == len(kept) and {"call_1", "call_2"} <= set(kept)
+    assert any("TANGERINE-7" in s["text"] for s in sources)
