@@ -452,6 +452,7 @@ class CallWatch:
 
     async def listen(self, ws, context_events):
         await self.put_context(ws, context_events)
+        await self.resume_answers()
         async for message in ws:
             if message.type.name != "TEXT":
                 break
@@ -617,6 +618,20 @@ class CallWatch:
                 self.answer_for[response["id"]] = self.creating[1]
                 self.creating = None
 
+    async def resume_answers(self):
+        """On each attach: the events missed while the sideband was away would have ended the responses
+        seen running and started the one asked for, so those are forgotten; a batch whose response was never
+        seen done gets its outputs now and its answer asked for, with the answers still owed. A response
+        running since the reattach (never seen here) refuses the ask: asked again when it ends (upstream_error)."""
+        self.active.clear()
+        self.creating = None
+        self.answer_for.clear()
+        missed, self.outputs = self.outputs, {}
+        for batch in missed.values():
+            await self.send_outputs(batch)
+            self.owed.append([pk for _, _, pk in batch if pk is not None])
+        await self.ask_for_answer()
+
     async def tool_call(self, event):
         """Answer a function call from the conversation's documents; the output goes in when its response ends."""
         call_id, name = event.get("call_id"), event.get("name")
@@ -642,9 +657,7 @@ class CallWatch:
         spoken = [i.get("id") for i in response.get("output") or []
                   if isinstance(i, dict) and i.get("type") == "message" and i.get("role") == "assistant"]
         batch = self.outputs.pop(response_id, [])
-        for call_id, output, _ in batch:
-            item = {"type": "function_call_output", "call_id": call_id, "output": output}
-            await self.ws.send_str(json.dumps({"type": "conversation.item.create", "item": item}))
+        await self.send_outputs(batch)
         # One response.create for the whole batch, and none for a response the user cut short. A response
         # asked to answer one batch that searched again instead of speaking: the answer is for both.
         if batch and response.get("status") == "completed":
@@ -654,6 +667,11 @@ class CallWatch:
             if sources:
                 await tell_page(self.info["session_id"], {"type": "answer.sources", "item_id": spoken[0], "sources": sources})
         await self.ask_for_answer()
+
+    async def send_outputs(self, batch):
+        for call_id, output, _ in batch:
+            item = {"type": "function_call_output", "call_id": call_id, "output": output}
+            await self.ws.send_str(json.dumps({"type": "conversation.item.create", "item": item}))
 
     async def ask_for_answer(self):
         """Send the next owed response.create, never while a response is running."""

@@ -1022,3 +1022,36 @@ async def test_an_answer_after_two_searches_in_a_row_has_both_searches_sources(a
         "tool_call__function_call_id", flat=True))
     assert len(sources) == len(kept) and {"call_1", "call_2"} <= set(kept)
     assert any("TANGERINE-7" in s["text"] for s in sources)
+
+
+async def test_after_a_reattach_the_outputs_of_a_response_never_seen_done_are_sent_and_answered(alice):
+    """The sideband dropped after a search was answered but before its response ended: the response's
+    response.done was missed. The same watch attaches again: it sends the outputs and asks for the answer,
+    and later searches are answered too (the missed response, kept as running, once blocked every ask)."""
+    watch, session = await tool_watch(alice)
+    first = await attach(watch, created("resp_1"), searched("resp_1", "call_1"))
+    assert first.sent == []  # its response has not ended
+    ws = await attach(watch)
+    assert ws.outputs() == ["call_1"] and len(ws.creates()) == 1
+    # The ask met a response running since the reattach (one the watch never saw start): it is asked
+    # again when that one ends.
+    await feed(watch, {"type": "error", "error": {"code": "conversation_already_has_active_response",
+                                                  "event_id": ws.creates()[0]["event_id"]}},
+               done("resp_unseen"))
+    assert len(ws.creates()) == 2 and asked(ws) != asked(ws, 0)
+    await feed(watch, created("resp_2", asked(ws)), done("resp_2", "item_answer"))
+    call = await ToolCall.objects.aget(session=session, function_call_id="call_1")
+    assert call.answer_item_id == "item_answer"
+    # A search after the reattach is answered too.
+    await feed(watch, created("resp_3"), searched("resp_3", "call_2"), done("resp_3"))
+    assert ws.outputs() == ["call_1", "call_2"] and len(ws.creates()) == 3
+
+
+async def test_an_ask_whose_start_was_missed_in_a_drop_does_not_block_the_next(alice):
+    """The watch asked for an answer and the sideband dropped before the response started: after the
+    reattach, what the missed events would have cleared (the ask, the running response) is forgotten."""
+    watch, session = await tool_watch(alice)
+    first = await attach(watch, created("resp_1"), searched("resp_1", "call_1"), done("resp_1"))
+    assert len(first.creates()) == 1
+    ws = await attach(watch, created("resp_2"), searched("resp_2", "call_2"), done("resp_2"))
+    assert ws.outputs() == ["call_2"] and len(ws.creates()) == 1
