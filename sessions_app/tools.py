@@ -10,6 +10,8 @@ the passages as the sources of the answer that follows.
 import json
 from dataclasses import dataclass, field
 
+from django.db import IntegrityError, transaction
+
 from documents_app.models import Document
 from documents_app.passages import label
 from documents_app.search import search_passages
@@ -70,25 +72,34 @@ def _query(arguments):
 def answer(session_id, function_call_id, name, arguments, response_id="", call=None):
     """Answer one function call of a conversation; the same call answered twice is answered the same."""
     session = RealtimeSession.objects.select_related("user").get(pk=session_id)
-    done = ToolCall.objects.filter(session=session, function_call_id=function_call_id).first()
-    if done is not None:
-        return Answer(done.output, done, list(done.sources.all()))
-    query = _query(arguments) if name == NAME else None
-    sources = []
-    if name != NAME:
-        output = f"There is no tool called {name}."
-    elif query is None:
-        output = f'{NAME} needs a query: the key words to look for, as {{"query": "..."}}.'
-    else:
-        output, sources = _search(session, query)
-    tool_call = ToolCall.objects.create(
-        session=session, call=call, function_call_id=function_call_id, name=str(name)[:64], query=query or "",
-        output=output, response_id=response_id,
-    )
-    for source in sources:
-        source.tool_call = tool_call
-    Source.objects.bulk_create(sources)
-    return Answer(output, tool_call, sources)
+    for attempt in range(2):
+        done = ToolCall.objects.filter(session=session, function_call_id=function_call_id).first()
+        if done is not None:
+            return Answer(done.output, done, list(done.sources.all()))
+        query = _query(arguments) if name == NAME else None
+        sources = []
+        if name != NAME:
+            output = f"There is no tool called {name}."
+        elif query is None:
+            output = f'{NAME} needs a query: the key words to look for, as {{"query": "..."}}.'
+        else:
+            output, sources = _search(session, query)
+        try:
+            # Kept together or not at all: a call kept without its sources would be returned so on every retry.
+            with transaction.atomic():
+                tool_call = ToolCall.objects.create(
+                    session=session, call=call, function_call_id=function_call_id, name=str(name)[:64],
+                    query=query or "", output=output, response_id=response_id,
+                )
+                for source in sources:
+                    source.tool_call = tool_call
+                Source.objects.bulk_create(sources)
+            return Answer(output, tool_call, sources)
+        except IntegrityError:
+            # A passage's document was deleted since the search (or the call was just answered elsewhere):
+            # answered again, the search says the document is gone.
+            if attempt:
+                raise
 
 
 def _search(session, query):

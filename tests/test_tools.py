@@ -109,3 +109,43 @@ def test_an_unknown_tool_and_the_same_call_twice(alice):
     first = ask(session, "rollout code", call_id="call_same")
     again = ask(session, "something else entirely", call_id="call_same")
     assert again.output == first.output and ToolCall.objects.filter(function_call_id="call_same").count() == 1
+
+
+def test_a_database_error_between_the_call_and_its_sources_keeps_neither(alice, monkeypatch):
+    """The call and its passages are kept together or not at all: the retry after a failure answers afresh,
+    with its sources (it once found the call kept without them and returned it so for ever)."""
+    from django.db import OperationalError
+
+    session = conversation(alice, make(alice, "Annual report", REPORT))
+    real = Source.objects.bulk_create
+
+    def fails(*args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(Source.objects, "bulk_create", fails)
+    with pytest.raises(OperationalError):
+        ask(session, "rollout code Tangerine")
+    assert not ToolCall.objects.filter(session=session).exists()
+    monkeypatch.setattr(Source.objects, "bulk_create", real)
+    again = ask(session, "rollout code Tangerine")
+    assert "TANGERINE-7" in again.output and len(again.sources) == Source.objects.filter(tool_call__session=session).count() > 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_document_deleted_between_the_search_and_the_keeping_is_answered_as_gone(alice, monkeypatch):
+    """Its passages cannot be kept as sources (they went with it): the call is answered again, and says so."""
+    report = make(alice, "Annual report", REPORT)
+    session = conversation(alice, report)
+    real = tools.search_passages
+
+    def search_then_delete(*args):
+        hits = real(*args)
+        Document.objects.filter(pk=report.pk).delete()
+        return hits
+
+    monkeypatch.setattr(tools, "search_passages", search_then_delete)
+    answer = ask(session, "rollout code Tangerine")
+    assert "TANGERINE-7" not in answer.output and "“Annual report” is no longer available" in answer.output
+    call = ToolCall.objects.get(session=session)
+    assert call.output == answer.output and answer.sources == [] and not call.sources.exists()
+
