@@ -64,14 +64,20 @@ def _query(arguments):
     except (ValueError, RecursionError):
         return None
     query = parsed.get("query") if isinstance(parsed, dict) else None
-    if not isinstance(query, str) or not query.strip():
-        return None
-    return query.strip()[:MAX_QUERY_CHARS]
+    query = _storable(query).strip() if isinstance(query, str) else ""
+    return query[:MAX_QUERY_CHARS] or None
+
+
+def _storable(text):
+    """The text with what a database cannot keep replaced: a lone surrogate (escaped in the model's
+    JSON, it cannot be encoded) becomes "?", and a NUL (PostgreSQL refuses it) goes."""
+    return str(text).encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
 
 
 def answer(session_id, function_call_id, name, arguments, response_id="", call=None):
     """Answer one function call of a conversation; the same call answered twice is answered the same."""
     session = RealtimeSession.objects.select_related("user").get(pk=session_id)
+    function_call_id, name, response_id = _storable(function_call_id), _storable(name), _storable(response_id)
     for attempt in range(2):
         done = ToolCall.objects.filter(session=session, function_call_id=function_call_id).first()
         if done is not None:
@@ -84,11 +90,12 @@ def answer(session_id, function_call_id, name, arguments, response_id="", call=N
             output = f'{NAME} needs a query: the key words to look for, as {{"query": "..."}}.'
         else:
             output, sources = _search(session, query)
+        output = _storable(output)
         try:
             # Kept together or not at all: a call kept without its sources would be returned so on every retry.
             with transaction.atomic():
                 tool_call = ToolCall.objects.create(
-                    session=session, call=call, function_call_id=function_call_id, name=str(name)[:64],
+                    session=session, call=call, function_call_id=function_call_id, name=name[:64],
                     query=query or "", output=output, response_id=response_id,
                 )
                 for source in sources:

@@ -149,3 +149,12 @@ def test_a_document_deleted_between_the_search_and_the_keeping_is_answered_as_go
     call = ToolCall.objects.get(session=session)
     assert call.output == answer.output and answer.sources == [] and not call.sources.exists()
 
+
+def test_unencodable_characters_in_the_arguments_are_replaced_before_they_are_kept(alice):
+    """A lone surrogate escaped in the model's JSON cannot be encoded, and PostgreSQL refuses a NUL."""
+    session = conversation(alice, make(alice, "Annual report", REPORT))
+    answer = tools.answer(session.pk, "call_odd", tools.NAME, '{"query": "Tangerine \\ud83d code\\u0000 7"}')
+    call = ToolCall.objects.get(session=session)
+    assert call.query == "Tangerine ? code 7" and call.output == answer.output and "\x00" not in call.output
+    odd = tools.answer(session.pk, "call_\x00name", "lookup\ud800\x00", "{}")
+    assert odd.output == "There is no tool called lookup?." == ToolCall.objects.get(function_call_id="call_name").output
