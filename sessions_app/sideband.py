@@ -461,8 +461,16 @@ class CallWatch:
             except ValueError:
                 log.warning("sideband of call %s sent a frame that is not JSON", self.info["call_id"])
                 continue
-            if isinstance(event, dict):
+            if not isinstance(event, dict):
+                continue
+            try:
                 await self.handle(event)
+            except upstream.DROPPED:
+                raise  # the connection broke under a send: a drop, which the attach handles
+            except Exception as exc:
+                # One event handled wrongly (a bug, odd input) must not end the watch, and so the call's bill.
+                log.error("call %s: a %.64s event could not be handled (%s)", self.info["call_id"],
+                          event.get("type"), type(exc).__name__, exc_info=True)
 
     # ---- the context: documents, and the earlier turns of a resumed call ----
 

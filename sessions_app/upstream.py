@@ -48,6 +48,10 @@ class UpstreamError(Exception):
         self.http_status = http_status
 
 
+# What a sideband's connection raises when it breaks under a send or a read.
+DROPPED = (aiohttp.ClientError, ConnectionError)
+
+
 class SidebandDropped(UpstreamError):
     """The sideband's connection broke while it was in use (reset, or closed under a send)."""
 
@@ -248,7 +252,7 @@ async def sideband(call_id, secret=None):
         raise UpstreamError(502, "upstream_error", "The realtime service could not be reached for the sideband.")
     try:
         yield ws
-    except (aiohttp.ClientError, ConnectionError) as exc:
+    except DROPPED as exc:
         log.info("upstream sideband dropped: %s", type(exc).__name__)
         raise SidebandDropped() from None
     finally:

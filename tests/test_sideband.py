@@ -1055,3 +1055,26 @@ async def test_an_ask_whose_start_was_missed_in_a_drop_does_not_block_the_next(a
     assert len(first.creates()) == 1
     ws = await attach(watch, created("resp_2"), searched("resp_2", "call_2"), done("resp_2"))
     assert ws.outputs() == ["call_2"] and len(ws.creates()) == 1
+
+
+async def test_an_event_the_watch_fails_on_is_logged_and_the_next_is_handled(alice, monkeypatch, caplog):
+    """One event that raises something unexpected ends neither the listening nor the watch; a connection
+    broken under a send is still a drop, for the attach to handle."""
+    import aiohttp
+
+    async def police_session(self, session):
+        raise UnicodeEncodeError("utf-8", "\ud83d", 0, 1, "surrogates not allowed")
+
+    monkeypatch.setattr(CallWatch, "police_session", police_session)
+    watch, session = await tool_watch(alice)
+    ws = await attach(watch, {"type": "session.updated", "session": {}}, created("resp_1"),
+                      searched("resp_1", "call_1"), done("resp_1"))
+    assert ws.outputs() == ["call_1"] and len(ws.creates()) == 1
+    assert "session.updated" in caplog.text and "UnicodeEncodeError" in caplog.text
+
+    async def broken(self, text):
+        raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+
+    monkeypatch.setattr(FakeSocket, "send_str", broken)
+    with pytest.raises(aiohttp.ClientConnectionResetError):
+        await attach(watch, created("resp_2"), searched("resp_2", "call_2"), done("resp_2"))
