@@ -10,7 +10,7 @@ from django.conf import settings
 
 from documents_app.tokens import count_tokens
 
-from .tools import DEFINITION
+from .tools import DEFINITION, unavailable
 
 INSTRUCTIONS = (
     "You are a helpful voice assistant for the team {team}. Speak naturally and keep answers short. "
@@ -151,6 +151,11 @@ def document_events(documents, id_prefix):
             label = f'{head} part="{number} of {len(parts)}">' if len(parts) > 1 else f"{head}>"
             events.append(_message(f"{id_prefix}{len(events):04d}", "user", f"{label}\n{part}\n</document>"))
     return events
+
+
+def unavailable_event(titles, id_prefix):
+    """The note that these documents of the conversation are not in this call: the user may no longer read them."""
+    return _message(f"{id_prefix}gone", "system", unavailable(titles).strip() + " Say so if the user asks about them.")
 
 
 HISTORY_PREAMBLE = (

@@ -104,7 +104,7 @@ def _watched(pk):
     return Call.objects.select_related("session").only(
         "call_id", "number", "status", "end_reason", "ended_at", "session_id", "sealed_secret", "sideband_credential",
         "sideband_attached_at", "context_ready_at",
-        "session__session_config", "session__documents", "session__pasted_text",
+        "session__session_config", "session__documents", "session__pasted_text", "session__user_id",
     ).filter(pk=pk)
 
 
@@ -492,16 +492,23 @@ class CallWatch:
         # Documents read whole go in; the searched ones are reached through the search tool.
         inline = [d for d in session.documents if d.get("mode", "inline") == "inline"]
         chosen = [d["id"] for d in inline if d.get("id") != "pasted"]
-        texts = {str(d.pk): d for d in Document.objects.filter(pk__in=chosen)} if chosen else {}
-        documents = []
+        # Access is checked for each call, as the search tool checks it: a document deleted or made private
+        # since the conversation began, or in a team the user left, does not go in, and the model is told.
+        readable = Document.objects.visible_to(session.user).filter(pk__in=chosen) if chosen else []
+        texts = {str(d.pk): d for d in readable}
+        documents, gone = [], []
         for doc in inline:
             if doc.get("id") == "pasted":
                 documents.append({**doc, "text": session.pasted_text})
-            elif doc["id"] in texts and texts[doc["id"]].sha256 == doc.get("sha256"):
+            elif doc["id"] not in texts:
+                gone.append(doc["title"])
+            elif texts[doc["id"]].sha256 == doc.get("sha256"):
                 documents.append({**doc, "text": texts[doc["id"]].text})
             else:
-                log.info("document %s of session %s is gone; the call goes on without it", doc["id"], session.pk)
+                log.info("document %s of session %s changed; the call goes on without it", doc["id"], session.pk)
         events = context.document_events(documents, prefix)
+        if gone:
+            events.append(context.unavailable_event(gone, prefix))
         if self.info["number"] > 1:
             turns = [
                 (t.role, t.text)

@@ -109,6 +109,11 @@ def answer(session_id, function_call_id, name, arguments, response_id="", call=N
                 raise
 
 
+def unavailable(titles):
+    """What the model is told of the conversation's documents the user may no longer read."""
+    return "".join(f" “{title}” is no longer available: it was deleted or is no longer shared." for title in titles)
+
+
 def _search(session, query):
     chosen = [d for d in session.documents if d.get("id") != "pasted"]
     # Access is checked now, not when the conversation began: a document deleted or made
@@ -117,8 +122,7 @@ def _search(session, query):
         str(pk) for pk in Document.objects.visible_to(session.user)
         .filter(pk__in=[d["id"] for d in chosen]).values_list("pk", flat=True)
     }
-    gone = [d["title"] for d in chosen if d["id"] not in readable]
-    notes = "".join(f" “{title}” is no longer available: it was deleted or is no longer shared." for title in gone)
+    notes = unavailable([d["title"] for d in chosen if d["id"] not in readable])
     if not readable:
         return (f"None of this conversation's documents can be searched any more.{notes} "
                 "Tell the user the documents are not available."), []

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from realtime_sim import start_simulator
 from realtime_sim.tests.rtc_client import RtcClient
+from documents_app.models import Document
 from sessions_app import context, upstream, usage
 from sessions_app.models import (
     Call, EndReason, RealtimeSession, SessionEvent, Source, ToolCall, TranscriptEntry, UsageRecord,
@@ -1078,3 +1079,31 @@ async def test_an_event_the_watch_fails_on_is_logged_and_the_next_is_handled(ali
     monkeypatch.setattr(FakeSocket, "send_str", broken)
     with pytest.raises(aiohttp.ClientConnectionResetError):
         await attach(watch, created("resp_2"), searched("resp_2", "call_2"), done("resp_2"))
+
+
+def test_a_resumed_call_gets_only_the_documents_the_user_may_still_read(alice, bob):
+    """A document made private by its owner since the conversation began, or one the user can no longer
+    read at all, is not put into the next call; the model is told it is no longer available, as the
+    search tool says it."""
+    from tests.test_tools import make
+
+    shared = make(alice, "Shared plan", "Zephyr launches in March.")
+    private = make(alice, "Salaries", "Alice earns a great deal.")
+    session = RealtimeSession.objects.create(
+        user=bob, team=bob.memberships.get().team, model="gpt-realtime", voice="marin", turn_detection="push_to_talk",
+        instructions="x", session_config=CONFIG, documents=[
+            {"id": str(d.pk), "title": d.title, "tokens": d.tokens, "sha256": d.sha256} for d in (shared, private)])
+    Call.objects.create(session=session, number=1, call_id="rtc_first", status="ended")
+    second = Call.objects.create(session=session, number=2, call_id="rtc_second")
+    Document.objects.filter(pk=private.pk).update(visibility="private")
+    watch = CallWatch(None, second.pk)
+    watch.info = watch.load()
+    texts = [e["item"]["content"][0]["text"] for e in watch.context_events()]
+    assert any("Zephyr launches in March." in t for t in texts)
+    assert not any("earns" in t for t in texts)
+    assert any("“Salaries” is no longer available" in t for t in texts)
+    # A member who left the team reads none of them.
+    bob.memberships.all().delete()
+    texts = [e["item"]["content"][0]["text"] for e in watch.context_events()]
+    assert not any("Zephyr" in t or "earns" in t for t in texts)
+    assert any("“Shared plan” is no longer available" in t and "“Salaries”" in t for t in texts)
