@@ -131,7 +131,8 @@ def test_a_database_error_between_the_call_and_its_sources_keeps_neither(alice, 
     assert "TANGERINE-7" in again.output and len(again.sources) == Source.objects.filter(tool_call__session=session).count() > 0
 
 
-@pytest.mark.django_db(transaction=True)
+# A real commit, where the foreign keys are checked; serialized like test_sideband's, which restore the database.
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_a_document_deleted_between_the_search_and_the_keeping_is_answered_as_gone(alice, monkeypatch):
     """Its passages cannot be kept as sources (they went with it): the call is answered again, and says so."""
     report = make(alice, "Annual report", REPORT)
