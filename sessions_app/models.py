@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import IntegrityError, connections, models, router, transaction
 from django.db.models import F
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, Concat
 from django.utils import timezone
 
 from teams_app.models import Team
@@ -739,6 +739,16 @@ class TranscriptEntry(models.Model):
             session_id=session_id, item_id=item_id,
             defaults={"role": role, "text": text, "call_number": call_number, "position": (last["p"] or 0) + 1},
         )
+
+
+    @classmethod
+    def mark_cut(cls, session_id, item_id, audio_end_ms):
+        """An answer the user cut off, whose heard part the upstream did not give back: its text stays, said
+        to be cut off where its audio stopped."""
+        stopped = audio_end_ms if isinstance(audio_end_ms, (int, float)) and not isinstance(audio_end_ms, bool) else None
+        note = " [cut off]" if stopped is None or stopped < 0 else f" [cut off after {stopped / 1000:.1f} s]"
+        cls.objects.filter(session_id=session_id, item_id=item_id).exclude(text="").exclude(
+            text__endswith=note).update(text=Concat(F("text"), models.Value(note)))
 
 
 class ToolCall(models.Model):

@@ -342,6 +342,7 @@ class CallWatch:
         self.hanging_up = None  # the hangup under way since the record said the call ended
         self.expired = False
         self.unbounded = set()  # responses the upstream said have no output limit ("inf"): judged when done
+        self.cut_at = {}  # answers the page cut off, read back: item id -> where the audio stopped (ms)
         self.pending_context = set()
         self.position = 0
         self.info = None
@@ -560,13 +561,22 @@ class CallWatch:
         elif kind == "conversation.item.truncated":
             # What was heard is what counts: read the cut item back.
             if isinstance(event.get("item_id"), str) and self.ws is not None:
+                self.cut_at[event["item_id"]] = event.get("audio_end_ms")
                 await self.ws.send_str(json.dumps({"type": "conversation.item.retrieve", "item_id": event["item_id"]}))
         elif kind == "conversation.item.retrieved":
             item = event.get("item") or {}
             if item.get("role") == "assistant":
                 parts = [p.get("transcript") or p.get("text") or "" for p in item.get("content") or []
                          if isinstance(p, dict)]
-                await self.text(item.get("id"), TranscriptEntry.ASSISTANT, " ".join(p for p in parts if p))
+                heard = " ".join(p for p in parts if p)
+                cut = isinstance(item.get("id"), str) and item["id"] in self.cut_at
+                cut_at = self.cut_at.pop(item["id"]) if cut else None
+                if heard:
+                    await self.text(item.get("id"), TranscriptEntry.ASSISTANT, heard)
+                elif cut:
+                    # The upstream kept no text of the cut answer (its reference says truncating removes the
+                    # transcript): the answer's text stays, marked where the audio stopped.
+                    await self.retry_db(TranscriptEntry.mark_cut, self.info["session_id"], item["id"], cut_at)
         elif kind == "error":
             await self.upstream_error(event)
 
@@ -607,7 +617,8 @@ class CallWatch:
                     await self.text(item_id, role, " ".join(typed))
 
     async def text(self, item_id, role, text):
-        if isinstance(item_id, str) and isinstance(text, str) and 0 < len(item_id) <= 128:
+        # No text is no news: it never replaces what the page or an earlier event gave.
+        if isinstance(item_id, str) and isinstance(text, str) and text and 0 < len(item_id) <= 128:
             await self.retry_db(TranscriptEntry.record_text, self.info["session_id"], item_id, role, text, "server")
 
     async def record(self, key, report, kind):

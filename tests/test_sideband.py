@@ -1107,3 +1107,30 @@ def test_a_resumed_call_gets_only_the_documents_the_user_may_still_read(alice, b
     texts = [e["item"]["content"][0]["text"] for e in watch.context_events()]
     assert not any("Zephyr" in t or "earns" in t for t in texts)
     assert any("“Shared plan” is no longer available" in t and "“Salaries”" in t for t in texts)
+
+
+async def test_an_answer_cut_off_whose_text_the_upstream_dropped_keeps_its_text_marked_cut(alice):
+    """The API's reference says truncating an answer removes its transcript: the read-back then has none,
+    and storing it emptied the answer in the transcript. Its text stays, marked where the audio stopped;
+    a read-back that has the heard part is stored as it is."""
+    watch, session = await tool_watch(alice)
+    await attach(
+        watch,
+        {"type": "conversation.item.added", "item": {"id": "item_cut", "type": "message", "role": "assistant"}},
+        {"type": "response.output_audio_transcript.done", "item_id": "item_cut", "transcript": "One two three four."},
+        {"type": "conversation.item.truncated", "item_id": "item_cut", "content_index": 0, "audio_end_ms": 1500},
+        {"type": "conversation.item.retrieved", "item": {
+            "id": "item_cut", "type": "message", "role": "assistant",
+            "content": [{"type": "output_audio", "transcript": None}]}},
+        {"type": "conversation.item.added", "item": {"id": "item_heard", "type": "message", "role": "assistant"}},
+        {"type": "response.output_audio_transcript.done", "item_id": "item_heard", "transcript": "Five six seven."},
+        {"type": "conversation.item.truncated", "item_id": "item_heard", "content_index": 0, "audio_end_ms": 700},
+        {"type": "conversation.item.retrieved", "item": {
+            "id": "item_heard", "type": "message", "role": "assistant",
+            "content": [{"type": "output_audio", "transcript": "Five six"}]}},
+    )
+    texts = dict(await database_sync_to_async(list)(
+        TranscriptEntry.objects.filter(session=session).values_list("item_id", "text")))
+    assert texts == {"item_cut": "One two three four. [cut off after 1.5 s]", "item_heard": "Five six"}
+    assert [e["item_id"] for e in watch.ws.sent if e["type"] == "conversation.item.retrieve"] == [
+        "item_cut", "item_heard"]
