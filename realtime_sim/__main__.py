@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-from .config import SIDEBAND_AUTH_MODES
+from .config import AUTH_MODES
 from .server import start_simulator
 from .state import DEFAULT_API_KEY
 
@@ -21,7 +21,7 @@ def _number(text: str) -> int | float:
 
 def config_from_args(args: argparse.Namespace) -> dict:
     """The runtime settings given on the command line (the others keep their defaults)."""
-    keys = ("call_max_seconds", "sideband_auth", "transcription_delay_ms", "playback_after_done",
+    keys = ("call_max_seconds", "sideband_auth", "hangup_auth", "transcription_delay_ms", "playback_after_done",
             "datachannel_max_message_bytes")
     return {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
 
@@ -35,8 +35,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-level", default="WARNING")
     settings = parser.add_argument_group("runtime settings (also GET/POST /_sim/config)")
     settings.add_argument("--call-max-seconds", type=_number, help="call duration cap (default 3600)")
-    settings.add_argument("--sideband-auth", choices=SIDEBAND_AUTH_MODES,
+    settings.add_argument("--sideband-auth", choices=AUTH_MODES,
                           help="who may attach a sideband (default any)")
+    settings.add_argument("--hangup-auth", choices=AUTH_MODES,
+                          help="who may hang a call up (default api_key_only)")
     settings.add_argument("--transcription-delay-ms", type=int, help="delay of input transcriptions (default 0)")
     settings.add_argument("--playback-after-done", action="store_const", const=True,
                           help="response.done before the audio finishes playing")

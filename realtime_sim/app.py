@@ -10,7 +10,7 @@ from aiohttp import WSMsgType, web
 
 from . import ids
 from .call import Call
-from .config import sideband_allowed
+from .config import credential_allowed
 from .faults import apply_fault, apply_sideband_fault, parse_fault
 from .peer import InvalidOffer
 from .schema import (
@@ -234,23 +234,48 @@ async def create_call(request: web.Request) -> web.StreamResponse:
 
 
 async def hangup_call(request: web.Request) -> web.StreamResponse:
+    """Hang a call up, subject to the hangup_auth setting; a credential it refuses gets 404, as a sideband does."""
     state = _state(request)
     faulted = await apply_fault(state.faults.take("hangup"), request)
     if faulted is not None:
         return faulted
-    if _bearer(request) != state.api_key:
-        return _unauthorized()
-    call = state.calls.get(request.match_info["call_id"])
+    token = _bearer(request)
+    refused = _refused_bearer(state, token)
+    if refused is not None:
+        return refused
+    call_id = request.match_info["call_id"]
+    call = state.calls.get(call_id)
     if call is None:
-        return _error(404, f"Call '{request.match_info['call_id']}' not found.", "call_id_not_found", "call_id")
-    await call.hangup()
+        return _call_not_found(call_id)
+    auth = _call_credential(state, token, call)
+    if auth is None or not credential_allowed(state.config.hangup_auth, auth):
+        call.hangup_refusals += 1
+        return _call_not_found(call_id)
+    await call.hangup(auth)
     return web.json_response({})
 
 
-# --- sideband WebSocket --------------------------------------------------------------
+def _refused_bearer(state: SimState, token: str | None) -> web.Response | None:
+    """401 for a bearer the simulator does not know or an expired `ek_`; None for the API key or a valid `ek_`."""
+    if token is None or (token != state.api_key and token not in state.secrets):
+        return _unauthorized()
+    if token != state.api_key and state.valid_secret(token) is None:
+        return _unauthorized("The ephemeral client secret has expired.")
+    return None
+
+
+def _call_credential(state: SimState, token: str, call: Call) -> str | None:
+    """"api_key", "call_secret" (the `ek_` that created this call), or None (another call's, or none's)."""
+    if token == state.api_key:
+        return "api_key"
+    return "call_secret" if call.owns_secret(token) else None
+
 
 def _call_not_found(call_id: str) -> web.Response:
     return _error(404, f"Call '{call_id}' not found.", "call_id_not_found", "call_id")
+
+
+# --- sideband WebSocket --------------------------------------------------------------
 
 
 async def beta_call(request: web.Request) -> web.Response:
@@ -272,10 +297,9 @@ async def sideband(request: web.Request) -> web.StreamResponse:
     if faulted is not None:
         return faulted
     token = _bearer(request)
-    if token is None or (token != state.api_key and token not in state.secrets):
-        return _unauthorized()
-    if token != state.api_key and state.valid_secret(token) is None:
-        return _unauthorized("The ephemeral client secret has expired.")
+    refused = _refused_bearer(state, token)
+    if refused is not None:
+        return refused
     if request.headers.get("OpenAI-Beta"):
         # A WebSocket with the beta header is taken, then closed with the beta shape's code (FACTS section 7).
         ws = web.WebSocketResponse(heartbeat=None)
@@ -289,13 +313,8 @@ async def sideband(request: web.Request) -> web.StreamResponse:
     call = state.calls.get(call_id)
     if call is None or call.state == "closed":
         return _call_not_found(call_id)
-    if token == state.api_key:
-        auth = "api_key"
-    elif call.owns_secret(token):
-        auth = "call_secret"
-    else:
-        auth = None  # another call's secret, or one that never made a call
-    if auth is None or not sideband_allowed(state.config.sideband_auth, auth):
+    auth = _call_credential(state, token, call)
+    if auth is None or not credential_allowed(state.config.sideband_auth, auth):
         call.sideband_refusals += 1
         return _call_not_found(call_id)
     ws = web.WebSocketResponse(heartbeat=None, timeout=2.0, max_msg_size=16 * 1024 * 1024)

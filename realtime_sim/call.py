@@ -109,6 +109,8 @@ class Call:
         self._secret_digest = secret_digest(secret) if secret else None
         self.state = "connecting"
         self.hungup = False
+        self.hungup_with: str | None = None  # "api_key" | "call_secret": the credential that hung it up
+        self.hangup_refusals = 0
         self.end_reason: str | None = None
         self.ended_at_ms: float | None = None
         self.safety_identifier = safety_identifier
@@ -252,8 +254,9 @@ class Call:
         elif state in ("closed", "failed"):
             asyncio.ensure_future(self.close("peer_closed" if state == "closed" else "peer_failed"))
 
-    async def hangup(self) -> None:
-        self.hungup = True
+    async def hangup(self, auth: str) -> None:
+        if not self.hungup:
+            self.hungup, self.hungup_with = True, auth
         await self.close("hangup")
 
     async def close(self, reason: str = "closed") -> None:
@@ -279,6 +282,8 @@ class Call:
             "id": self.id,
             "state": self.state,
             "hungup": self.hungup,
+            "hungup_with": self.hungup_with,
+            "hangup_refusals": self.hangup_refusals,
             "created_at": self.created_at,
             "created_at_ms": self.created_at_ms,
             "created_by": dict(self.created_by),

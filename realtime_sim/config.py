@@ -14,7 +14,8 @@ from typing import Any
 
 from .schema import RequestError
 
-SIDEBAND_AUTH_MODES = ("any", "api_key_only", "call_secret_only")
+# Who a call's sideband (`sideband_auth`) and its hangup (`hangup_auth`) accept.
+AUTH_MODES = ("any", "api_key_only", "call_secret_only")
 
 
 def _is_int(value: Any) -> bool:
@@ -34,6 +35,7 @@ def _type_error(key: str, expected: str, value: Any) -> RequestError:
 class SimConfig:
     call_max_seconds: float = 3600  # the real API's 60-minute cap
     sideband_auth: str = "any"  # "any" | "api_key_only" | "call_secret_only"
+    hangup_auth: str = "api_key_only"  # the documented credential; same modes as sideband_auth
     transcription_delay_ms: int = 0
     playback_after_done: bool = False
     datachannel_max_message_bytes: int = 65536  # SCTP's usual default (RFC 8841)
@@ -76,12 +78,12 @@ def validate_changes(changes: object) -> dict:
                 raise _type_error(key, "a number", value)
             if not value > 0:
                 raise RequestError("'call_max_seconds' must be greater than 0.", key, "invalid_value")
-        elif key == "sideband_auth":
+        elif key in ("sideband_auth", "hangup_auth"):
             if not isinstance(value, str):
                 raise _type_error(key, "a string", value)
-            if value not in SIDEBAND_AUTH_MODES:
+            if value not in AUTH_MODES:
                 raise RequestError(f"Invalid value: '{value}'. Supported values are: "
-                                   + ", ".join(f"'{m}'" for m in SIDEBAND_AUTH_MODES) + ".", key, "invalid_value")
+                                   + ", ".join(f"'{m}'" for m in AUTH_MODES) + ".", key, "invalid_value")
         elif key == "transcription_delay_ms":
             if not _is_int(value):
                 raise _type_error(key, "an integer", value)
@@ -99,8 +101,9 @@ def validate_changes(changes: object) -> dict:
     return checked
 
 
-def sideband_allowed(mode: str, auth: str) -> bool:
-    """May a sideband authenticated as `auth` ("api_key" | "call_secret") attach under `mode`?"""
+def credential_allowed(mode: str, auth: str) -> bool:
+    """May a request authenticated as `auth` ("api_key" | "call_secret") act on a call under `mode`
+    (the `sideband_auth` or `hangup_auth` setting)?"""
     if mode == "api_key_only":
         return auth == "api_key"
     if mode == "call_secret_only":

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = {
     "call_max_seconds": 3600,
     "sideband_auth": "any",
+    "hangup_auth": "api_key_only",
     "transcription_delay_ms": 0,
     "playback_after_done": False,
     "datachannel_max_message_bytes": 65536,
@@ -51,6 +52,8 @@ async def test_config_get_post_and_reset(sim, http):
     ({"call_max_seconds": 0}, "call_max_seconds", "invalid_value"),
     ({"sideband_auth": "both"}, "sideband_auth", "invalid_value"),
     ({"sideband_auth": 1}, "sideband_auth", "invalid_type"),
+    ({"hangup_auth": "both"}, "hangup_auth", "invalid_value"),
+    ({"hangup_auth": None}, "hangup_auth", "invalid_type"),
     ({"transcription_delay_ms": 1.5}, "transcription_delay_ms", "invalid_type"),
     ({"transcription_delay_ms": -1}, "transcription_delay_ms", "invalid_value"),
     ({"playback_after_done": "yes"}, "playback_after_done", "invalid_type"),
@@ -109,7 +112,7 @@ def test_cli_flags_set_the_startup_config():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "realtime_sim", "--port", "0", "--call-max-seconds", "20",
-         "--sideband-auth", "api_key_only", "--transcription-delay-ms", "700", "--playback-after-done",
+         "--sideband-auth", "api_key_only", "--hangup-auth", "call_secret_only", "--transcription-delay-ms", "700", "--playback-after-done",
          "--datachannel-max-message-bytes", "16384"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     try:
@@ -118,6 +121,7 @@ def test_cli_flags_set_the_startup_config():
         base_url = line.rsplit(" ", 1)[-1]
         with urllib.request.urlopen(f"{base_url}/_sim/config", timeout=5) as resp:
             assert json.load(resp) == {"call_max_seconds": 20, "sideband_auth": "api_key_only",
+                                       "hangup_auth": "call_secret_only",
                                        "transcription_delay_ms": 700, "playback_after_done": True,
                                        "datachannel_max_message_bytes": 16384}
     finally:

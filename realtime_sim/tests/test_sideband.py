@@ -90,6 +90,59 @@ async def test_sideband_auth_modes(sim, http):
             await client.close()
 
 
+async def _hangup(sim, http, call_id: str, token: str) -> tuple[int, dict]:
+    resp = await http.post(f"{sim.base_url}/v1/realtime/calls/{call_id}/hangup",
+                           headers={"Authorization": f"Bearer {token}"})
+    return resp.status, await resp.json()
+
+
+async def test_hangup_auth_modes(sim, http):
+    """hangup_auth takes the sideband's three modes; a credential it refuses is told the call does not exist."""
+    own = await mint_secret(sim.base_url, http, seconds=600)
+    other = await mint_secret(sim.base_url, http, seconds=600)
+    browsers = [RtcClient() for _ in range(4)]
+    try:
+        for browser in browsers:
+            await browser.connect(sim.base_url, own)
+        keyed, secreted, either, expired = (b.call_id for b in browsers)
+
+        # "api_key_only", the default (the documented rule): the call's own secret is refused like a stranger's.
+        for token in (own, other):
+            assert await _hangup(sim, http, keyed, token) == (404, not_found(keyed))
+        assert await _hangup(sim, http, keyed, API_KEY) == (200, {})
+
+        await http.post(f"{sim.base_url}/_sim/config", json={"hangup_auth": "call_secret_only"})
+        for token in (API_KEY, other):
+            assert await _hangup(sim, http, secreted, token) == (404, not_found(secreted))
+        detail = await call_detail(sim.base_url, http, secreted)
+        assert detail["state"] != "closed" and not detail["hungup"]  # refused: the call runs on
+        assert await _hangup(sim, http, secreted, own) == (200, {})
+
+        await http.post(f"{sim.base_url}/_sim/config", json={"hangup_auth": "any"})
+        assert await _hangup(sim, http, either, other) == (404, not_found(either))
+        assert await _hangup(sim, http, either, own) == (200, {})
+        assert await _hangup(sim, http, "rtc_nope", own) == (404, not_found("rtc_nope"))
+        status, body = await _hangup(sim, http, either, "sk-wrong")  # unknown bearers stay 401
+        assert status == 401 and body["error"]["code"] == "invalid_api_key"
+
+        summaries = {c["id"]: c for c in await (await http.get(f"{sim.base_url}/_sim/calls")).json()}
+        assert [(summaries[c]["hungup_with"], summaries[c]["hangup_refusals"], summaries[c]["end_reason"])
+                for c in (keyed, secreted, either, expired)] == [
+            ("api_key", 2, "hangup"), ("call_secret", 2, "hangup"), ("call_secret", 1, "hangup"), (None, 0, None)]
+
+        # The own secret hangs up only while it is valid; expired, it is an expired key (401).
+        await http.post(f"{sim.base_url}/_sim/config", json={"hangup_auth": "call_secret_only"})
+        await http.post(f"{sim.base_url}/_sim/clock", json={"advance_s": 601})
+        status, body = await _hangup(sim, http, expired, own)
+        assert status == 401 and body["error"]["code"] == "invalid_api_key"
+        assert (await call_detail(sim.base_url, http, expired))["state"] != "closed"
+        await http.post(f"{sim.base_url}/_sim/reset")
+        assert (await (await http.get(f"{sim.base_url}/_sim/config")).json())["hangup_auth"] == "api_key_only"
+    finally:
+        for browser in browsers:
+            await browser.close()
+
+
 async def test_sideband_faults(sim, http):
     client = RtcClient()
     try:
