@@ -221,17 +221,33 @@ async def create_call(secret, sdp, safety_id):
     log.warning("upstream call answer was not a 201 with an SDP answer and a call id")
     if match:
         with contextlib.suppress(UpstreamError):
-            await hangup(match.group(1))
+            await hangup(match.group(1), seal(secret))
     raise UpstreamError(502, "upstream_error", "The realtime service sent an answer this server cannot read.")
 
 
-async def hangup(call_id):
-    """POST /v1/realtime/calls/{id}/hangup: end the call upstream. A call the upstream no longer knows
-    (404 call_id_not_found) has ended already: that is not an error, and asking again would not help."""
+@sensitive_variables()
+async def hangup(call_id, sealed_secret=""):
+    """POST /v1/realtime/calls/{id}/hangup: end the call upstream, with the API key; where the key is told
+    the call does not exist (404), again with the call's own secret (`sealed_secret`, as stored), unsealed
+    only then: a call created with an ephemeral secret has been unknown to the key where its own secret
+    worked (FACTS section 7), and which one hangup takes is unconfirmed. Told 404 by every credential the
+    server has, the call has ended already: not an error, and asking again would not help."""
+    path = f"/v1/realtime/calls/{call_id}/hangup"
     try:
-        await _post(f"/v1/realtime/calls/{call_id}/hangup", "hangup", _headers())
+        await _post(path, "hangup", _headers())
+        return
     except UpstreamError as exc:
         if exc.http_status != 404:
+            raise
+    secret = unseal(sealed_secret)
+    if not secret:
+        return
+    try:
+        await _post(path, "hangup with the call's secret", _headers(secret=secret))
+    except UpstreamError as exc:
+        # A secret refused (401, 403) after the key was told the call does not exist: the key is the one that
+        # hangs up, and the call is gone; asking again would get the same two answers.
+        if exc.http_status not in (401, 403, 404):
             raise
 
 

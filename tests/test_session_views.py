@@ -10,7 +10,7 @@ from django.db import DatabaseError
 from sessions_app import upstream, views
 from sessions_app.models import Budget, Call, RealtimeSession, TranscriptEntry
 from tests.conftest import login
-from tests.upstream_fake import ANSWER, OFFER, SECRET, FakeUpstream
+from tests.upstream_fake import ANSWER, OFFER, SECRET, FakeUpstream, answer
 
 
 @pytest.fixture
@@ -130,7 +130,8 @@ def test_end_survives_a_refused_hangup(csrf_client, alice, session, fake):
 
 @pytest.mark.parametrize("status, gone", [(404, True), (500, False), (401, False)])
 async def test_hanging_up_a_call_the_upstream_no_longer_knows_is_done(fake, status, gone):
-    """404 call_id_not_found: the call has ended already, nothing to retry; any other refusal is an error."""
+    """404 call_id_not_found with no secret of the call's to try: the call has ended already, nothing to retry;
+    any other refusal is an error."""
     fake.mode = status
     if gone:
         assert await upstream.hangup("rtc_gone") is None
@@ -139,6 +140,33 @@ async def test_hanging_up_a_call_the_upstream_no_longer_knows_is_done(fake, stat
             await upstream.hangup("rtc_gone")
         assert refused.value.http_status == status and refused.value.status == 502
     assert [r.url.path for r in fake.requests] == ["/v1/realtime/calls/rtc_gone/hangup"]
+
+
+@pytest.mark.parametrize("secret_status, done", [(200, True), (404, True), (401, True), (403, True), (500, False)])
+async def test_a_hangup_the_api_key_is_told_404_is_made_again_with_the_calls_own_secret(
+        fake, settings, caplog, secret_status, done):
+    """A call created with an ephemeral secret may be unknown to the API key (FACTS section 7). After the key's
+    404 the call's own secret decides: hung up (200), or gone (404); a secret refused (401, 403) after the key
+    was told the call does not exist would be refused again, so that is the end of it too. Any other failure
+    is an error, for the caller to retry."""
+    def handler(request):
+        fake.requests.append(request)
+        by_key = request.headers["Authorization"] == f"Bearer {settings.OPENAI_API_KEY}"
+        status = 404 if by_key else secret_status
+        return answer(status, {} if status == 200 else {"error": {"code": "call_id_not_found"}})
+
+    fake.handler = handler
+    if done:
+        assert await upstream.hangup("rtc_secret", upstream.seal(SECRET)) is None
+    else:
+        with pytest.raises(upstream.UpstreamError) as failed:
+            await upstream.hangup("rtc_secret", upstream.seal(SECRET))
+        assert failed.value.http_status == 500
+    assert [(r.url.path, r.headers["Authorization"]) for r in fake.requests] == [
+        ("/v1/realtime/calls/rtc_secret/hangup", f"Bearer {settings.OPENAI_API_KEY}"),
+        ("/v1/realtime/calls/rtc_secret/hangup", f"Bearer {SECRET}"),
+    ]
+    assert SECRET not in caplog.text
 
 
 def test_detail_for_owner_team_admin_and_staff(csrf_client, alice, bob, staff):
