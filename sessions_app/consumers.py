@@ -12,7 +12,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from . import upstream, usage
+from . import usage
 from .models import Call, EndReason, RealtimeSession, TranscriptEntry, UsageRecord
 from .pricing import UsageError
 from .text import clean_text
@@ -209,19 +209,17 @@ async def announce_ended(channel_layer, session_ids):
 
 
 async def stop_for_budget(channel_layer, stopped):
-    """For each conversation a crossed budget ended ([(session id, [upstream call ids])]): tell its pages
-    and hang its calls up upstream."""
-    for session_id, call_ids in stopped:
+    """For each conversation a crossed budget ended ([(session id, {upstream call id: sealed secret})]): tell
+    its pages and hang its calls up upstream."""
+    from .sideband import hang_up  # the sideband builds on this module
+
+    for session_id, calls in stopped:
         await announce_ended(channel_layer, [session_id])
         await tell(
             channel_layer, session_group(session_id),
             {"type": "budget.exceeded", "message": "The spending limit was reached, so this session was ended."},
         )
-        for call_id in call_ids:
-            try:
-                await upstream.hangup(call_id)
-            except upstream.UpstreamError:
-                log.warning("hangup of a session over budget was refused; the page was told to stop")
+        await hang_up(calls, "over budget")
 
 
 def tell_dashboards(channel_layer, recorded):
@@ -412,11 +410,11 @@ class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
                                     "again shortly.", call=number)
         if found is None:
             return await self.error("invalid_call", "This conversation has no such call.", call=number)
-        call_id, ended_now, reason = found
+        call_id, sealed_secret, ended_now, reason = found
         if ended_now:
             from .sideband import hang_up  # the sideband builds on this module
 
-            await hang_up([call_id], "the page closed it")
+            await hang_up({call_id: sealed_secret}, "the page closed it")
         # The page's answer: the call is over, and why (another reason if it had ended before).
         await self.send_json({"type": "call.ended", "call": number, "reason": reason})
 
@@ -425,8 +423,9 @@ class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
         call = Call.objects.filter(session_id=self.session_id, number=number).first()
         if call is None:
             return None
+        sealed_secret = call.sealed_secret  # ending the call wipes it from the record; the hangup may need it
         ended_now = call.end(EndReason.CALL_CLOSED)
-        return call.call_id, ended_now, call.end_reason
+        return call.call_id, sealed_secret, ended_now, call.end_reason
 
     async def error(self, code, message, **about):
         """An error frame; `about` names what it is about (response_id, item_id of a transcript line, call)."""

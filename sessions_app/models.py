@@ -116,7 +116,7 @@ class SessionQuerySet(models.QuerySet):
     def sweep(self, page_grace, call_cap, now=None):
         """End the conversations whose page went away (`page_grace` ago, or never came) or that no call
         resumed within NO_CALL_SECONDS, and the calls older than `call_cap`; returns
-        [(session id, [upstream call ids], reason)] for what this ended, to hang up and tell."""
+        [(session id, {upstream call id: sealed secret}, reason)] for what this ended, to hang up and tell."""
         now = now or timezone.now()
         ended = []
         cutoff = now - page_grace
@@ -276,8 +276,8 @@ class RealtimeSession(models.Model):
         """End the conversation once, and every call still running in it; with `still` (a condition on
         the conversation) only if it holds as the conversation ends.
 
-        Returns the upstream ids of the calls this ended, for the caller to hang up,
-        or None if the conversation had already ended (or `still` no longer held).
+        Returns the calls this ended ({upstream id: sealed secret}, as Call.end_all), for the caller to
+        hang up, or None if the conversation had already ended (or `still` no longer held).
         """
         with transaction.atomic():
             changed = (
@@ -334,8 +334,8 @@ class RealtimeSession(models.Model):
     def stop_if_over_budget(self):
         """End every running conversation under a budget this one has crossed.
 
-        Returns [(session id, [call ids])] for the conversations this ended, so the
-        caller can tell their pages and hang their calls up.
+        Returns [(session id, {call id: sealed secret})] for the conversations this ended, so
+        the caller can tell their pages and hang their calls up.
         """
         stopped = []
         for budget in Budget.for_session(self.user, self.team):
@@ -570,8 +570,9 @@ class Call(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     ended_at = models.DateTimeField(null=True, blank=True)
     end_reason = models.CharField(max_length=40, blank=True, choices=EndReason.choices)
-    # The ephemeral secret that created the call, sealed: the sideband's second
-    # credential where the API key is refused. Wiped when the call ends.
+    # The ephemeral secret that created the call, sealed: the sideband's and the hangup's
+    # second credential where the API key is refused. Wiped when the call ends (end_all
+    # hands it to the hangup).
     sealed_secret = models.TextField(blank=True)
     # Which sideband worker watches the call, and until when its claim holds.
     sideband_owner = models.CharField(max_length=64, blank=True)
@@ -593,12 +594,16 @@ class Call(models.Model):
 
     @classmethod
     def end_all(cls, calls, reason):
-        """End the given calls that are still running; returns their upstream ids."""
-        ids = list(calls.filter(status=cls.ACTIVE).values_list("call_id", flat=True))
+        """End the given calls that are still running; returns {upstream id: sealed secret} for the hangup.
+
+        The record forgets the secret as the call ends; the hangup may need it (FACTS section 7), so it is
+        handed to the caller, in memory only.
+        """
+        ended = dict(calls.filter(status=cls.ACTIVE).values_list("call_id", "sealed_secret"))
         calls.filter(status=cls.ACTIVE).update(
             status=cls.ENDED, ended_at=timezone.now(), end_reason=reason, sealed_secret=""
         )
-        return ids
+        return ended
 
     def end(self, reason):
         """End this call once; True if this ended it."""

@@ -316,12 +316,13 @@ class SidebandWorker:
         return RealtimeSession.objects.sweep(self.page_grace, cap)
 
 
-async def hang_up(call_ids, why):
-    for call_id in call_ids:
+async def hang_up(calls, why):
+    """Hang up calls the record says ended: {upstream id: sealed secret}, as ending them returned."""
+    for call_id, sealed_secret in calls.items():
         try:
-            await upstream.hangup(call_id)
-        except upstream.UpstreamError:
-            log.info("hangup of %s (%s) was refused; it had most likely closed already", call_id, why)
+            await upstream.hangup(call_id, sealed_secret)
+        except upstream.UpstreamError as exc:
+            log.warning("hangup of %s (%s) failed: %s", call_id, why, exc.message)
 
 
 class CallWatch:
@@ -408,7 +409,8 @@ class CallWatch:
         delay = BACKOFF_FIRST
         for _ in range(5):
             try:
-                await upstream.hangup(self.info["call_id"])
+                # The secret as the watch read it: ending the call wiped it from the record.
+                await upstream.hangup(self.info["call_id"], self.info["sealed_secret"])
                 self.hung_up = True
                 return
             except upstream.UpstreamError as exc:
@@ -795,7 +797,7 @@ class CallWatch:
         await self.retry_db(self.log_event, SessionEvent.HUNG_UP, {"reason": EndReason.TAMPERING})
         session = await self.retry_db(RealtimeSession.objects.get, pk=self.info["session_id"])
         calls = await self.retry_db(session.end, EndReason.TAMPERING)
-        await hang_up(calls or [self.info["call_id"]], "tampering")
+        await hang_up(calls or {self.info["call_id"]: self.info["sealed_secret"]}, "tampering")
         # The conversation ended, not only this call: the page stops and says why, the dashboards hear it.
         await tell_page(self.info["session_id"], {"type": "call.ended", "call": None, "reason": EndReason.TAMPERING})
         await announce_ended(get_channel_layer(), [self.info["session_id"]])

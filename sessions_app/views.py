@@ -343,7 +343,7 @@ async def _start(user, team, req, config, documents, inline_tokens):
         )
     except DatabaseError:
         log.exception("a new session could not be saved; hanging its call up")
-        await hang_up([call_id], "unsaved session")
+        await hang_up({call_id: upstream.seal(secret)}, "unsaved session")
         return _unsaved_call()
     await hand_over(call)
     return JsonResponse(
@@ -412,10 +412,10 @@ async def _resume(user, session, sdp):
         call = await sync_to_async(_next_call)(session, call_id, secret)
     except DatabaseError:
         log.exception("a resumed call could not be saved; hanging it up")
-        await hang_up([call_id], "unsaved call")
+        await hang_up({call_id: upstream.seal(secret)}, "unsaved call")
         return _unsaved_call()
     if call is None:
-        await hang_up([call_id], "conversation ended meanwhile")
+        await hang_up({call_id: upstream.seal(secret)}, "conversation ended meanwhile")
         return json_error("session_ended", "This conversation has ended; start a new one.", 409)
     await hand_over(call)
     # A tab still holding the call before (another tab continued it here) lets go of the conversation.
@@ -431,7 +431,7 @@ async def end_session(request, session_id):
     calls = await sync_to_async(session.end)(EndReason.USER)
     # The page closes its peer connection; hanging up too makes sure a client
     # that ignores the stop cannot keep spending on the call.
-    await hang_up(calls or [], "user stop")
+    await hang_up(calls or {}, "user stop")
     if calls is not None:
         await announce_ended(get_channel_layer(), [session.pk])
         # Another tab of the same conversation stops too, and says why.

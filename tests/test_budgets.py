@@ -120,6 +120,6 @@ def test_a_resend_makes_the_budget_stop_a_database_failure_skipped(bob, monkeypa
 
     recorded = usage.record(session.pk, "resp_over", answer, source="client")
     assert not recorded.created
-    assert recorded.stopped == [(session.pk, ["rtc_capped"])]
+    assert recorded.stopped == [(session.pk, {"rtc_capped": ""})]  # the call had no secret of its own
     session.refresh_from_db()
     assert (session.status, session.end_reason) == ("ended", "budget")

@@ -21,7 +21,7 @@ from sessions_app.models import (
 )
 from sessions_app.pricing import TokenCounts
 from sessions_app.consumers import session_group
-from sessions_app.sideband import CallWatch, SidebandWorker, wake_workers
+from sessions_app.sideband import CallWatch, SidebandWorker, hang_up, wake_workers
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 KEY = "sk-test-sideband-key"
@@ -733,12 +733,86 @@ async def test_a_call_the_person_ended_is_let_go_without_trying_it_again(sim, al
     client, session = await start_call(sim, alice)
     call = await until(lambda: (c := call_of(session)).sideband_attached_at and c)
     ended = await database_sync_to_async(lambda: RealtimeSession.objects.get(pk=session.pk).end("user"))()
-    await upstream.hangup(ended[0])
+    await hang_up(ended, "user stop")
     await until(lambda: call.pk not in worker.watching, timeout=5)
     assert attaches == [call.pk]
     await call.arefresh_from_db()
     assert (call.status, call.end_reason) == ("ended", "user")
     await client.close()
+
+
+# Which credential hangup takes is unconfirmed (FACTS section 6); here it behaves as the sideband did for PageSpace
+# (FACTS section 7): the API key is told a call created with an ephemeral secret does not exist.
+SECRET_ONLY = {"sideband_auth": "call_secret_only", "hangup_auth": "call_secret_only"}
+
+
+async def test_a_stop_hangs_up_a_call_that_only_its_own_secret_may_hang_up(sim, alice):
+    """The person's Stop: the API key is told 404, so the hangup is made again with the call's own secret, and
+    the call ends upstream, not only on the record (which wipes the secret as before)."""
+    from django.test import AsyncClient
+
+    await sim_post(sim, "/_sim/config", SECRET_ONLY)
+    client, session = await start_call(sim, alice)
+    browser = AsyncClient()
+    await browser.aforce_login(alice)
+    response = await browser.post(f"/api/sessions/{session.pk}/end", content_type="application/json")
+    assert response.status_code == 200 and "ek_" not in response.content.decode()
+    call = sim.state.calls[client.call_id]
+    assert (call.state, call.hungup_with, call.hangup_refusals) == ("closed", "call_secret", 1)
+    row = await database_sync_to_async(call_of)(session)
+    assert (row.status, row.end_reason, row.sealed_secret) == ("ended", "user", "")
+    await client.close()
+
+
+async def test_a_budget_stop_hangs_up_a_call_that_only_its_own_secret_may_hang_up(sim, alice):
+    from sessions_app.consumers import stop_for_budget
+    from sessions_app.models import Budget
+
+    await sim_post(sim, "/_sim/config", SECRET_ONLY)
+    client, session = await start_call(sim, alice)
+    await Budget.objects.acreate(user=alice, monthly_limit_usd=Decimal("0.001"))
+    await database_sync_to_async(session.record_usage)("resp_1", TokenCounts(output_audio=100), Decimal("0.01"))
+    stopped = await database_sync_to_async(session.stop_if_over_budget)()
+    assert [pk for pk, _ in stopped] == [session.pk]
+    await stop_for_budget(get_channel_layer(), stopped)
+    assert sim.state.calls[client.call_id].hungup_with == "call_secret"
+    await client.close()
+
+
+async def test_the_watch_hangs_up_with_the_calls_own_secret_after_the_record_ended(sim, alice, worker):
+    """The record ended without a hangup that worked (another process's stop whose hangup failed): the watch
+    hangs the call up with the secret it read, although ending the call wiped it from the record."""
+    await sim_post(sim, "/_sim/config", SECRET_ONLY)
+    client, session = await start_call(sim, alice)
+    call = await until(lambda: (c := call_of(session)).sideband_attached_at and c)
+    assert call.sideband_credential == "call_secret"
+    await database_sync_to_async(lambda: RealtimeSession.objects.get(pk=session.pk).end("user"))()
+    await until(lambda: sim.state.calls[client.call_id].hungup, timeout=10)
+    assert sim.state.calls[client.call_id].hungup_with == "call_secret"
+    await until(lambda: call.pk not in worker.watching, timeout=5)
+    await client.close()
+
+
+async def test_a_call_unknown_to_both_credentials_is_gone_and_not_asked_again(sim, alice, worker, monkeypatch):
+    """404 to the API key and to the call's own secret: the call has ended. Two requests, then the watch
+    goes; no retries."""
+    await sim_post(sim, "/_sim/config", SECRET_ONLY)
+    hangups, real = [], upstream._send
+
+    async def send(url, headers, body):
+        answer = await real(url, headers, body)
+        if url.endswith("/hangup"):
+            hangups.append(("api_key" if headers["Authorization"] == f"Bearer {KEY}" else "secret", answer.status))
+        return answer
+
+    monkeypatch.setattr(upstream, "_send", send)
+    session = await make_session(alice, "rtc_" + "0" * 32, await mint(sim))  # a call the upstream never had
+    call = await database_sync_to_async(call_of)(session)
+    await until(lambda: call.pk in worker.watching)
+    await database_sync_to_async(lambda: RealtimeSession.objects.get(pk=session.pk).end("user"))()
+    await until(lambda: call.pk not in worker.watching, timeout=10)
+    await asyncio.sleep(1)  # longer than the first retry's wait
+    assert hangups == [("api_key", 404), ("secret", 404)]
 
 
 async def test_the_60_minute_cap_ends_the_call_but_not_the_conversation(sim, alice, worker):

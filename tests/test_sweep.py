@@ -74,7 +74,7 @@ def test_a_conversation_no_call_resumed_in_time_is_ended_and_a_recent_or_new_cal
     call(idle, 1, ended_ago=datetime.timedelta(minutes=11))
     recent = conversation(alice, datetime.timedelta(minutes=20), **connected)
     call(recent, 1, ended_ago=datetime.timedelta(minutes=2))
-    assert RealtimeSession.objects.sweep(GRACE, CAP) == [(idle.pk, [], EndReason.NO_CALL)]
+    assert RealtimeSession.objects.sweep(GRACE, CAP) == [(idle.pk, {}, EndReason.NO_CALL)]
     recent.refresh_from_db()
     assert recent.status == "active"
 
