@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-from .config import AUTH_MODES
+from .config import AUTH_MODES, TRUNCATE_TRANSCRIPT_MODES
 from .server import start_simulator
 from .state import DEFAULT_API_KEY
 
@@ -22,7 +22,7 @@ def _number(text: str) -> int | float:
 def config_from_args(args: argparse.Namespace) -> dict:
     """The runtime settings given on the command line (the others keep their defaults)."""
     keys = ("call_max_seconds", "sideband_auth", "hangup_auth", "transcription_delay_ms", "playback_after_done",
-            "datachannel_max_message_bytes")
+            "truncate_transcript", "datachannel_max_message_bytes")
     return {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
 
 
@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     settings.add_argument("--transcription-delay-ms", type=int, help="delay of input transcriptions (default 0)")
     settings.add_argument("--playback-after-done", action="store_const", const=True,
                           help="response.done before the audio finishes playing")
+    settings.add_argument("--truncate-transcript", choices=TRUNCATE_TRANSCRIPT_MODES,
+                          help="what truncating an answer leaves of its transcript (default heard)")
     settings.add_argument("--datachannel-max-message-bytes", type=int,
                           help="data channel message limit, advertised in the SDP answer (default 65536)")
     return parser.parse_args(argv)

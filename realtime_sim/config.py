@@ -16,6 +16,9 @@ from .schema import RequestError
 
 # Who a call's sideband (`sideband_auth`) and its hangup (`hangup_auth`) accept.
 AUTH_MODES = ("any", "api_key_only", "call_secret_only")
+# What truncating an answer leaves of its transcript: the heard share (FACTS: "deletes unheard transcript"),
+# or nothing (the API reference: it "will remove the server-side text transcript").
+TRUNCATE_TRANSCRIPT_MODES = ("heard", "removed")
 
 
 def _is_int(value: Any) -> bool:
@@ -38,6 +41,7 @@ class SimConfig:
     hangup_auth: str = "api_key_only"  # the documented credential; same modes as sideband_auth
     transcription_delay_ms: int = 0
     playback_after_done: bool = False
+    truncate_transcript: str = "heard"  # "heard" | "removed": what conversation.item.truncate leaves of the text
     datachannel_max_message_bytes: int = 65536  # SCTP's usual default (RFC 8841)
 
     def as_dict(self) -> dict:
@@ -89,6 +93,12 @@ def validate_changes(changes: object) -> dict:
                 raise _type_error(key, "an integer", value)
             if value < 0:
                 raise RequestError("'transcription_delay_ms' must be 0 or more.", key, "invalid_value")
+        elif key == "truncate_transcript":
+            if not isinstance(value, str):
+                raise _type_error(key, "a string", value)
+            if value not in TRUNCATE_TRANSCRIPT_MODES:
+                raise RequestError(f"Invalid value: '{value}'. Supported values are: 'heard', 'removed'.", key,
+                                   "invalid_value")
         elif key == "playback_after_done":
             if not isinstance(value, bool):
                 raise _type_error(key, "a boolean", value)

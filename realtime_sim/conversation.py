@@ -232,9 +232,12 @@ class Conversation:
             raise ProtocolError(
                 f"Only {played}ms of the audio content has been played so far; cannot truncate at {end_ms}ms.",
                 "invalid_value", "audio_end_ms")
-        words = (content[index].get("transcript") or "").split()
-        keep = int(len(words) * end_ms / available) if available else 0
-        content[index]["transcript"] = " ".join(words[:keep])  # the unheard part is forgotten
+        if self.config.truncate_transcript == "removed":
+            content[index]["transcript"] = None
+        else:
+            words = (content[index].get("transcript") or "").split()
+            keep = int(len(words) * end_ms / available) if available else 0
+            content[index]["transcript"] = " ".join(words[:keep])  # the unheard part is forgotten
         record.part_audio_ms[index] = end_ms
         # Truncating does not stop the audio: output_audio_buffer.clear does.
         self.truncations.append({"at_ms": self.now_ms(), "item_id": record.id,

@@ -1208,3 +1208,21 @@ async def test_an_answer_cut_off_whose_text_the_upstream_dropped_keeps_its_text_
     assert texts == {"item_cut": "One two three four. [cut off after 1.5 s]", "item_heard": "Five six"}
     assert [e["item_id"] for e in watch.ws.sent if e["type"] == "conversation.item.retrieve"] == [
         "item_cut", "item_heard"]
+
+
+async def test_an_answer_cut_off_keeps_its_text_against_an_upstream_that_removes_it(sim, alice, worker):
+    """The same against the simulator, set to remove the whole transcript on truncate as the API reference
+    says the API does."""
+    sim.state.config.update({"truncate_transcript": "removed"})
+    client, session = await start_call(sim, alice)
+    await until(lambda: call_of(session).sideband_attached_at)
+    done = await ask(client)
+    item_id = done["response"]["output"][0]["id"]
+    spoken = await until(lambda: TranscriptEntry.objects.filter(session=session, item_id=item_id).exclude(
+        text="").values_list("text", flat=True).first())
+    client.send({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": 1200})
+    await client.wait_for("conversation.item.truncated", timeout=10)
+    marked = await until(lambda: TranscriptEntry.objects.filter(
+        session=session, item_id=item_id, text__endswith="[cut off after 1.2 s]").first())
+    assert marked.text == f"{spoken} [cut off after 1.2 s]"
+    await client.close()

@@ -22,6 +22,7 @@ DEFAULTS = {
     "hangup_auth": "api_key_only",
     "transcription_delay_ms": 0,
     "playback_after_done": False,
+    "truncate_transcript": "heard",
     "datachannel_max_message_bytes": 65536,
 }
 
@@ -54,6 +55,8 @@ async def test_config_get_post_and_reset(sim, http):
     ({"sideband_auth": 1}, "sideband_auth", "invalid_type"),
     ({"hangup_auth": "both"}, "hangup_auth", "invalid_value"),
     ({"hangup_auth": None}, "hangup_auth", "invalid_type"),
+    ({"truncate_transcript": "some"}, "truncate_transcript", "invalid_value"),
+    ({"truncate_transcript": False}, "truncate_transcript", "invalid_type"),
     ({"transcription_delay_ms": 1.5}, "transcription_delay_ms", "invalid_type"),
     ({"transcription_delay_ms": -1}, "transcription_delay_ms", "invalid_value"),
     ({"playback_after_done": "yes"}, "playback_after_done", "invalid_type"),
@@ -113,6 +116,7 @@ def test_cli_flags_set_the_startup_config():
     proc = subprocess.Popen(
         [sys.executable, "-m", "realtime_sim", "--port", "0", "--call-max-seconds", "20",
          "--sideband-auth", "api_key_only", "--hangup-auth", "call_secret_only", "--transcription-delay-ms", "700", "--playback-after-done",
+         "--truncate-transcript", "removed",
          "--datachannel-max-message-bytes", "16384"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     try:
@@ -123,7 +127,7 @@ def test_cli_flags_set_the_startup_config():
             assert json.load(resp) == {"call_max_seconds": 20, "sideband_auth": "api_key_only",
                                        "hangup_auth": "call_secret_only",
                                        "transcription_delay_ms": 700, "playback_after_done": True,
-                                       "datachannel_max_message_bytes": 16384}
+                                       "truncate_transcript": "removed", "datachannel_max_message_bytes": 16384}
     finally:
         proc.terminate()
         assert proc.wait(10) == 0

@@ -169,6 +169,21 @@ async def test_truncate_shortens_assistant_audio(fast_speech):
     h.check()
 
 
+async def test_truncate_can_remove_the_whole_transcript(fast_speech):
+    """The API reference's reading: truncating removes the server-side transcript, not only its unheard part."""
+    h = Harness()
+    h.conv.config.truncate_transcript = "removed"
+    h.conv.set_script({"text": "one two three four five six seven eight nine ten"})
+    h.send({"type": "response.create"})
+    await h.finish()
+    record = h.conv.items.records[-1]
+    h.send({"type": "conversation.item.truncate", "item_id": record.id, "content_index": 0,
+            "audio_end_ms": int(record.part_audio_ms[0] // 2)})
+    h.send({"type": "conversation.item.retrieve", "item_id": record.id})
+    assert h.of("conversation.item.retrieved")[0]["item"]["content"][0]["transcript"] is None
+    h.check()
+
+
 async def test_push_to_talk_needs_commit_and_response_create(fast_speech):
     h = Harness({"type": "realtime", "audio": {"input": {"turn_detection": None}}})
     h.send({"type": "input_audio_buffer.commit"})
