@@ -109,6 +109,8 @@ class SpendQuery:
     end: datetime.date
     filters: dict
     errors: list = field(default_factory=list)
+    # The range ends today because no end was asked for: it moves on with the days.
+    rolling: bool = False
 
     def as_dict(self):
         """The effective query (never the refused values)."""
@@ -119,6 +121,14 @@ class SpendQuery:
     def params(self, **changes):
         """The effective query as a query string."""
         return urlencode(self.as_dict() | changes)
+
+    def live_params(self, **changes):
+        """The query as a live page reads it again: a rolling range without its dates, so that a read after
+        midnight gets the range ending on the new day."""
+        params = self.as_dict() | changes
+        if self.rolling:
+            del params["start"], params["end"]
+        return urlencode(params)
 
 
 def read_query(request):
@@ -134,7 +144,8 @@ def read_query(request):
         start = end - (DEFAULT_DAYS - 1) * ONE_DAY
     filters = {name: data.get(name) or None for name in ("team", "user", "model")}
     errors = [str(message) for messages in form.errors.values() for message in messages]
-    return SpendQuery(form, start, end, filters, errors)
+    rolling = not dates_ok or not (request.GET.get("start") or request.GET.get("end"))
+    return SpendQuery(form, start, end, filters, errors, rolling)
 
 
 # ---- the figures ----
@@ -250,6 +261,7 @@ def _figures(viewer, query, page, last_record):
         "month_start": now.replace(day=1).isoformat(),
         "filters": query.filters,
         "params": query.as_dict(),
+        "rolling": query.rolling,
         "last_record": last_record,
         "today": figure(visible.between(now, now).totals()),
         "month": figure(visible.between(now.replace(day=1), now).totals()),
@@ -294,7 +306,7 @@ def dashboard(request):
             return JsonResponse({"error": {"code": "invalid_request", "message": message}}, status=400)
         return JsonResponse(figures(request.user, query, page))
     result = figures(request.user, query, page)
-    live = {"json_url": reverse("dashboard") + "?" + query.params(format="json", page=result["sessions_page"]),
+    live = {"json_url": reverse("dashboard") + "?" + query.live_params(format="json", page=result["sessions_page"]),
             "ws_path": "/ws/dashboard/"}
     context = {"query": query, "form": query.form, "figures": result, "live": live, "errors": query.errors,
                "days_with_spend": [row for row in result["by_day"] if has_spend(row)]}

@@ -33,6 +33,11 @@ function apply(update) {
   // Records up to last_record are in the figures read; their updates may still be on the way.
   // (An update without a record, such as a conversation's end, only replaces its row.)
   if (update.record_id != null && update.record_id <= data.last_record) return;
+  // A range that ends today (none asked for) moved on at midnight: read it again, this update with it.
+  if (data.rolling && (update.changes || []).some((change) => change.day > data.end)) {
+    resync();
+    return;
+  }
   if (applyUpdate(data, update)) {
     counters.applied += 1;
     scheduleRender();

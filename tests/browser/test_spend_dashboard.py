@@ -183,3 +183,37 @@ def test_the_page_reads_the_figures_again_when_its_live_pushes_were_interrupted(
     wait_js(dashboard, "window.spendDashboard.reads === 2")
     wait_js(dashboard, f"{RANGE_SHOWN} === '{expected}'")
     watcher.close()
+
+
+def test_a_range_that_ends_today_moves_on_at_midnight(browser, server, simulator):
+    """A dashboard left open past UTC midnight kept yesterday's range: new spend was left out of the range,
+    the tables and the chart. The first update of the new day has the page read its figures again, for
+    the range that now ends today (its live reads name no dates, so the server's today ends it)."""
+    import datetime
+
+    made = json.loads(server.manage("shell", "-c", MAKE_SESSIONS).strip().splitlines()[-1])
+    watcher = browser.new_context(base_url=server)
+    reads = []
+
+    def as_read_yesterday(route):
+        response = route.fetch()
+        reads.append(route.request.url)
+        figures = response.json()
+        if len(reads) == 1:  # the page's first read, made (so to speak) the day before
+            day = datetime.timedelta(days=1)
+            for key in ("start", "end", "today_date"):
+                figures[key] = (datetime.date.fromisoformat(figures[key]) - day).isoformat()
+        route.fulfill(response=response, json=figures)
+
+    watcher.route("**/dashboard/?*format=json*", as_read_yesterday)
+    dashboard, start, end = open_dashboard(watcher)
+    assert "start=" not in reads[0] and "end=" not in reads[0]
+
+    context = browser.new_context(base_url=server)
+    reporter = context.new_page()
+    sign_in(reporter, "bob")
+    reporter.evaluate(REPORT, [made["bob"][0], [["resp_midnight", usage_object(random.Random(3))]]])
+    context.close()
+    wait_js(dashboard, "window.spendDashboard.reads === 2")
+    wait_js(dashboard, f"{RANGE_SHOWN} === '{billed_in_range(server, start, end)}'")
+    watcher.close()
