@@ -406,6 +406,13 @@ def test_history_detail_shows_the_transcript_and_export(client, bob, histories):
     assert f'href="/api/sessions/{mine.pk}"' in body
 
 
+def test_history_detail_names_why_the_session_ended(client, bob, histories):
+    mine, _ = histories
+    RealtimeSession.objects.filter(pk=mine.pk).update(end_reason="page_gone")
+    body = login(client, bob).get(f"/sessions/{mine.pk}/").content.decode()
+    assert "Ended (The page went away)" in body and "page_gone" not in body
+
+
 @pytest.mark.parametrize("who, status", [("alice", 200), ("staff", 200), ("charlie", 404)])
 def test_a_session_page_is_for_its_owner_team_admins_and_staff(client, histories, who, status, request):
     mine, _ = histories
