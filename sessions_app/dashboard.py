@@ -75,6 +75,15 @@ class SpendFilterForm(forms.Form):
         self.fields["team"].choices = [("", "All teams")] + [(str(t.pk), t.name) for t in teams]
         self.fields["user"].choices = [("", "All users")] + [(u.get_username(), u.get_username()) for u in users]
         self.fields["model"].choices = [("", "All models")] + [(m, m) for m in settings.REALTIME_MODELS]
+        # Someone who has left the team, or a model no longer offered, still has spend the breakdowns link
+        # to: the asked-for value is accepted when the viewer may see spend of it (one indexed look-up).
+        spend = SpendDay.objects.visible_to(viewer)
+        for name, lookup, note in (("user", "user__username", "no longer in the team"),
+                                   ("model", "model", "no longer offered")):
+            value = self.data.get(name)
+            choices = self.fields[name].choices
+            if value and value not in dict(choices) and spend.filter(**{lookup: value}).exists():
+                self.fields[name].choices = choices + [(value, f"{value} ({note})")]
 
     def _check_bounds(self, name):
         day = self.cleaned_data.get(name)

@@ -910,7 +910,7 @@ class SpendDay(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["day", "user", "team_key", "model"], name="one_spend_row_per_day")]
         indexes = [models.Index(fields=["team", "day"]), models.Index(fields=["user", "day"]),
-                   models.Index(fields=["day"])]
+                   models.Index(fields=["day"]), models.Index(fields=["model", "day"])]
 
     @staticmethod
     def amounts(record, sign):

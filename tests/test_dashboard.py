@@ -276,6 +276,52 @@ def test_team_admin_sees_only_their_teams(client, alice, spend, team_a, team_b, 
     assert figure_of(data["range"]) == expected(spend["rows"], team=str(team_b.pk))["range"]
 
 
+def test_breakdown_links_work_for_people_who_left_and_models_no_longer_offered(client, alice, bob, spend, team_a,
+                                                                              settings):
+    """The by-user and by-model links name whoever and whatever has spend the viewer may see, even once
+    the person has left the team or the model is no longer offered; anything else is still refused."""
+    login(client, alice)
+    bob.memberships.all().delete()
+    settings.REALTIME_MODELS = [m for m in settings.REALTIME_MODELS if m != "gpt-realtime-2"]
+    data = client.get("/dashboard/?format=json").json()
+    links = {row["key"]: row["href"] for row in data["by_user"] + data["by_model"]}
+    for key, filters in (("bob", {"user": "bob"}), ("gpt-realtime-2", {"model": "gpt-realtime-2"})):
+        followed = client.get(f"/dashboard/{links[key]}&format=json")
+        assert followed.status_code == 200, followed.content
+        want = expected(spend["rows"], team=str(team_a.pk), **filters)["range"]
+        assert figure_of(followed.json()["range"]) == want and want["sessions"] > 0
+        page = client.get(f"/dashboard/{links[key]}")
+        assert page.status_code == 200 and f'<option value="{key}" selected>' in page.content.decode()
+        assert client.get(f"/dashboard/spend.csv{links[key]}").status_code == 200
+    # Charlie has spend, but in a team Alice does not administer; nobody has spend on an unknown model.
+    assert "That user is not one you may see." in client.get("/dashboard/?user=charlie").content.decode()
+    assert client.get("/dashboard/?user=charlie&format=json").status_code == 400
+    assert client.get("/dashboard/?model=gpt-unknown&format=json").status_code == 400
+
+
+def test_a_departed_filter_costs_the_same_queries_whatever_the_history(client, staff, bob, spend, team_a, settings):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from sessions_app.models import SpendDay
+
+    login(client, staff)
+    bob.memberships.all().delete()
+    settings.REALTIME_MODELS = ["gpt-realtime"]
+    path = "/dashboard/?user=bob&model=gpt-realtime-2&format=json"
+
+    def queries():
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(path).status_code == 200
+        return len(captured)
+
+    before = queries()
+    # A year more of history, long before the range.
+    SpendDay.objects.bulk_create(SpendDay(day=TODAY - datetime.timedelta(days=400 + n), user=bob, team=team_a,
+                                          team_key=team_a.pk.hex, model="gpt-realtime-2") for n in range(365))
+    assert queries() == before <= 15
+
+
 @pytest.mark.parametrize("who", ["bob", "erin", "charlie"])
 @pytest.mark.parametrize("path", ["/dashboard/", "/dashboard/?format=json", "/dashboard/spend.csv"])
 def test_members_and_read_only_get_403(client, spend, who, path, request):
