@@ -506,12 +506,16 @@ def session_payload(session):
 
 
 def _budget_targets(viewer):
-    """The teams and users whose budgets the viewer may set: staff all; team admins their teams, and the
-    people who are in no other team (a person's own limit counts their spend in every team, which an
-    admin of one team neither sees nor decides), themselves aside."""
+    """The teams and users whose budgets the viewer may set: staff all, people in no team included (they
+    can start conversations too); team admins their teams, and the people who are in no other team (a
+    person's own limit counts their spend in every team, which an admin of one team neither sees nor
+    decides), themselves aside."""
     teams = viewable_teams(viewer)
     others = Team.objects.exclude(pk__in=teams.values("pk"))
-    users = (get_user_model().objects.filter(memberships__team__in=teams)
+    reach = Q(memberships__team__in=teams)
+    if viewer.is_staff:
+        reach |= Q(memberships__isnull=True)
+    users = (get_user_model().objects.filter(reach)
              .exclude(memberships__team__in=others).distinct().order_by("username"))
     if not viewer.is_staff:
         users = users.exclude(pk=viewer.pk)  # a limit staff set on a team admin is not theirs to lift

@@ -61,6 +61,22 @@ def test_a_person_also_in_another_team_is_not_a_team_admins_to_cap(csrf_client, 
     assert set_budget(csrf_client, "user", "charlie", "0").status_code == 302
 
 
+def test_staff_can_cap_a_person_in_no_team_and_a_team_admin_cannot(csrf_client, staff, alice, team_a):
+    """A person in no team can still start conversations: only staff may give them a limit."""
+    from tests.conftest import _user
+
+    frank = _user("frank")
+    login(csrf_client, staff)
+    assert 'data-target="frank"' in csrf_client.get("/dashboard/budgets/").content.decode()
+    assert set_budget(csrf_client, "user", "frank", "3").status_code == 302
+    assert Budget.objects.get(user=frank).monthly_limit_usd == Decimal("3")
+    login(csrf_client, alice)
+    assert 'data-target="frank"' not in csrf_client.get("/dashboard/budgets/").content.decode()
+    response = set_budget(csrf_client, "user", "frank", "")
+    assert response.status_code == 400 and "among those you manage" in response.content.decode()
+    assert Budget.objects.get(user=frank).monthly_limit_usd == Decimal("3")
+
+
 def test_a_team_admin_cannot_lift_their_own_limit(csrf_client, alice, bob):
     Budget.objects.create(user=alice, monthly_limit_usd=Decimal("1"))
     login(csrf_client, alice)
