@@ -243,7 +243,7 @@ async def publish_usage(channel_layer, session_id, recorded, ack_page=None):
         if record.source == UsageRecord.SERVER:
             await tell(channel_layer, session_group(session_id), {
                 "type": "usage.verified", "response_id": record.response_id, "kind": record.kind,
-                "cost_usd": f"{record.cost_usd:.6f}", "session": recorded.totals,
+                "cost_usd": f"{record.cost_usd:.8f}", "session": recorded.totals,
             })
     await stop_for_budget(channel_layer, recorded.stopped)
 
@@ -375,7 +375,7 @@ class SessionUsageConsumer(GroupMember, AsyncJsonWebsocketConsumer):
         ack = {
             "type": "usage.ack",
             "duplicate": not recorded.created,
-            "cost_usd": f"{record.cost_usd:.6f}",
+            "cost_usd": f"{record.cost_usd:.8f}",
             "session": recorded.totals,
         }
         ack["item_id" if kind == UsageRecord.TRANSCRIPTION else "response_id"] = key

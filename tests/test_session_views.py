@@ -106,7 +106,7 @@ def test_end_marks_the_session_and_hangs_up(csrf_client, alice, session, fake):
     login(csrf_client, alice)
     response = post(csrf_client, f"/api/sessions/{session.pk}/end")
     assert response.status_code == 200
-    assert response.json()["status"] == "ended" and response.json()["totals"]["cost_usd"] == "0.000000"
+    assert response.json()["status"] == "ended" and response.json()["totals"]["cost_usd"] == "0.00000000"
     assert response.json()["calls"][0]["end_reason"] == "user"
     session.refresh_from_db()
     assert session.status == "ended" and session.end_reason == "user" and session.ended_at
