@@ -2,6 +2,7 @@
 import { CallError, RealtimeCall } from './realtime/call.js';
 import { UsageSocket } from './realtime/usage_socket.js';
 import { DocumentPicker } from './document_picker.js';
+import { fromUnits, toUnits } from './dashboard/figures.js';
 
 const config = JSON.parse(document.getElementById('voice-config').textContent);
 const csrfToken = document.querySelector('input[name=csrfmiddlewaretoken]').value;
@@ -29,12 +30,20 @@ ui.turn.value = config.defaults.turn_detection;
 // The script sends the choices as JSON; the form itself is never submitted.
 ui.form.addEventListener('submit', (event) => event.preventDefault());
 
-function money(value) {
-  return value > 0 && value < 0.0001 ? 'under $0.0001' : `$${value.toFixed(4)}`;
+// Money as the server's pages write it: exact decimals rounded half to even on their digits (Decimal's
+// rule), never a float's toFixed ($0.00125 was $0.0013 here and $0.0012 on the session's page).
+// Amounts are BigInt units of 1e-14 dollars, so that tokens times a price per million stay exact.
+const UNIT_PLACES = 14;
+const exact = (text) => toUnits(String(text)) * 1000000n;  // a decimal string of the server's (8 places at most)
+const costOf = (tokens, perMillion) => toUnits(String(perMillion)) * BigInt(tokens);
+const dollars = (units) => fromUnits(units, 4, UNIT_PLACES);
+const SMALLEST = exact('0.0001');
+function money(units) {
+  return units > 0n && units < SMALLEST ? 'under $0.0001' : `$${dollars(units)}`;
 }
 // An estimate: "about $0.0012", never "about under $0.0001".
-function about(value) {
-  return value > 0 && value < 0.0001 ? 'under $0.0001' : `about $${value.toFixed(4)}`;
+function about(units) {
+  return units > 0n && units < SMALLEST ? 'under $0.0001' : `about $${dollars(units)}`;
 }
 
 // What the chosen context costs, truthfully: it is billed again with every
@@ -57,7 +66,7 @@ function updateEstimate() {
   ui.budget.replaceChildren();
   renderBudget();
   if (!inlineTokens && !searched.length) return;
-  const perMillion = (tokens, rate) => (tokens * Number(rate)) / 1e6;
+  const perMillion = costOf;
   // Pasted text is only estimated here and always read whole: over the budget it is refused.
   const over = pastedTokens > model.document_budget;
   if (inlineTokens) {
@@ -88,21 +97,21 @@ let budget = config.budget;
 function reserveNeeded() {
   const model = config.models.find((m) => m.id === ui.model.value);
   const { inlineTokens } = inlineTokensChosen(model);
-  return Number(budget.reserve_usd) + (inlineTokens * Number(model.text_input_per_million)) / 1e6;
+  return exact(budget.reserve_usd) + costOf(inlineTokens, model.text_input_per_million);
 }
 
 function renderBudget() {
   const needed = reserveNeeded();
-  const extra = needed - Number(budget.reserve_usd) > 0.00005 ? ` (a reserve of $${budget.reserve_usd} plus the documents' first read)` : '';
+  const extra = needed - exact(budget.reserve_usd) > exact('0.00005') ? ` (a reserve of $${budget.reserve_usd} plus the documents' first read)` : '';
   let blocked = '';
   if (!budget.limited) {
     ui.budgetLine.textContent = 'No monthly spending limit applies to you.';
   } else {
     const whose = budget.whose === 'yours' ? 'Your own monthly budget' : `Team ${budget.team}'s monthly budget`;
     ui.budgetLine.textContent = `${whose}: $${budget.remaining_usd} left of $${budget.limit_usd} this month `
-      + `($${budget.spent_usd} spent). A session needs $${needed.toFixed(4)} of it to start${extra}.`;
-    if (Number(budget.remaining_usd) < needed) {
-      blocked = `Start is not available: $${budget.remaining_usd} is left, less than the $${needed.toFixed(4)} a session needs. `
+      + `($${budget.spent_usd} spent). A session needs $${dollars(needed)} of it to start${extra}.`;
+    if (exact(budget.remaining_usd) < needed) {
+      blocked = `Start is not available: $${budget.remaining_usd} is left, less than the $${dollars(needed)} a session needs. `
         + (extra ? 'Choose fewer documents, or ask' : 'Ask') + ' a team admin to raise the limit; it resets on the first of the month (UTC).';
     }
   }
@@ -222,7 +231,7 @@ function showAnswerCost(responseId, cost, verified) {
       span.className = 'answer-cost';
       li.querySelector('.text').after(span);
     }
-    span.textContent = ` ${money(Number(cost))}${verified ? '' : ' (not yet verified)'}`;
+    span.textContent = ` ${money(exact(cost))}${verified ? '' : ' (not yet verified)'}`;
     span.dataset.costUsd = cost;
   }
 }
@@ -386,12 +395,30 @@ function showTotals(totals) {
   ui.inputTokens.textContent = totals.input_tokens.toLocaleString();
   ui.cachedTokens.textContent = totals.cached_tokens.toLocaleString();
   ui.outputTokens.textContent = totals.output_tokens.toLocaleString();
-  ui.cost.textContent = `$${Number(totals.cost_usd).toFixed(4)}`;
+  ui.cost.textContent = `$${dollars(exact(totals.cost_usd))}`;
   ui.cost.dataset.exact = totals.cost_usd;
   ui.cost.dataset.verified = totals.verified ? 'true' : 'false';
-  ui.costNote.textContent = totals.unverified
+  const note = totals.unverified
     ? `${totals.unverified} not yet verified by the server`
     : (totals.verified ? 'verified by the server' : '');
+  if (state) state.costNote = note;
+  ui.costNote.textContent = note;
+}
+
+// A new conversation starts from nothing, not from the last one's transcript and figures.
+function clearConversation() {
+  ui.transcript.replaceChildren();
+  for (const figure of [ui.inputTokens, ui.cachedTokens, ui.outputTokens]) figure.textContent = '0';
+  ui.cost.textContent = '$0.0000';
+  delete ui.cost.dataset.exact;
+  delete ui.cost.dataset.verified;
+  ui.costNote.textContent = '';
+}
+
+// While the socket is down the figures stand still: say so, until it is back.
+function showLiveState(current, socketState) {
+  if (state !== current) return;
+  ui.costNote.textContent = socketState === 'open' ? (current.costNote || '') : 'Live cost paused: reconnecting…';
 }
 
 // ---- session lifecycle ----
@@ -466,9 +493,17 @@ function applyMicrophone() {
   const muted = ui.mute.getAttribute('aria-pressed') === 'true';
   const open = !muted && !state.waitingForContext && (!state.pushToTalk || state.talking);
   state.stream.getAudioTracks().forEach((t) => { t.enabled = open; });
-  // Typing waits for the documents too.
-  ui.say.disabled = !!state.waitingForContext;
-  ui.saySend.disabled = !!state.waitingForContext;
+  renderCallControls();
+}
+
+// Talk, Mute and typing work only while a call is open: with none (connecting, lost, resuming) a press
+// sent nothing yet said "You are speaking", then "Thinking" for ever. Typing waits for the documents too.
+function renderCallControls() {
+  const open = !!state?.call?.isOpen;
+  ui.mute.disabled = !open;
+  ui.talk.disabled = !open;
+  ui.say.disabled = !open || !!state?.waitingForContext;
+  ui.saySend.disabled = ui.say.disabled;
 }
 
 // How long a new call's data channel may take to open before the call counts as failed (a page
@@ -526,6 +561,7 @@ function opened(current) {
 
 async function start() {
   clearError();
+  clearConversation();
   hideElsewhere();
   ui.endedLink.hidden = true;
   ui.start.disabled = true;
@@ -556,7 +592,7 @@ async function start() {
       }
       current.session = started;
       current.callNumber = started.call;
-      current.socket = new UsageSocket(started.usage_ws, socketHandlers(), () => current.callNumber);
+      current.socket = new UsageSocket(started.usage_ws, socketHandlers(current), () => current.callNumber);
       current.socket.start();
       setStatus('Connecting the call…');
       return started;
@@ -634,7 +670,7 @@ async function continueHere() {
     setStatus('Opening the microphone…');
     current = beginState(await openMicrophone(), detail.turn_detection === 'push_to_talk');
     current.session = { id: detail.id, usage_ws: `/ws/sessions/${detail.id}/`, documents: detail.documents };
-    ui.transcript.replaceChildren();
+    clearConversation();
     for (const entry of detail.transcript) {
       transcriptEntry(entry.item_id, entry.role).textContent = entry.text;
       if (entry.sources?.length) showSources(entry.item_id, entry.sources);
@@ -648,7 +684,7 @@ async function continueHere() {
       // Only now is the conversation this tab's: a move that failed leaves it with the tab that had it,
       // which a socket opened (and closed) here before would have marked as gone.
       current.callNumber = moved.call;
-      current.socket = new UsageSocket(current.session.usage_ws, socketHandlers(), () => current.callNumber);
+      current.socket = new UsageSocket(current.session.usage_ws, socketHandlers(current), () => current.callNumber);
       current.socket.start();
       tabs?.postMessage({ type: 'continued', session: detail.id });
       return moved;
@@ -665,8 +701,9 @@ async function continueHere() {
   }
 }
 
-function socketHandlers() {
+function socketHandlers(current) {
   return {
+    onStateChange: (socketState) => showLiveState(current, socketState),
     onAck: (ack) => {
       showTotals(ack.session);
       if (ack.response_id) showAnswerCost(ack.response_id, ack.cost_usd, false);
@@ -728,6 +765,7 @@ async function resumeCall(why) {
     old.close();
     setStatus('Reconnecting the conversation…');
   }
+  renderCallControls();  // a rollover keeps the old call, and its controls, until the new one is up
   const call = newCall(current.micTrack);
   let made = null;  // the server's answer: the call it made (and the one before it, replaced)
   try {
@@ -743,7 +781,9 @@ async function resumeCall(why) {
     old.close();  // a rollover keeps the old call until the new one is up
     current.callStartedAt = performance.now();
     clearError();
-    setStatus('Connected again. Bringing the conversation back…');
+    setStatus(why === 'rollover'
+      ? 'Moved to a new call, since a call may last at most 60 minutes. Bringing the conversation back…'
+      : 'Connected again. Bringing the conversation back…');
     holdMicrophoneForContext(true);
     scheduleRollover();
   } catch (err) {
@@ -765,6 +805,7 @@ async function resumeCall(why) {
     // The call in use was lost while moving (its loss was not reported then): it is closed.
     if (why === 'rollover' && !made) current.socket?.callClosed(current.callNumber);
     old.close();
+    renderCallControls();
     showError(`${err.message} Press Resume to try again.`);
     ui.resume.hidden = false;
   } finally {
@@ -778,6 +819,7 @@ function onConnectionLost(why, call) {
   showError('The network connection to the realtime service was lost. Press Resume to continue the conversation.');
   setActivity('idle', 'Not connected');
   state.call.close();
+  renderCallControls();
   state.socket?.callClosed(state.callNumber);
   ui.resume.hidden = false;
   ui.resume.focus();
@@ -787,10 +829,8 @@ function setControls(running) {
   ui.start.disabled = running;
   ui.stop.disabled = !running;
   ui.pttHint.hidden = !(running && ui.turn.value === 'push_to_talk');
-  if (!running) { ui.say.disabled = true; ui.saySend.disabled = true; }
-  ui.mute.disabled = !running;
   ui.talk.hidden = !(running && ui.turn.value === 'push_to_talk');
-  ui.talk.disabled = !running;
+  renderCallControls();
   for (const el of [ui.model, ui.voice, ui.turn, ui.docText, ui.searchOnly]) el.disabled = running;
   picker.setDisabled(running);
 }
@@ -821,6 +861,7 @@ async function stop(errorMessage, { end = true, ended: over = end } = {}) {
   clearTimeout(current.contextTimer);
   current.call?.close();
   current.stream?.getTracks().forEach((t) => t.stop());
+  ui.costNote.textContent = current.costNote || '';  // not "paused": these are the conversation's last figures
   if (!current.session) { setStatus('Stopped.'); focusNext(); return; }
   setStatus('Ending the session…');
   try {
@@ -829,8 +870,8 @@ async function stop(errorMessage, { end = true, ended: over = end } = {}) {
     if (ended?.end_reason === 'budget') showError('The spending limit was reached, so the session was ended.');
     await current.socket?.stop(ended ? 3000 : 500);
     const totals = ended?.totals || (await sessionTotals(current.session.id));
-    const answers = totals ? `${totals.responses} ${totals.responses === 1 ? 'answer' : 'answers'}, $${Number(totals.cost_usd).toFixed(4)}` : '';
-    setStatus(over ? `Session ended. ${answers}.` : 'This tab is no longer in the conversation.');
+    const answers = totals ? `${totals.responses} ${totals.responses === 1 ? 'answer' : 'answers'}, $${dollars(exact(totals.cost_usd))}` : '';
+    setStatus(over ? `Session ended.${answers ? ` ${answers}.` : ''}` : 'This tab is no longer in the conversation.');
     showEndedLink(current.session.id, answers);
   } catch (err) {
     await current.socket?.stop(500);
@@ -868,7 +909,7 @@ function toggleMute() {
 
 // Push to talk: cut a playing answer and clear the buffer on press; commit and ask for an answer on release.
 function talkDown() {
-  if (!state || !state.pushToTalk || state.talking) return;
+  if (!state || !state.pushToTalk || state.talking || !state.call?.isOpen) return;
   state.talking = true;
   ui.talk.setAttribute('aria-pressed', 'true');
   if (state.responding || state.playing) interrupt();
@@ -882,9 +923,12 @@ function talkUp() {
   state.talking = false;
   ui.talk.setAttribute('aria-pressed', 'false');
   applyMicrophone();
-  state.call.send({ type: 'input_audio_buffer.commit' });
-  state.call.send({ type: 'response.create' });
-  setActivity('listening', 'Thinking');
+  // The call may have dropped while Talk was held: then nothing is asked, and nothing is awaited.
+  if (state.call.send({ type: 'input_audio_buffer.commit' }) && state.call.send({ type: 'response.create' })) {
+    setActivity('listening', 'Thinking');
+  } else {
+    setActivity('idle', 'Not connected');
+  }
 }
 
 // ---- push to talk from anywhere: hold Space outside text fields ----

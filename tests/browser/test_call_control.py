@@ -6,6 +6,7 @@ import re
 import time
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser.conftest import sign_in, wait_js
 from tests.browser.test_voice_session import READY, api_session, current_call, hold_talk, start_session, wait_until
@@ -154,6 +155,7 @@ SHORTER_CAP = """
 def test_the_page_moves_to_the_next_call_before_the_cap(page, simulator):
     sign_in(page)
     page.add_init_script(SHORTER_CAP)
+    page.add_init_script(STATUS_LOG)
     page.goto("/")
     assert page.evaluate("JSON.parse(document.getElementById('voice-config').textContent).call_max_seconds") == 14
     session_id, first_call = start_session(page, turn="push_to_talk", document="", signed_in=True)
@@ -164,6 +166,11 @@ def test_the_page_moves_to_the_next_call_before_the_cap(page, simulator):
     # No cap was hit: the page closed the old call itself once the new one was up.
     wait_until(lambda: simulator.call(first_call)["state"] == "closed", what="the old call closed")
     assert simulator.call(first_call)["end_reason"] != "session_expired"
+    # Nothing dropped: the page says why it moved, not that it connected again.
+    statuses = wait_until(lambda: (log := page.evaluate("window.statusLog"))[-1].startswith("Connected.") and log,
+                          what="the new call ready")
+    assert any("new call" in line and "60 minutes" in line for line in statuses), statuses
+    assert not any("Connected again" in line for line in statuses), statuses
     assert page.get_by_role("alert").is_hidden()
     page.get_by_role("button", name="Stop").click()
     page.get_by_role("status").filter(has_text="Session ended").wait_for()
@@ -331,9 +338,12 @@ def test_a_conversation_the_server_ends_tells_the_page_why(page, server):
     """Ended by the server's sweep (here: its page looked gone), the page said only that this tab was no
     longer in the conversation, as if it had moved to another tab."""
     session_id, _ = start_session(page, turn="push_to_talk", document="")
+    # Its totals cannot be read afterwards: the page says the session ended, and no empty figures.
+    page.route(f"**/api/sessions/{session_id}", lambda route: route.fulfill(status=503))
     server.sql("UPDATE sessions_app_realtimesession SET page_connected_at = '2000-01-01 00:00:00', "
                "page_left_at = '2000-01-01 00:00:01' WHERE id = ?", (session_id.replace("-", ""),))
     page.get_by_role("alert").filter(has_text="lost touch with this page").wait_for(timeout=20_000)
     page.get_by_role("status").filter(has_text="Session ended").wait_for()
+    expect(page.get_by_role("status")).to_have_text("Session ended.")
     assert api_session(page, session_id)["end_reason"] == "page_gone"
     assert page.get_by_role("button", name="Resume").is_hidden()

@@ -2,8 +2,10 @@
 
 import re
 import time
+from decimal import Decimal
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser.conftest import PASSWORD, sign_in, wait_js
 
@@ -201,6 +203,22 @@ def test_a_refused_call_gets_a_clear_message_and_no_session(page, simulator, ser
     assert page.get_by_role("button", name="Start").is_enabled()
 
 
+def assert_call_controls(page, enabled):
+    """Talk, Mute and typing work only while a call is open."""
+    for name in ("Talk (hold)", "Mute", "Send"):
+        assert page.get_by_role("button", name=name).is_enabled() is enabled, name
+    assert page.get_by_label("Type a message").is_enabled() is enabled
+
+
+def space_talks(page):
+    """Hold Space (from the page, nothing focused) and let go: whether the page said it heard anything."""
+    page.evaluate("document.activeElement?.blur()")
+    page.keyboard.down("Space")
+    heard = page.locator("#vad-label").text_content()
+    page.keyboard.up("Space")
+    return heard == "You are speaking" or page.locator("#vad-label").text_content() == "Thinking"
+
+
 def test_a_lost_connection_is_resumed_with_the_button(page, simulator):
     session_id, call_id = start_session(page, turn="push_to_talk", document="")
     # The upstream ends the call (as a dead network would, from the page's side).
@@ -214,6 +232,9 @@ def test_a_lost_connection_is_resumed_with_the_button(page, simulator):
     alert = page.get_by_role("alert")
     alert.wait_for()
     assert "connection" in alert.text_content() and "lost" in alert.text_content()
+    # No call is open: nothing to talk, mute or type into, and Space does not pretend to be heard.
+    assert_call_controls(page, False)
+    assert not space_talks(page)
     # The conversation is not over: it waits for the person to resume it.
     wait_until(lambda: api_session(page, session_id)["calls"][0]["status"] == "ended", what="call 1 ended")
     assert api_session(page, session_id)["status"] == "active"
@@ -222,9 +243,29 @@ def test_a_lost_connection_is_resumed_with_the_button(page, simulator):
     calls = api_session(page, session_id)["calls"]
     assert [(c["number"], c["status"]) for c in calls] == [(1, "ended"), (2, "active")]
     assert calls[0]["end_reason"] == "call_closed"
+    assert_call_controls(page, True)
     hold_talk(page, 0.3)
     wait_js(page, "document.getElementById('session-cost').dataset.exact > 0", timeout=20_000)
+    page.locator('#transcript li[data-role="assistant"]').first.wait_for()
     assert simulator.call(calls[1]["call_id"])["responses"]
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_role("status").filter(has_text="Session ended").wait_for()
+
+    # A second conversation on the same page starts clean, and has no call to talk into until its call opens.
+    held = []
+    page.route("**/api/sessions/", lambda route: held.append(route))
+    page.get_by_role("button", name="Start").click()
+    while not held:
+        page.wait_for_timeout(50)
+    assert page.locator("#transcript li").count() == 0
+    assert page.locator("#session-cost").text_content() == "$0.0000" and page.locator("#cost-note").text_content() == ""
+    assert [page.locator(f"#{n}").text_content() for n in ("input-tokens", "cached-tokens", "output-tokens")] == ["0"] * 3
+    assert_call_controls(page, False)
+    assert not space_talks(page)
+    held[0].continue_()
+    page.get_by_role("status").filter(has_text=READY).wait_for()
+    page.unroute("**/api/sessions/")
+    assert_call_controls(page, True)
     page.get_by_role("button", name="Stop").click()
     page.get_by_role("status").filter(has_text="Session ended").wait_for()
 
@@ -250,6 +291,9 @@ def test_reports_made_while_the_socket_is_down_are_resent(page, simulator):
     page.evaluate(
         """() => { const s = window.voiceSession.socket; s.reopen = s._open; s._open = () => {}; s.ws.close(); }"""
     )
+    # The figures stand still meanwhile, and the page says so.
+    note = page.locator("#cost-note")
+    expect(note).to_have_text("Live cost paused: reconnecting…")
     hold_talk(page, 0.5, keyboard=True)
     wait_js(page, 
         "[...window.voiceSession.socket.pending.keys()].some((k) => k.startsWith('usage:'))", timeout=20_000
@@ -257,6 +301,7 @@ def test_reports_made_while_the_socket_is_down_are_resent(page, simulator):
     assert api_session(page, session_id)["totals"]["reported_responses"] == 0
     # The socket comes back: the kept report is sent again and acknowledged.
     page.evaluate("() => { const s = window.voiceSession.socket; s._open = s.reopen; s._open(); }")
+    expect(note).not_to_contain_text("paused")
     wait_js(page, "window.voiceSession.socket.unacknowledged === 0")
     wait_js(page, "document.getElementById('session-cost').dataset.exact > 0")
     recorded = wait_until(lambda: (r := api_session(page, session_id))["totals"]["verified"] and r,
@@ -264,10 +309,21 @@ def test_reports_made_while_the_socket_is_down_are_resent(page, simulator):
     totals = recorded["totals"]
     assert totals["reported_responses"] == 1 and totals["responses"] == 1 and not totals["usage_mismatch"]
     assert totals["cost_usd"] == page.locator("#session-cost").get_attribute("data-exact")
+    # Money is rounded as the server's pages round it (Decimal, half to even), not as a float's toFixed.
+    shown = page.locator("#session-cost")
+    expect(shown).to_have_text(f"${Decimal(totals['cost_usd']):.4f}")
+    for version, exact in enumerate(("0.00125000", "0.00135000", "0.00125001", "0.00004999"), start=10**6):
+        frame = {"type": "session.totals", "session": {
+            "version": version, "input_tokens": 1, "cached_tokens": 0, "output_tokens": 1, "cost_usd": exact,
+            "verified": True, "unverified": 0}}
+        page.evaluate("(frame) => window.voiceSession.socket._receive(JSON.stringify(frame))", frame)
+        expect(shown).to_have_text(f"${Decimal(exact):.4f}")
     page.get_by_role("button", name="Stop").click()
     # Ended on the record before the page goes: the next test's start must not find it running.
     page.get_by_role("status").filter(has_text="Session ended").wait_for()
     assert api_session(page, session_id)["status"] == "ended"
+    ended = api_session(page, session_id)["totals"]
+    expect(page.get_by_role("status")).to_contain_text(f"${Decimal(ended['cost_usd']):.4f}.")
 
 
 def upload(page, tmp_path, filename, text, title):

@@ -16,10 +16,11 @@ export function toUnits(text) {
   return negative ? -units : units;
 }
 
-export function fromUnits(units, places = 8) {
+// `unitPlaces`: the decimals the units stand for (8: units of 1e-8 dollars).
+export function fromUnits(units, places = 8, unitPlaces = 8) {
   const negative = units < 0n;
   let value = negative ? -units : units;
-  const drop = 10n ** BigInt(8 - places);
+  const drop = 10n ** BigInt(unitPlaces - places);
   if (drop > 1n) {
     // Half to even, as Python's format of a Decimal does.
     const quotient = value / drop;

@@ -81,6 +81,11 @@ export class RealtimeCall {
     this.onConnectionLost(why, this);
   }
 
+  // Whether events can be sent now: the data channel is open and the call neither closed nor lost.
+  get isOpen() {
+    return !this.closed && !this.lost && this.dc?.readyState === 'open';
+  }
+
   send(event) {
     if (this.dc && this.dc.readyState === 'open') {
       this.dc.send(JSON.stringify(event));
