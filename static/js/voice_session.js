@@ -148,6 +148,11 @@ ui.model.addEventListener('change', updateEstimate);
 function setStatus(text) { ui.status.textContent = text; }
 function showError(text) { ui.error.textContent = text; ui.error.hidden = false; }
 function clearError() { ui.error.textContent = ''; ui.error.hidden = true; }
+// Errors that say a request of the page's came too late or too soon, with nothing lost: a cancel after the
+// answer ended, a response asked for while one runs (the sideband's answer to a search), and a cut (a
+// truncate, tagged) past what the upstream had; the person is not told of them.
+const HARMLESS_ERRORS = new Set(['response_cancel_not_active', 'conversation_already_has_active_response']);
+
 function setActivity(kind, label) { ui.vad.dataset.state = kind; ui.vadLabel.textContent = label; }
 
 // The server's own message is shown for every other error (a 402 says what is left and why).
@@ -359,7 +364,9 @@ function onRealtimeEvent(event, call) {
       if (event.error?.code === 'session_expired') {
         // The 60-minute cap: this call ends now; the conversation goes on in the next one.
         resumeCall('cap');
-      } else if (event.error?.code !== 'response_cancel_not_active') {
+      } else if (event.error?.code === 'input_audio_buffer_commit_empty') {
+        setActivity('idle', 'Too short to hear: hold Talk while you speak');
+      } else if (!HARMLESS_ERRORS.has(event.error?.code) && !(event.error?.event_id || '').startsWith('truncate-')) {
         setStatus(`The model reported a problem: ${event.error?.message || 'unknown error'}`);
       }
       break;
@@ -379,7 +386,8 @@ function interrupt() {
     if (playing.itemId) {
       // The browser plays a little behind what it has received.
       const heard = Math.max(0, Math.floor(performance.now() - playing.startedAt) - PLAYOUT_DELAY_MS);
-      state.call.send({ type: 'conversation.item.truncate', item_id: playing.itemId, content_index: 0, audio_end_ms: heard });
+      state.call.send({ type: 'conversation.item.truncate', event_id: `truncate-${playing.itemId}`.slice(0, 512),
+        item_id: playing.itemId, content_index: 0, audio_end_ms: heard });
     }
   }
   state.responding = false;
@@ -914,15 +922,25 @@ function talkDown() {
   ui.talk.setAttribute('aria-pressed', 'true');
   if (state.responding || state.playing) interrupt();
   state.call.send({ type: 'input_audio_buffer.clear' });
+  state.talkStartedAt = performance.now();
   applyMicrophone();
   setActivity('user', 'You are speaking');
 }
+
+// A tap is no turn: the upstream refuses to commit under 100 ms of audio, and a response asked for anyway
+// would answer the last turn again.
+const MIN_TALK_MS = 250;
 
 function talkUp() {
   if (!state || !state.talking) return;
   state.talking = false;
   ui.talk.setAttribute('aria-pressed', 'false');
   applyMicrophone();
+  if (performance.now() - state.talkStartedAt < MIN_TALK_MS) {
+    state.call.send({ type: 'input_audio_buffer.clear' });
+    setActivity('idle', 'Too short to hear: hold Talk while you speak');
+    return;
+  }
   // The call may have dropped while Talk was held: then nothing is asked, and nothing is awaited.
   if (state.call.send({ type: 'input_audio_buffer.commit' }) && state.call.send({ type: 'response.create' })) {
     setActivity('listening', 'Thinking');

@@ -453,3 +453,19 @@ def test_the_spend_dashboard_updates_live(browser, server, simulator):
     page.get_by_role("button", name="Stop").click()
     talker.close()
     watcher.close()
+
+
+def test_a_tap_of_talk_asks_nothing_and_says_to_hold_it(page, simulator):
+    """A tap committed too little audio (the upstream refuses under 100 ms) and still asked for a response,
+    which answered the last turn again, while the page said "The model reported a problem"."""
+    session_id, call_id = start_session(page, turn="push_to_talk", document="")
+    hold_talk(page, 0.05)
+    page.locator("#vad-label").filter(has_text="Too short to hear: hold Talk while you speak").wait_for()
+    page.wait_for_timeout(500)
+    sent = [e["type"] for e in simulator.call(call_id)["client_events"]]
+    assert "response.create" not in sent and "input_audio_buffer.commit" not in sent
+    assert "reported a problem" not in page.get_by_role("status").first.text_content()
+    hold_talk(page, 0.4)  # a real press still asks
+    wait_until(lambda: simulator.call(call_id)["responses"], what="the answer to a real press")
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_role("status").filter(has_text="Session ended").wait_for()
