@@ -629,6 +629,13 @@ let elsewhere = null;  // the conversation the server says is already running
 function showElsewhere(err, focus = true) {
   elsewhere = err.detail?.session || null;
   ui.elsewhereText.textContent = err.message;
+  if (elsewhere?.id) {
+    // What it has said and spent so far, on its own page.
+    const link = document.createElement('a');
+    link.href = elsewhere.url || `/sessions/${elsewhere.id}/`;
+    link.textContent = 'See that conversation';
+    ui.elsewhereText.append(' ', link, '.');
+  }
   ui.elsewhere.hidden = false;
   setStatus('Another conversation of yours is running.');
   if (focus) ui.endOther.focus();

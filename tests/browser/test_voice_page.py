@@ -237,6 +237,8 @@ def test_a_second_start_offers_to_continue_or_end_the_running_conversation(brows
     SHOTS.mkdir(parents=True, exist_ok=True)
     second.screenshot(path=str(SHOTS / "voice-390-running-elsewhere.png"), full_page=True)
     assert "$" in offer.text_content()  # the server's words: when it started and what it has cost
+    link = offer.get_by_role("link", name="See that conversation")
+    assert link.get_attribute("href") == f"/sessions/{session_id}/"
     assert fits(second)
 
     # Continue it here: the same conversation, a new call; the first tab lets go and says why.
