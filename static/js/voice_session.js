@@ -11,7 +11,7 @@ const ui = {
   model: $('model'), voice: $('voice'), turn: $('turn-detection'), docText: $('document-text'),
   budget: $('context-budget'), start: $('start'), stop: $('stop'), mute: $('mute'),
   talk: $('talk'), playAudio: $('play-audio'), status: $('status'), error: $('error'),
-  vad: $('vad-indicator'), vadLabel: $('vad-label'), transcript: $('transcript'),
+  vad: $('vad-indicator'), vadLabel: $('vad-label'), transcript: $('transcript'), turnAnnouncer: $('turn-announcer'),
   inputTokens: $('input-tokens'), cachedTokens: $('cached-tokens'), outputTokens: $('output-tokens'),
   cost: $('session-cost'), costNote: $('cost-note'), audio: $('remote-audio'), resume: $('resume'),
   searchOnly: $('search-only'), page: $('voice-page'), form: $('session-form'), summary: $('setup-summary'),
@@ -284,6 +284,8 @@ function finishTranscript(itemId, role, text) {
   const follow = followingTranscript();
   transcriptEntry(itemId, role).textContent = text;
   if (follow) scrollTranscript();
+  // A screen reader hears each turn once, whole, not every word as it streams in.
+  if (text) ui.turnAnnouncer.textContent = `${role === 'user' ? 'You' : 'Assistant'}: ${text}`;
   if (state && text) state.socket.reportTranscript(itemId, role, text);
 }
 
@@ -492,7 +494,7 @@ function announceReady() {
   // Push to talk: the next thing to do is to hold Talk (unless the person went elsewhere meanwhile).
   if (state.pushToTalk && (document.activeElement === ui.stop || document.activeElement === document.body)) ui.talk.focus();
 }
-const MUTED_STATUS = 'Muted: the assistant cannot hear you. Press Unmute to talk again.';
+const MUTED_STATUS = 'Muted: the assistant cannot hear you. Press Mute again to talk.';
 
 // Whether the microphone sends sound: not while muted, not before the context
 // is in, and in push-to-talk only while Talk is held.
@@ -916,7 +918,6 @@ function toggleMute() {
   if (!state) return;
   const muted = ui.mute.getAttribute('aria-pressed') !== 'true';
   ui.mute.setAttribute('aria-pressed', String(muted));
-  ui.mute.textContent = muted ? 'Unmute' : 'Mute';
   applyMicrophone();
   if (muted) setStatus(MUTED_STATUS);
   else if (!state.waitingForContext) setStatus('Microphone on. ' + (state.pushToTalk ? 'Hold Talk (or the Space bar) while you speak.' : 'Speak whenever you like.'));

@@ -394,7 +394,9 @@ def test_the_conversation_becomes_the_page(browser, server, simulator, width):
     assert page.locator("#session-form").is_hidden()
     summary = page.locator("#setup-summary")
     assert summary.is_visible() and "gpt-" in summary.text_content() and "pasted text" in summary.text_content()
-    assert page.locator("#transcript").get_attribute("aria-live") == "polite"
+    # Turns are announced once each, whole (the transcript itself fills word by word, unannounced).
+    assert page.locator("#transcript").get_attribute("aria-live") is None
+    assert page.locator("#turn-announcer").get_attribute("aria-live") == "polite"
 
     # The microphone: a level that moves with the fake speech, and a picker listing the devices.
     wait_until(lambda: float(page.locator("#mic-level").get_attribute("data-peak") or 0) > 0.02, timeout=20,
@@ -410,7 +412,7 @@ def test_the_conversation_becomes_the_page(browser, server, simulator, width):
     # Muted: the status says so.
     page.get_by_role("button", name="Mute").click()
     assert "Muted" in page.get_by_role("status").filter(has_text="Muted").text_content()
-    page.get_by_role("button", name="Unmute").click()
+    page.get_by_role("button", name="Mute", pressed=True).click()
 
     # A typed message goes over the data channel as a user text item and gets an answer.
     page.evaluate("document.getElementById('transcript').style.maxHeight = '5rem'")
@@ -423,6 +425,7 @@ def test_the_conversation_becomes_the_page(browser, server, simulator, width):
     assert sent[-1]["item"]["content"] == [{"type": "input_text", "text": "When does Zephyr launch?"}]
     # Each answer shows its cost once the server priced it.
     page.locator("#transcript li[data-role=assistant] .answer-cost").first.wait_for(timeout=20_000)
+    wait_js(page, "document.getElementById('turn-announcer').textContent.startsWith('Assistant: ')")
     # The transcript keeps up with the conversation: scrolled to its end.
     wait_js(page, "(() => { const t = document.getElementById('transcript');"
                   " return t.scrollHeight > t.clientHeight && t.scrollHeight - t.scrollTop - t.clientHeight < 48; })()",

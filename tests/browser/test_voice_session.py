@@ -131,11 +131,12 @@ def test_talk_about_a_pasted_document_then_mute_and_stop(page, simulator):
     assert recorded["totals"]["input_tokens"] <= simulated
 
     # Mute: the frames keep coming but carry digital silence.
+    # One label, its state in aria-pressed (a screen reader says "Mute, pressed", not "Unmute, pressed").
     page.get_by_role("button", name="Mute").click()
-    assert page.get_by_role("button", name="Unmute").get_attribute("aria-pressed") == "true"
+    assert page.get_by_role("button", name="Mute", pressed=True).is_visible()
     time.sleep(1.5)
     assert max(simulator.call(call_id)["audio_in"]["recent_rms"]) < 0.001
-    page.get_by_role("button", name="Unmute").click()
+    page.get_by_role("button", name="Mute", pressed=True).click()
     wait_until(
         lambda: max(simulator.call(call_id)["audio_in"]["recent_rms"]) > 0.02, timeout=15, what="speech after unmute"
     )
