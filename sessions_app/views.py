@@ -299,7 +299,9 @@ async def mint_session(request):
     if price is None:
         return json_error("invalid_request", f"{req.model} has no price set; an admin must add one.", 400)
     if None in library:
-        return json_error("document_not_found", "One of the chosen documents does not exist or is not yours to use.", 404)
+        gone = [str(pk) for pk, document in zip(req.document_ids, library) if document is None]
+        return json_error("document_not_found", "A chosen document was deleted or is no longer shared with you.", 404,
+                          document_ids=gone)
     # One running conversation per person: two tabs would be two billed calls.
     if running is not None:
         return _already_running(running)

@@ -197,6 +197,8 @@ def test_unknown_document_id_is_404(csrf_client, alice, fake):
     response = mint(csrf_client, {"document_ids": ["2f1b7a52-3c1e-4a0e-9d7e-0c7a4b1f9e10"]})
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "document_not_found"
+    # Which one, so that the page can take it off the list and name it.
+    assert response.json()["error"]["document_ids"] == ["2f1b7a52-3c1e-4a0e-9d7e-0c7a4b1f9e10"]
     assert fake.requests == []
 
 

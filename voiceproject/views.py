@@ -15,9 +15,9 @@ from django_ratelimit.core import get_usage
 from django.views.decorators.http import require_GET
 
 
-def json_error(code, message, status, headers=None):
-    """The one error shape of the JSON API."""
-    return JsonResponse({"error": {"code": code, "message": message}}, status=status, headers=headers)
+def json_error(code, message, status, headers=None, **more):
+    """The one error shape of the JSON API (`more`: what the client needs to act on it, beside the message)."""
+    return JsonResponse({"error": {"code": code, "message": message, **more}}, status=status, headers=headers)
 
 
 def _csrf_rejection(request):

@@ -117,6 +117,17 @@ export class DocumentPicker {
     this.onChange();
   }
 
+  // Takes these documents off the chosen list (the server says they are gone); returns their titles.
+  forget(ids) {
+    const gone = this.chosen.filter((d) => ids.includes(d.id));
+    if (gone.length) {
+      this.chosen = this.chosen.filter((d) => !ids.includes(d.id));
+      this.render();
+      this.find(this.search.value.trim());
+    }
+    return gone.map((d) => d.title);
+  }
+
   get ids() {
     return this.chosen.map((d) => d.id);
   }

@@ -619,7 +619,16 @@ async function start() {
       showElsewhere(err);
       return;
     }
-    const message = err instanceof CallError ? err.message : `Something went wrong: ${err.message}`;
+    let message = err instanceof CallError ? err.message : `Something went wrong: ${err.message}`;
+    if (err.code === 'document_not_found' && Array.isArray(err.detail?.document_ids)) {
+      const gone = picker.forget(err.detail.document_ids);
+      if (gone.length) {
+        const many = gone.length > 1;
+        message = `${gone.map((title) => `“${title}”`).join(', ')} ${many ? 'were' : 'was'} deleted or `
+          + `${many ? 'are' : 'is'} no longer shared with you, and ${many ? 'were' : 'was'} taken off your list. `
+          + `Press Start again to go without ${many ? 'them' : 'it'}.`;
+      }
+    }
     await stop(message);
     if (err.code === 'budget_exceeded') refreshBudget();
   }

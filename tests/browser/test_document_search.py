@@ -93,3 +93,22 @@ def test_the_picker_says_when_nothing_matches_and_when_the_library_cannot_be_sea
     page.get_by_label("Find documents").fill("launch")
     results.get_by_text("The library could not be searched (HTTP 500). Try again.").wait_for()
     assert results.locator("button").count() == 0
+
+
+def test_a_chosen_document_deleted_before_start_is_named_and_taken_off_the_list(page, server, tmp_path):
+    path = tmp_path / "gone.md"
+    path.write_text("# Soon gone\n\nThis document is deleted before the conversation starts.\n")
+    sign_in(page)
+    page.goto("/documents/")
+    page.get_by_label("File").set_input_files(str(path))
+    page.get_by_label("Title (optional)").fill("Soon gone")
+    page.get_by_role("button", name="Upload").click()
+    page.wait_for_url("**/documents/*/")
+    page.goto("/")
+    page.get_by_label("Find documents").fill("Soon gone")
+    page.get_by_role("button", name="Add Soon gone").click()
+    server.manage("shell", "-c", "from documents_app.models import Document; "
+                                 "Document.objects.filter(title='Soon gone').delete()")
+    page.get_by_role("button", name="Start").click()
+    page.get_by_role("alert").filter(has_text="“Soon gone” was deleted or is no longer shared with you").wait_for()
+    assert page.locator("#doc-chosen li").count() == 0
