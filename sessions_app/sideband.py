@@ -654,9 +654,10 @@ class CallWatch:
         self.active.clear()
         self.creating = None
         self.answer_for.clear()
-        missed, self.outputs = self.outputs, {}
-        for batch in missed.values():
+        # Each batch is let go of once all of it was sent: a drop in the middle leaves it for the next attach.
+        for response_id, batch in list(self.outputs.items()):
             await self.send_outputs(batch)
+            del self.outputs[response_id]
             self.owed.append([pk for _, _, pk in batch if pk is not None])
         await self.ask_for_answer()
 
@@ -684,8 +685,9 @@ class CallWatch:
         for_tools = self.answer_for.pop(response_id, None) or []
         spoken = [i.get("id") for i in response.get("output") or []
                   if isinstance(i, dict) and i.get("type") == "message" and i.get("role") == "assistant"]
-        batch = self.outputs.pop(response_id, [])
-        await self.send_outputs(batch)
+        batch = self.outputs.get(response_id, [])
+        await self.send_outputs(batch)  # a drop here keeps the batch for the next attach (resume_answers)
+        self.outputs.pop(response_id, None)
         # One response.create for the whole batch, and none for a response the user cut short. A response
         # asked to answer one batch that searched again instead of speaking: the answer is for both.
         if batch and response.get("status") == "completed":
@@ -705,16 +707,18 @@ class CallWatch:
         """Send the next owed response.create, never while a response is running."""
         if self.active or self.creating is not None or not self.owed or self.ws is None:
             return
-        pks = self.owed.pop(0)
+        pks = self.owed[0]
         self.asked += 1
         # Numbered, so that it is never empty (a batch whose every answer failed kept no tool call) and
         # its echo in response.created always clears it.
         marker = f"{self.asked}:{','.join(str(pk) for pk in pks)}"[:500]
-        self.creating = (marker, pks)
         await self.ws.send_str(json.dumps({
             "type": "response.create", "event_id": f"answer-{marker}",
             "response": {"metadata": {"tool_calls": marker}},
         }))
+        # Sent: a drop under the send keeps the ask owed, for the next attach.
+        self.owed.pop(0)
+        self.creating = (marker, pks)
 
     def mark_answer(self, response_id, item_id, tool_call_pks):
         """The spoken item of a response: its cost is the response's; its sources, those of the tool

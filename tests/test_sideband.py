@@ -1009,11 +1009,11 @@ class FakeSocket:
         return [e["item"]["call_id"] for e in self.sent if e.get("item", {}).get("type") == "function_call_output"]
 
 
-async def tool_watch(user, documents=()):
+async def tool_watch(user, documents=(), call_id="rtc_tools"):
     """A watch of a new call of a conversation searching these documents, its socket a FakeSocket."""
     documents = [{"id": str(d.pk), "title": d.title, "tokens": d.tokens, "sha256": d.sha256, "mode": "search"}
                  for d in documents]
-    session = await make_session(user, "rtc_tools", "secret", documents=documents)
+    session = await make_session(user, call_id, "secret", documents=documents)
     watch = CallWatch(None, (await database_sync_to_async(call_of)(session)).pk)
     watch.info = await database_sync_to_async(watch.load)()
     watch.info["context_ready_at"] = True  # nothing to put in
@@ -1226,3 +1226,37 @@ async def test_an_answer_cut_off_keeps_its_text_against_an_upstream_that_removes
         session=session, item_id=item_id, text__endswith="[cut off after 1.2 s]").first())
     assert marked.text == f"{spoken} [cut off after 1.2 s]"
     await client.close()
+
+
+class DroppingSocket(FakeSocket):
+    """A socket that breaks under the watch's first send (the drop comes while it resends)."""
+
+    async def send_str(self, text):
+        raise ConnectionResetError("dropped")
+
+
+async def test_a_drop_while_the_answers_are_sent_again_keeps_them_for_the_next_attach(alice):
+    """The reattach let go of a batch before sending it: a second drop under the send lost its outputs and
+    its ask for good, and the model never answered the search."""
+    watch, session = await tool_watch(alice)
+    await attach(watch, created("resp_1"), searched("resp_1", "call_1"))  # dropped before resp_1 ended
+    watch.ws = DroppingSocket()
+    with pytest.raises(ConnectionResetError):
+        await watch.listen(watch.ws, [])
+    ws = await attach(watch)
+    assert ws.outputs() == ["call_1"] and len(ws.creates()) == 1
+    # The same when the drop comes under the ask itself, once the outputs went.
+    watch2, _ = await tool_watch(alice, call_id="rtc_tools_2")
+    await attach(watch2, created("resp_a"), searched("resp_a", "call_a"))
+
+    class AskBreaks(FakeSocket):
+        async def send_str(self, text):
+            if json.loads(text)["type"] == "response.create":
+                raise ConnectionResetError("dropped")
+            await super().send_str(text)
+
+    watch2.ws = AskBreaks()
+    with pytest.raises(ConnectionResetError):
+        await watch2.listen(watch2.ws, [])
+    ws = await attach(watch2)
+    assert len(ws.creates()) == 1
