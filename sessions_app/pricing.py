@@ -93,7 +93,9 @@ def parse_usage(usage, model_price, upstream=False):
         # Absent per-modality cache details count as uncached: never undercharge.
         fields[f"cached_{kind}"] = _count(cached, f"{kind}_tokens", "usage.input_token_details.cached_tokens_details") or 0
         if fields[f"cached_{kind}"] > fields[f"input_{kind}"]:
-            raise UsageError(f"cached {kind} tokens exceed {kind} input tokens")
+            if not upstream:
+                raise UsageError(f"cached {kind} tokens exceed {kind} input tokens")
+            fields[f"input_{kind}"] = fields[f"cached_{kind}"]  # cached input is input: counted at least once
     for kind in ("text", "audio"):
         fields[f"output_{kind}"] = _count(out, f"{kind}_tokens", "usage.output_token_details") or 0
     counts = TokenCounts(**fields)

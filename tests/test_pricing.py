@@ -122,6 +122,10 @@ def test_a_duration_of_minus_zero_is_zero():
         ({"input_tokens": 40_000, "input_token_details": {"text_tokens": 40_000}}, Decimal("0.16")),
         # More output than the table's limit, and a total that adds up to nothing.
         ({"output_tokens": 5_000, "total_tokens": 7, "output_token_details": {"text_tokens": 5_000}}, Decimal("0.08")),
+        # Cached details with no input split: the cached 800 at the cached rate, the other 200 at the dearest.
+        ({"input_tokens": 1000, "input_token_details": {"cached_tokens": 800,
+                                                        "cached_tokens_details": {"text_tokens": 800}}},
+         Decimal("0.00672")),
     ],
 )
 def test_the_upstreams_own_usage_is_billed_never_dropped(usage, expected):
