@@ -1019,8 +1019,16 @@ def usage_snapshot():
     if connection.in_atomic_block:  # inside a transaction already (a test's): it sees what it sees
         yield newest()
     elif connection.vendor != "postgresql":
-        with transaction.atomic():  # BEGIN IMMEDIATE, as the writes': none is half done while this reads
+        # SQLite writes one transaction at a time, so ids are committed in order. A deferred transaction
+        # (not atomic()'s, which begins IMMEDIATE and would hold the writes off) takes its snapshot, in WAL
+        # mode, at its first read, and keeps it to the end without a lock any write waits for.
+        with connection.cursor() as cursor:
+            cursor.execute("BEGIN DEFERRED")
+        try:
             yield newest()
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("ROLLBACK")  # it wrote nothing
     else:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_lock(%s)", [_USAGE_WRITES_LOCK])  # writes in flight finish first
