@@ -118,8 +118,10 @@ class SpendQuery:
     end: datetime.date
     filters: dict
     errors: list = field(default_factory=list)
-    # The range ends today because no end was asked for: it moves on with the days.
+    # The range ends today because no end was asked for: it moves on with the days (and so does its start,
+    # unless one was asked for).
     rolling: bool = False
+    start_asked: bool = False
 
     def as_dict(self):
         """The effective query (never the refused values)."""
@@ -136,7 +138,9 @@ class SpendQuery:
         midnight gets the range ending on the new day."""
         params = self.as_dict() | changes
         if self.rolling:
-            del params["start"], params["end"]
+            del params["end"]
+            if not self.start_asked:
+                del params["start"]
         return urlencode(params)
 
 
@@ -153,8 +157,8 @@ def read_query(request):
         start = end - (DEFAULT_DAYS - 1) * ONE_DAY
     filters = {name: data.get(name) or None for name in ("team", "user", "model")}
     errors = [str(message) for messages in form.errors.values() for message in messages]
-    rolling = not dates_ok or not (request.GET.get("start") or request.GET.get("end"))
-    return SpendQuery(form, start, end, filters, errors, rolling)
+    rolling = not dates_ok or not request.GET.get("end")
+    return SpendQuery(form, start, end, filters, errors, rolling, dates_ok and bool(request.GET.get("start")))
 
 
 # ---- the figures ----

@@ -246,6 +246,26 @@ def test_filters_narrow_the_figures(client, staff, spend, team_b, query, filters
     assert data["range"]["sessions"] > 0
 
 
+@pytest.mark.parametrize("asked, live_dates, rolling", [
+    ("", {}, True),  # the default range: both dates move on with the days
+    ("start=2026-10-01", {"start": "2026-10-01"}, True),  # a start asked for stays; the end is today's
+    ("start=2026-10-01&end=2026-10-31", {"start": "2026-10-01", "end": "2026-10-31"}, False),
+    ("end=nonsense", {}, True),  # refused: the defaults, which move on
+])
+def test_a_live_page_reads_again_the_range_it_asked_for(client, staff, asked, live_dates, rolling):
+    """A range with no end asked for ends today: the page's live reads name no end, so a read after
+    midnight gets the range ending on the new day (and the page is told the range rolls)."""
+    import json
+    from urllib.parse import parse_qs, urlsplit
+
+    login(client, staff)
+    page = client.get(f"/dashboard/?{asked}").content.decode()
+    live = json.loads(page.split('id="dashboard-live" type="application/json">', 1)[1].split("</script>", 1)[0])
+    query = {k: v[0] for k, v in parse_qs(urlsplit(live["json_url"]).query).items()}
+    assert {k: query[k] for k in ("start", "end") if k in query} == live_dates
+    assert client.get(live["json_url"]).json()["rolling"] is rolling
+
+
 def test_a_chosen_range(client, staff, spend):
     start, end = TODAY - datetime.timedelta(days=35), TODAY - datetime.timedelta(days=3)
     login(client, staff)
