@@ -412,6 +412,19 @@ async def sim_call_script(request: web.Request) -> web.Response:
                               "user_transcript": call.conversation.user_transcript})
 
 
+async def sim_call_client_event(request: web.Request) -> web.Response:
+    """A client event into the call, as a sideband of the server's would send it (no socket needed)."""
+    call = _find_call(request)
+    if call is None:
+        return _error(404, "Unknown call.", "call_id_not_found")
+    try:
+        event = await _json_body(request)
+    except RequestError as exc:
+        return _from_request_error(exc)
+    call.client_event(json.dumps(event), "test")
+    return web.json_response({"sent": True})
+
+
 async def sim_drop_sidebands(request: web.Request) -> web.Response:
     """Abort the call's sideband sockets without close frames; the call goes on."""
     call = _find_call(request)
@@ -490,6 +503,7 @@ def build_app(state: SimState) -> web.Application:
     app.router.add_get("/_sim/calls/{call_id}", sim_call)
     app.router.add_get("/_sim/calls/{call_id}/events", sim_call_events)
     app.router.add_post("/_sim/calls/{call_id}/script", sim_call_script)
+    app.router.add_post("/_sim/calls/{call_id}/client_event", sim_call_client_event)
     app.router.add_post("/_sim/calls/{call_id}/sideband/drop", sim_drop_sidebands)
     app.router.add_get("/_sim/config", sim_get_config)
     app.router.add_post("/_sim/config", sim_set_config)

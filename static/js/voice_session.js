@@ -149,7 +149,7 @@ function setStatus(text) { ui.status.textContent = text; }
 function showError(text) { ui.error.textContent = text; ui.error.hidden = false; }
 function clearError() { ui.error.textContent = ''; ui.error.hidden = true; }
 // Errors that say a request of the page's came too late or too soon, with nothing lost: a cancel after the
-// answer ended, a response asked for while one runs (the sideband's answer to a search), and a cut (a
+// answer ended, a response asked for while one runs (the page's own ask is made again when it ends), and a cut (a
 // truncate, tagged) past what the upstream had; the person is not told of them.
 const HARMLESS_ERRORS = new Set(['response_cancel_not_active', 'conversation_already_has_active_response']);
 
@@ -361,11 +361,19 @@ function onRealtimeEvent(event, call) {
         if (priced) showAnswerCost(event.response.id, priced.cost, priced.verified);
       }
       if (event.response?.id && event.response.usage) state.socket.reportUsage(event.response.id, event.response.usage);
+      if (state.askAgain) {
+        state.askAgain = false;
+        askForAnswer();
+      }
       break;
     case 'error':
       if (event.error?.code === 'session_expired') {
         // The 60-minute cap: this call ends now; the conversation goes on in the next one.
         resumeCall('cap');
+      } else if (event.error?.code === 'conversation_already_has_active_response'
+                 && (event.error?.event_id || '').startsWith('page-ask')) {
+        // The person's turn met an answer still running (the server's, to a search): asked when it ends.
+        state.askAgain = true;
       } else if (event.error?.code === 'input_audio_buffer_commit_empty') {
         setActivity('idle', 'Too short to hear: hold Talk while you speak');
       } else if (!HARMLESS_ERRORS.has(event.error?.code) && !(event.error?.event_id || '').startsWith('truncate-')) {
@@ -944,6 +952,13 @@ function talkDown() {
   setActivity('user', 'You are speaking');
 }
 
+// The person's turn asks for its answer; tagged, so that a refusal (an answer already running) is known
+// as this page's and asked again when that answer ends.
+function askForAnswer() {
+  state.asks = (state.asks || 0) + 1;
+  return state.call.send({ type: 'response.create', event_id: `page-ask-${state.asks}` });
+}
+
 // A tap is no turn: the upstream refuses to commit under 100 ms of audio, and a response asked for anyway
 // would answer the last turn again.
 const MIN_TALK_MS = 250;
@@ -959,7 +974,7 @@ function talkUp() {
     return;
   }
   // The call may have dropped while Talk was held: then nothing is asked, and nothing is awaited.
-  if (state.call.send({ type: 'input_audio_buffer.commit' }) && state.call.send({ type: 'response.create' })) {
+  if (state.call.send({ type: 'input_audio_buffer.commit' }) && askForAnswer()) {
     setActivity('listening', 'Thinking');
   } else {
     setActivity('idle', 'Not connected');
@@ -995,7 +1010,7 @@ function sendTyped(event) {
     item: { type: 'message', role: 'user', content: [{ type: 'input_text', text }] },
   });
   if (!sent) { showError('The message could not be sent: the call is not connected.'); return; }
-  state.call.send({ type: 'response.create' });
+  askForAnswer();
   ui.say.value = '';
   setActivity('listening', 'Thinking');
 }

@@ -470,3 +470,27 @@ def test_a_tap_of_talk_asks_nothing_and_says_to_hold_it(page, simulator):
     wait_until(lambda: simulator.call(call_id)["responses"], what="the answer to a real press")
     page.get_by_role("button", name="Stop").click()
     page.get_by_role("status").filter(has_text="Session ended").wait_for()
+
+
+def test_a_turn_that_met_the_servers_answer_running_is_answered_after_it(page, simulator):
+    """Talk released while an answer of the server's own runs (its sideband answering a search): the
+    upstream refuses the page's ask (conversation_already_has_active_response). The page asks again when
+    that answer ends, so the person's turn is answered; before, it went unanswered."""
+    session_id, call_id = start_session(page, turn="push_to_talk", document="")
+    talk = page.get_by_role("button", name="Talk (hold)")
+    talk.hover()
+    page.mouse.down()
+    simulator.post(f"/_sim/calls/{call_id}/script", {"text": "The server's own answer, which takes a while to say."})
+    simulator.post(f"/_sim/calls/{call_id}/client_event", {"type": "response.create"})
+    wait_until(lambda: (r := simulator.call(call_id)["responses"]) and r[0]["status"] == "in_progress",
+               what="the server's answer running")
+    time.sleep(0.4)
+    page.mouse.up()
+    call = wait_until(lambda: (c := simulator.call(call_id)) and len(c["responses"]) >= 2 and c, timeout=30,
+                      what="the turn answered after the server's answer")
+    asks = [e.get("event_id") for e in call["client_events"] if e.get("type") == "response.create"]
+    assert asks == [None, "page-ask-1", "page-ask-2"]  # the server's, the page's refused, the page's again
+    assert call["responses"][0]["status"] == "completed"
+    assert "reported a problem" not in page.get_by_role("status").first.text_content()
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_role("status").filter(has_text="Session ended").wait_for()
