@@ -222,6 +222,9 @@ def space_talks(page):
 
 def test_a_lost_connection_is_resumed_with_the_button(page, simulator):
     session_id, call_id = start_session(page, turn="push_to_talk", document="")
+    # Talk is held as the call goes (and the disabled button never hears its release).
+    page.get_by_role("button", name="Talk (hold)").hover()
+    page.mouse.down()
     # The upstream ends the call (as a dead network would, from the page's side).
     import urllib.request
 
@@ -245,6 +248,10 @@ def test_a_lost_connection_is_resumed_with_the_button(page, simulator):
     assert [(c["number"], c["status"]) for c in calls] == [(1, "ended"), (2, "active")]
     assert calls[0]["end_reason"] == "call_closed"
     assert_call_controls(page, True)
+    # Talk was let go of with the lost call: the new call's microphone stays closed until Talk is held.
+    assert page.evaluate("window.voiceSession.micTrack.enabled") is False
+    assert page.get_by_role("button", name="Talk (hold)").get_attribute("aria-pressed") == "false"
+    page.mouse.up()
     hold_talk(page, 0.3)
     wait_js(page, "document.getElementById('session-cost').dataset.exact > 0", timeout=20_000)
     page.locator('#transcript li[data-role="assistant"]').first.wait_for()
