@@ -98,7 +98,7 @@ async def test_a_report_to_one_process_reaches_a_dashboard_on_the_other(shared):
         await dashboard.close()
     # Process B reads what process A stored.
     detail = (await staff.get(f"/api/sessions/{session['id']}")).json()
-    assert detail["totals"]["cost_usd"] == "0.014411"
+    assert detail["totals"]["cost_usd"] == "0.01441120"
     await browser.close()
     await member.aclose()
     await staff.aclose()
