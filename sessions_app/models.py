@@ -745,7 +745,6 @@ class TranscriptEntry(models.Model):
             defaults={"role": role, "text": text, "call_number": call_number, "position": (last["p"] or 0) + 1},
         )
 
-
     @classmethod
     def mark_cut(cls, session_id, item_id, audio_end_ms):
         """An answer the user cut off, whose heard part the upstream did not give back: its text stays, said
@@ -1003,7 +1002,8 @@ _USAGE_WRITES_LOCK = 7_406_111  # PostgreSQL advisory lock key
 
 def _usage_write_begins():
     connection = transaction.get_connection()
-    if connection.vendor == "postgresql":  # SQLite: the write's BEGIN IMMEDIATE already keeps readers' snapshots whole
+    # SQLite needs nothing: its writes run one at a time (BEGIN IMMEDIATE), so their ids commit in order.
+    if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [_USAGE_WRITES_LOCK])
 

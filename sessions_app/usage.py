@@ -22,7 +22,7 @@ class Recorded:
     created: bool
     totals: dict
     team_id: str | None
-    # Conversations a crossed budget ended: [(session id, [upstream call ids])].
+    # Conversations a crossed budget ended: [(session id, {upstream call id: sealed secret})].
     stopped: list = field(default_factory=list)
     # For the dashboards: what this record changed on the bill, as a delta they apply (None: nothing).
     update: dict | None = None
