@@ -610,6 +610,8 @@ def history(request):
 @require_GET
 def history_detail(request, session_id):
     session = _get_session_for_user(request.user, session_id)
+    if session.user_id != request.user.pk:
+        request.nav_section = "/dashboard/"  # someone else's conversation is reached from Spend, not My sessions
     context = {
         "session": session,
         "duration": duration_display(session.duration_seconds),

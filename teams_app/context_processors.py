@@ -11,11 +11,13 @@ NAV = [
 ]
 
 
-def _nav(path, sees_spend, is_staff):
-    """The links the user may follow; the one whose page this is (or the section it is under) is current."""
+def _nav(path, sees_spend, is_staff, section=None):
+    """The links the user may follow; the one whose page this is (or the section it is under, which a view
+    may name) is current."""
     shown = [(href, label) for href, label, who in NAV
              if who == "member" or (who == "spend" and sees_spend) or (who == "staff" and is_staff)]
-    section = max((href for href, _ in shown if href != "/" and path.startswith(href)), key=len, default=None)
+    if section is None:
+        section = max((href for href, _ in shown if href != "/" and path.startswith(href)), key=len, default=None)
     return [{"href": href, "label": label,
              "current": "page" if href == path else ("true" if href == section else "")}
             for href, label in shown]
@@ -27,4 +29,5 @@ def roles(request):
     if user is None or not user.is_authenticated:
         return {"sees_spend": False, "nav": []}
     sees_spend = user.is_staff or Team.objects.spend_visible_to(user).exists()
-    return {"sees_spend": sees_spend, "nav": _nav(request.path, sees_spend, user.is_staff)}
+    return {"sees_spend": sees_spend,
+            "nav": _nav(request.path, sees_spend, user.is_staff, getattr(request, "nav_section", None))}

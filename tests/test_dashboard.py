@@ -485,6 +485,15 @@ def test_a_session_page_is_for_its_owner_team_admins_and_staff(client, histories
     assert login(client, request.getfixturevalue(who)).get(f"/sessions/{mine.pk}/").status_code == status
 
 
+def test_someone_elses_conversation_is_under_spend_in_the_navigation(client, bob, alice, histories):
+    """A team admin reads a member's conversation from the Spend dashboard: "My sessions" was marked current."""
+    mine, _ = histories
+    current = 'aria-current="true">'
+    assert f'href="/sessions/" {current}My sessions' in login(client, bob).get(f"/sessions/{mine.pk}/").content.decode()
+    page = login(client, alice).get(f"/sessions/{mine.pk}/").content.decode()
+    assert f'href="/dashboard/" {current}Spend' in page and f"{current}My sessions" not in page
+
+
 def test_history_detail_anonymous_and_bad_ids(client, bob, histories):
     mine, _ = histories
     assert client.get(f"/sessions/{mine.pk}/").status_code == 302
