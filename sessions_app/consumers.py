@@ -13,14 +13,13 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from . import usage
-from .models import Call, EndReason, RealtimeSession, TranscriptEntry, UsageRecord
+from .models import MAX_TRANSCRIPT_CHARS, Call, EndReason, RealtimeSession, TranscriptEntry, UsageRecord
 from .pricing import UsageError
 from .text import clean_text
 
 log = logging.getLogger(__name__)
 
 MAX_FRAME_CHARS = 64 * 1024
-MAX_TRANSCRIPT_CHARS = 20_000
 ID_PATTERN = re.compile(r"[A-Za-z0-9_\-.:]{1,128}")
 # A call number as a page says it in its socket's URL (at most 2**31 - 1, as stored).
 CALL_NUMBER = re.compile(r"[1-9][0-9]{0,9}")
