@@ -209,7 +209,10 @@ async def _to_the_end(making_a_call):
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        await task
+        try:
+            await task
+        except Exception:  # nobody is left to answer: said here, and the view still ends as cancelled
+            log.exception("making a call failed after its browser went away")
         raise
 
 
