@@ -80,6 +80,21 @@ def _state(request: web.Request) -> SimState:
 
 # --- middleware ----------------------------------------------------------------------
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+@web.middleware
+async def loopback_only(request: web.Request, handler):
+    """Answer loopback names only, so that a web page cannot reach the simulator by rebinding a name of
+    its own to 127.0.0.1; and keep the test controls from browser pages altogether (a cross-site form
+    posts without a preflight), since they reset calls, inject faults and show what was minted."""
+    host = (request.host or "").rsplit(":", 1)[0]
+    if host not in LOOPBACK_NAMES:
+        return _error(403, "This simulator answers only on loopback names.", "forbidden_host")
+    if request.path.startswith("/_sim/") and "Origin" in request.headers:
+        return _error(403, "The simulator's test controls do not answer web pages.", "forbidden_origin")
+    return await handler(request)
+
 @web.middleware
 async def cors_and_errors(request: web.Request, handler):
     """OpenAI error envelopes for /v1 router errors; CORS headers for browser pages."""
@@ -489,7 +504,7 @@ async def sim_reset(request: web.Request) -> web.Response:
 
 
 def build_app(state: SimState) -> web.Application:
-    app = web.Application(middlewares=[cors_and_errors], client_max_size=32 * 1024 * 1024)
+    app = web.Application(middlewares=[loopback_only, cors_and_errors], client_max_size=32 * 1024 * 1024)
     app[STATE_KEY] = state
     app.router.add_post("/v1/realtime/client_secrets", create_client_secret)
     app.router.add_post("/v1/realtime/calls", create_call)

@@ -316,3 +316,19 @@ async def test_fault_bad_json_drop_and_timeout(sim, http, auth):
     resp = await _post_secret(sim, http, auth)
     assert resp.status == 504
     assert (await _post_secret(sim, http, auth)).status == 200
+
+
+async def test_only_loopback_names_and_no_web_page_reach_the_test_controls(sim, http, auth):
+    """A page elsewhere could rebind a name of its own to 127.0.0.1, or post a form to the test controls."""
+    rebound = {"Host": f"rebind.example:{sim.port}"}
+    async with http.get(f"{sim.base_url}/_sim/state", headers=rebound) as resp:
+        assert resp.status == 403 and (await resp.json())["error"]["code"] == "forbidden_host"
+    async with http.post(f"{sim.base_url}/v1/realtime/client_secrets", json={}, headers={**auth, **rebound}) as resp:
+        assert resp.status == 403
+    async with http.post(f"{sim.base_url}/_sim/faults", data='{"endpoint": "*", "status": 500}',
+                         headers={"Content-Type": "text/plain", "Origin": "http://evil.example"}) as resp:
+        assert resp.status == 403 and (await resp.json())["error"]["code"] == "forbidden_origin"
+    async with http.get(f"{sim.base_url}/_sim/state") as resp:
+        assert resp.status == 200 and (await resp.json())["faults"] == []
+    async with http.get(f"{sim.base_url.replace('127.0.0.1', 'localhost')}/_sim/state") as resp:
+        assert resp.status == 200
