@@ -33,6 +33,7 @@ from django import db
 from django.conf import settings
 from django.db.models import Max
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 
 from documents_app.models import Document
 from voiceproject.prepared import Prepared, PreparedUpdate
@@ -418,6 +419,7 @@ class CallWatch:
                 await asyncio.sleep(delay)
                 delay = _backoff(delay)
 
+    @sensitive_variables("secret")
     async def attach_and_listen(self):
         """One attach: the first credential the upstream accepts, then every event until the socket closes."""
         for credential in self.credentials():

@@ -18,6 +18,7 @@ from django.db.models import Max, Q
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_GET, require_POST
 from django_ratelimit.core import _split_rate, get_usage
 
@@ -189,6 +190,7 @@ def _budget_refusal(room, price, document_tokens):
     return None
 
 
+@sensitive_variables("secret")
 async def _create_call(user, config, sdp):
     """Mint an ephemeral secret for this call's config and create the call with it.
 
@@ -225,6 +227,7 @@ _insert_session = PreparedInsert(RealtimeSession)
 _insert_call = PreparedInsert(Call)
 
 
+@sensitive_variables("secret")
 def _new_session(user, team, req, config, documents, doc_tokens, call_id, secret, worker=None):
     """The conversation and its first call, in one transaction; the call leased to `worker` (this
     process's own sideband worker) when there is one, so it watches the call without claiming it."""
@@ -336,6 +339,7 @@ async def mint_session(request):
     return await _to_the_end(_start(user, team, req, config, documents, inline_tokens))
 
 
+@sensitive_variables("secret")
 async def _start(user, team, req, config, documents, inline_tokens):
     try:
         answer, call_id, secret = await _create_call(user, config, req.sdp)
@@ -374,6 +378,7 @@ def _resume_preflight(request, session_id):
     return usage, session, price, Budget.room_for(user, session.team)
 
 
+@sensitive_variables("secret")
 def _next_call(session, call_id, secret):
     """Record call n+1 of a running conversation; the calls before it are replaced. None if it has ended."""
     with transaction.atomic():
@@ -408,6 +413,7 @@ async def resume_session(request, session_id):
     return await _to_the_end(_resume(user, session, sdp))
 
 
+@sensitive_variables("secret")
 async def _resume(user, session, sdp):
     try:
         answer, call_id, secret = await _create_call(user, session.session_config, sdp)

@@ -408,3 +408,27 @@ async def test_a_start_whose_browser_went_away_still_records_its_call(alice, mon
     call = await Call.objects.select_related("session").aget(session__user=alice)
     assert call.call_id and call.session.status == "active"
     await comm.wait(5)
+
+
+def test_an_error_report_shows_no_ephemeral_secret(alice, monkeypatch, settings, fake):
+    """Django's error report (the DEBUG page, an e-mailed report, a tracker reading frame variables) lists
+    each frame's variables: the call's secret, held by the start's functions, is shown masked."""
+    import sys
+
+    from django.test import RequestFactory
+    from django.views.debug import ExceptionReporter
+
+    from tests.upstream_fake import SECRET
+
+    async def refused(*args, **kwargs):
+        raise RuntimeError("the call could not be made")
+
+    monkeypatch.setattr(upstream, "create_call", refused)
+    try:
+        asyncio.run(views._create_call(alice, {"instructions": "x"}, OFFER))
+    except RuntimeError:
+        report = ExceptionReporter(RequestFactory().post("/api/sessions/"), *sys.exc_info())
+    product = [f for f in report.get_traceback_frames() if "/sessions_app/" in f["filename"]]
+    assert [f["function"] for f in product] == ["_create_call"]
+    shown = dict(product[0]["vars"])
+    assert "secret" in shown and SECRET not in repr(shown)  # masked, as Django masks sensitive variables
