@@ -3,7 +3,7 @@ import datetime
 import json
 import logging
 import time
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -139,7 +139,9 @@ def budget_status(user):
             "team": binding.team.name if binding.team_id else None,
             "limit_usd": f"{binding.monthly_limit_usd:.4f}",
             "spent_usd": f"{binding.monthly_limit_usd - remaining:.4f}",
-            "remaining_usd": f"{max(remaining, 0):.4f}",
+            # Rounded down: the page compares it with what a start needs, and must not let through a start
+            # the server refuses (0.04999 left is not the 0.05 a reserve needs).
+            "remaining_usd": str(max(remaining, Decimal(0)).quantize(Decimal("0.0001"), ROUND_FLOOR)),
         })
     return status
 
@@ -181,10 +183,13 @@ def _already_running(session):
 
 
 def _budget_refusal(room, price, document_tokens):
-    if room is not None and session_reserve(price, document_tokens) > room:
+    needed = session_reserve(price, document_tokens)
+    if room is not None and needed > room:
+        left = max(room, Decimal(0)).quantize(Decimal("0.0001"), ROUND_FLOOR)
         return json_error(
             "budget_exceeded",
-            f"The monthly spending limit leaves ${max(room, 0):.4f}, less than this session needs to start.",
+            f"The monthly spending limit leaves ${left}, less than the ${needed.quantize(Decimal('0.0001'), ROUND_CEILING)} "
+            "this session needs to start.",
             402,
         )
     return None
@@ -475,7 +480,7 @@ def session_detail(request, session_id):
             "input_tokens": u.input_tokens,
             "cached_tokens": u.cached_tokens,
             "output_tokens": u.output_tokens,
-            "cost_usd": f"{u.cost_usd:.6f}",
+            "cost_usd": f"{u.cost_usd:.8f}",
         }
         for u in session.usage_records.all()
     ]
@@ -545,6 +550,7 @@ def _budget_rows(teams, users):
         spent_now = spent[scope].get(pk) or Decimal(0)
         limit = budget.monthly_limit_usd if budget else None
         shown.append({"scope": scope, "target": target, "name": name, "limit": limit, "spent": spent_now,
+                      "spent_exact": f"{spent_now:.8f}",  # 8 places, as every data-cost attribute (SQLite sums give 12)
                       "remaining": None if limit is None else limit - spent_now})
     return shown
 

@@ -114,7 +114,7 @@ def test_spend_is_shown_for_everyone_limit_or_not(csrf_client, alice, bob, team_
     spend(bob, "1.25")
     login(csrf_client, alice)
     page = csrf_client.get("/dashboard/budgets/").content.decode()
-    assert page.count('data-spent="1.25') == 2  # bob's row and his team's, neither with a limit
+    assert page.count('data-spent="1.25000000"') == 2  # bob's row and his team's, neither with a limit; 8 places
     assert 'name="target" value="bob"' in page and 'type="hidden" name="target"' in page
 
 

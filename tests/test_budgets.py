@@ -123,3 +123,26 @@ def test_a_resend_makes_the_budget_stop_a_database_failure_skipped(bob, monkeypa
     assert recorded.stopped == [(session.pk, {"rtc_capped": ""})]  # the call had no secret of its own
     session.refresh_from_db()
     assert (session.status, session.end_reason) == ("ended", "budget")
+
+
+def test_what_is_left_is_rounded_down_where_a_start_is_weighed_against_it(csrf_client, bob, fake, settings):
+    """$0.04999 left was shown as $0.0500, so the page let a start needing $0.0500 through and the server
+    refused it saying the limit "leaves $0.0500, less than this session needs"."""
+    settings.BUDGET_SESSION_RESERVE_USD = Decimal("0.05")
+    Budget.objects.create(user=bob, monthly_limit_usd=Decimal("10.00"))
+    spend(bob, "9.95001")
+    login(csrf_client, bob)
+    assert json.loads(csrf_client.get("/api/budget").content)["remaining_usd"] == "0.0499"
+    refused = mint(csrf_client)
+    assert refused.status_code == 402
+    assert refused.json()["error"]["message"] == (
+        "The monthly spending limit leaves $0.0499, less than the $0.0500 this session needs to start.")
+
+
+def test_a_budget_already_passed_says_nothing_is_left(csrf_client, bob, fake, settings):
+    Budget.objects.create(user=bob, monthly_limit_usd=Decimal("1.00"))
+    spend(bob, "1.20")
+    login(csrf_client, bob)
+    assert json.loads(csrf_client.get("/api/budget").content)["remaining_usd"] == "0.0000"
+    refused = mint(csrf_client)
+    assert refused.status_code == 402 and "leaves $0.0000, less than" in refused.json()["error"]["message"]

@@ -176,6 +176,11 @@ def test_detail_for_owner_team_admin_and_staff(csrf_client, alice, bob, staff):
     )
     Call.objects.create(session=own, number=1, call_id="rtc_bob1", sealed_secret=upstream.seal("ek_bob"))
     TranscriptEntry.objects.create(session=own, item_id="item_1", role="user", text="hello")
+    from decimal import Decimal
+
+    from sessions_app.pricing import TokenCounts
+
+    own.record_usage("resp_tiny", TokenCounts(output_audio=1), Decimal("0.00000049"))
     for user in (bob, alice, staff):  # owner, team admin, staff
         login(csrf_client, user)
         response = csrf_client.get(f"/api/sessions/{own.pk}")
@@ -183,6 +188,8 @@ def test_detail_for_owner_team_admin_and_staff(csrf_client, alice, bob, staff):
         data = response.json()
         assert data["transcript"][0]["text"] == "hello" and data["transcript"][0]["sources"] == []
         assert data["calls"][0]["call_id"] == "rtc_bob1"
+        # Each record's cost as exactly as the totals give it (it was rounded to 6 places: $0.000000 here).
+        assert data["usage"][0]["cost_usd"] == data["totals"]["cost_usd"] == "0.00000049"
         assert "ek_bob" not in response.content.decode() and "sealed" not in response.content.decode()
 
 

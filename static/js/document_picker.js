@@ -1,5 +1,7 @@
 // Choosing library documents for a session: search as you type, keep an order.
 
+import { grouped } from './dashboard/render.js';
+
 const PAGE = 20;  // what /api/documents/ answers by default
 
 export class DocumentPicker {
@@ -68,7 +70,7 @@ export class DocumentPicker {
   resultRow(doc) {
     const li = document.createElement('li');
     const label = document.createElement('span');
-    label.textContent = `${doc.title} (${doc.tokens.toLocaleString()} tokens)`;
+    label.textContent = `${doc.title} (${grouped(doc.tokens)} tokens)`;
     if (doc.snippet) label.append(snippetElement(doc.snippet, doc.highlights || []));
     const add = document.createElement('button');
     add.type = 'button';
@@ -97,7 +99,7 @@ export class DocumentPicker {
       const li = document.createElement('li');
       li.dataset.documentId = doc.id;
       const label = document.createElement('span');
-      label.textContent = `${doc.title} (${doc.tokens.toLocaleString()} tokens)`;
+      label.textContent = `${doc.title} (${grouped(doc.tokens)} tokens)`;
       const remove = document.createElement('button');
       remove.type = 'button';
       remove.className = 'small';

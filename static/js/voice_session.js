@@ -3,6 +3,7 @@ import { CallError, RealtimeCall } from './realtime/call.js';
 import { UsageSocket } from './realtime/usage_socket.js';
 import { DocumentPicker } from './document_picker.js';
 import { fromUnits, toUnits } from './dashboard/figures.js';
+import { grouped } from './dashboard/render.js';
 
 const config = JSON.parse(document.getElementById('voice-config').textContent);
 const csrfToken = document.querySelector('input[name=csrfmiddlewaretoken]').value;
@@ -36,7 +37,7 @@ ui.form.addEventListener('submit', (event) => event.preventDefault());
 const UNIT_PLACES = 14;
 const exact = (text) => toUnits(String(text)) * 1000000n;  // a decimal string of the server's (8 places at most)
 const costOf = (tokens, perMillion) => toUnits(String(perMillion)) * BigInt(tokens);
-const dollars = (units) => fromUnits(units, 4, UNIT_PLACES);
+const dollars = (units) => grouped(fromUnits(units, 4, UNIT_PLACES));  // "1,234.5678", as the other pages
 const SMALLEST = exact('0.0001');
 function money(units) {
   return units > 0n && units < SMALLEST ? 'under $0.0001' : `$${dollars(units)}`;
@@ -72,8 +73,8 @@ function updateEstimate() {
   if (inlineTokens) {
     const total = document.createElement('span');
     total.className = over ? 'over' : '';
-    total.textContent = `${pastedTokens ? 'About ' : ''}${inlineTokens.toLocaleString()} tokens read whole; `
-      + `${model.id} allows ${model.document_budget.toLocaleString()}${over ? ' — paste less, or upload it to the library' : ''}. `
+    total.textContent = `${pastedTokens ? 'About ' : ''}${grouped(inlineTokens)} tokens read whole; `
+      + `${model.id} allows ${grouped(model.document_budget)}${over ? ' — paste less, or upload it to the library' : ''}. `
       + `They are billed again with every answer: ${money(perMillion(inlineTokens, model.text_input_per_million))} `
       + `as new input on the first answer, then ${about(perMillion(inlineTokens, model.text_cached_input_per_million))} `
       + 'per answer while they stay cached. ';
@@ -83,7 +84,7 @@ function updateEstimate() {
     const search = document.createElement('span');
     search.className = 'searched';
     search.textContent = `Searched, not read whole: ${searched.map((d) => d.title).join(', ')}. `
-      + `Each search adds about ${TOKENS_PER_SEARCH.toLocaleString()} tokens of passages: `
+      + `Each search adds about ${grouped(TOKENS_PER_SEARCH)} tokens of passages: `
       + `${money(perMillion(TOKENS_PER_SEARCH, model.text_input_per_million))} as new input, `
       + `then ${about(perMillion(TOKENS_PER_SEARCH, model.text_cached_input_per_million))} per later answer.`;
     ui.budget.append(search);
@@ -108,10 +109,10 @@ function renderBudget() {
     ui.budgetLine.textContent = 'No monthly spending limit applies to you.';
   } else {
     const whose = budget.whose === 'yours' ? 'Your own monthly budget' : `Team ${budget.team}'s monthly budget`;
-    ui.budgetLine.textContent = `${whose}: $${budget.remaining_usd} left of $${budget.limit_usd} this month `
-      + `($${budget.spent_usd} spent). A session needs $${dollars(needed)} of it to start${extra}.`;
+    ui.budgetLine.textContent = `${whose}: $${grouped(budget.remaining_usd)} left of $${grouped(budget.limit_usd)} this month `
+      + `($${grouped(budget.spent_usd)} spent). A session needs $${dollars(needed)} of it to start${extra}.`;
     if (exact(budget.remaining_usd) < needed) {
-      blocked = `Start is not available: $${budget.remaining_usd} is left, less than the $${dollars(needed)} a session needs. `
+      blocked = `Start is not available: $${grouped(budget.remaining_usd)} is left, less than the $${dollars(needed)} a session needs. `
         + (extra ? 'Choose fewer documents, or ask' : 'Ask') + ' a team admin to raise the limit; it resets on the first of the month (UTC).';
     }
   }
@@ -236,7 +237,7 @@ function showAnswerCost(responseId, cost, verified) {
       span.className = 'answer-cost';
       li.querySelector('.text').after(span);
     }
-    span.textContent = ` ${money(exact(cost))}${verified ? '' : ' (not yet verified)'}`;
+    span.textContent = ` $${dollars(exact(cost))}${verified ? '' : ' (not yet verified)'}`;  // as the session's page shows it
     span.dataset.costUsd = cost;
   }
 }
@@ -410,9 +411,9 @@ function showTotals(totals) {
     if (totals.version < (state.totalsVersion ?? -1)) return;  // an older frame overtaken by a newer one
     state.totalsVersion = totals.version;
   }
-  ui.inputTokens.textContent = totals.input_tokens.toLocaleString();
-  ui.cachedTokens.textContent = totals.cached_tokens.toLocaleString();
-  ui.outputTokens.textContent = totals.output_tokens.toLocaleString();
+  ui.inputTokens.textContent = grouped(totals.input_tokens);
+  ui.cachedTokens.textContent = grouped(totals.cached_tokens);
+  ui.outputTokens.textContent = grouped(totals.output_tokens);
   ui.cost.textContent = `$${dollars(exact(totals.cost_usd))}`;
   ui.cost.dataset.exact = totals.cost_usd;
   ui.cost.dataset.verified = totals.verified ? 'true' : 'false';

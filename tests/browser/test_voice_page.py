@@ -138,7 +138,7 @@ def test_budget_statement_blocks_start_with_the_reason_and_shows_the_servers_402
         alert.wait_for()
         remaining = budget_api(page)["remaining_usd"]
         assert alert.text_content() == (
-            f"The monthly spending limit leaves ${remaining}, less than this session needs to start.")
+            f"The monthly spending limit leaves ${remaining}, less than the $0.0500 this session needs to start.")
         # ...and the statement catches up: what is left now, Start disabled with the reason.
         wait_until(lambda: "left of $0.0100" in statement.text_content(), what="the refreshed statement")
         assert page.get_by_role("button", name="Start").is_disabled() and reason.is_visible()
