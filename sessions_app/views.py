@@ -125,6 +125,15 @@ def session_reserve(price, document_tokens):
     return text_input_cost(document_tokens, price) + settings.BUDGET_SESSION_RESERVE_USD
 
 
+SHOWN_PLACES = Decimal("0.0001")  # money shown to 4 places
+
+
+def _money_left(amount):
+    """What a budget has left, as shown to 4 places: rounded down, never below zero. The page weighs a start
+    against it, and must not let through one the server refuses (0.04999 left is not the 0.05 needed)."""
+    return max(amount, Decimal(0)).quantize(SHOWN_PLACES, ROUND_FLOOR)
+
+
 def budget_status(user):
     """One statement of the budget that binds this user's next session: whose it is, what is left
     this month, and the reserve any session needs to start (documents add their first read to it)."""
@@ -139,9 +148,7 @@ def budget_status(user):
             "team": binding.team.name if binding.team_id else None,
             "limit_usd": f"{binding.monthly_limit_usd:.4f}",
             "spent_usd": f"{binding.monthly_limit_usd - remaining:.4f}",
-            # Rounded down: the page compares it with what a start needs, and must not let through a start
-            # the server refuses (0.04999 left is not the 0.05 a reserve needs).
-            "remaining_usd": str(max(remaining, Decimal(0)).quantize(Decimal("0.0001"), ROUND_FLOOR)),
+            "remaining_usd": str(_money_left(remaining)),
         })
     return status
 
@@ -185,11 +192,10 @@ def _already_running(session):
 def _budget_refusal(room, price, document_tokens):
     needed = session_reserve(price, document_tokens)
     if room is not None and needed > room:
-        left = max(room, Decimal(0)).quantize(Decimal("0.0001"), ROUND_FLOOR)
         return json_error(
             "budget_exceeded",
-            f"The monthly spending limit leaves ${left}, less than the ${needed.quantize(Decimal('0.0001'), ROUND_CEILING)} "
-            "this session needs to start.",
+            f"The monthly spending limit leaves ${_money_left(room)}, less than the "
+            f"${needed.quantize(SHOWN_PLACES, ROUND_CEILING)} this session needs to start.",
             402,
         )
     return None
