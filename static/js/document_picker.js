@@ -49,14 +49,15 @@ export class DocumentPicker {
       return;
     }
     const rows = data.documents.map((doc) => this.resultRow(doc));
+    const none = `No document matches “${query}”.`;
     if (!rows.length) {
-      rows.push(this.note(query ? `No document matches “${query}”.` : 'The library has no documents you can use yet. '
+      rows.push(this.note(query ? none : 'The library has no documents you can use yet. '
         + 'Add some on the Library page, or paste text below.'));
     } else if (!query && rows.length >= PAGE) {
       rows.push(this.note(`The ${PAGE} newest are listed; type to search the whole library.`));
     }
     this.results.replaceChildren(...rows);
-    if (query) this.announce(data.documents.length ? `${data.documents.length} found.` : `No document matches “${query}”.`);
+    if (query) this.announce(data.documents.length ? `${data.documents.length} found.` : none);
   }
 
   // A line in the results that is no document.
@@ -70,7 +71,7 @@ export class DocumentPicker {
   resultRow(doc) {
     const li = document.createElement('li');
     const label = document.createElement('span');
-    label.textContent = `${doc.title} (${grouped(doc.tokens)} tokens)`;
+    label.textContent = described(doc);
     if (doc.snippet) label.append(snippetElement(doc.snippet, doc.highlights || []));
     const add = document.createElement('button');
     add.type = 'button';
@@ -99,7 +100,7 @@ export class DocumentPicker {
       const li = document.createElement('li');
       li.dataset.documentId = doc.id;
       const label = document.createElement('span');
-      label.textContent = `${doc.title} (${grouped(doc.tokens)} tokens)`;
+      label.textContent = described(doc);
       const remove = document.createElement('button');
       remove.type = 'button';
       remove.className = 'small';
@@ -154,6 +155,11 @@ export class DocumentPicker {
     for (const button of this.results.querySelectorAll('button')) button.disabled = disabled || button.dataset.chosen === 'yes';
     for (const button of this.chosenList.querySelectorAll('button')) button.disabled = disabled;
   }
+}
+
+// A document as the picker lists it: its title and size.
+function described(doc) {
+  return `${doc.title} (${grouped(doc.tokens)} tokens)`;
 }
 
 // The matched words of a search result, marked, everything inserted as text.
