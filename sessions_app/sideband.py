@@ -749,8 +749,8 @@ class CallWatch:
         # that switched it off loses the user's side of the transcript. The upstream may name the model
         # by its snapshot (gpt-4o-mini-transcribe-2025-12-15): that is the same model.
         set_ = _transcription(minted)
-        heard = (session.get("audio") or {}).get("input") if isinstance(session.get("audio"), dict) else None
-        if set_ is not None and isinstance(heard, dict) and "transcription" in heard:
+        heard = _audio_input(session)
+        if set_ is not None and heard is not None and "transcription" in heard:
             seen = heard["transcription"]
             if not isinstance(seen, dict) or _model_family(seen.get("model")) != _model_family(set_.get("model")):
                 changed["transcription"] = seen
@@ -881,11 +881,16 @@ def _model_family(name):
     return re.sub(r"-\d{4}-\d{2}-\d{2}$", "", name) if isinstance(name, str) else name
 
 
+def _audio_input(session):
+    """A session's `audio.input` settings (a dict), or None if it says none."""
+    audio = session.get("audio")
+    value = audio.get("input") if isinstance(audio, dict) else None
+    return value if isinstance(value, dict) else None
+
+
 def _transcription(session):
     """A session's input transcription settings (a dict), or None if it says none."""
-    value = session.get("audio")
-    for key in ("input", "transcription"):
-        value = value.get(key) if isinstance(value, dict) else None
+    value = (_audio_input(session) or {}).get("transcription")
     return value if isinstance(value, dict) else None
 
 
